@@ -1,0 +1,749 @@
+"""The residual-knowledge audit: the paper's r_tau with explicit zero-count rules (residual-knowledge.md).
+
+For every forget sample (x, y) and strength tau, ``c`` perturbed copies x' are drawn by a probe
+(:mod:`rurk.perturb`) and fed to both the unlearned model m and the reference a (re-trained). Per
+(tau, sample) the audit counts
+
+* ``k_m`` = #{j : m(x'_j) = y},  ``k_a`` = #{j : a(x'_j) = y},  ``d`` = #{j : m(x'_j) != a(x'_j)}
+
+and summarises them per tau (:func:`summarise_counts`): ``r_paper`` (mean of k_m/k_a over samples with
+k_a > 0; None if there are none) with ``n_used``/``n_both_zero``/``n_unbounded``, ``r_pooled`` = sum k_m /
+sum k_a, ``prevalence`` (fraction with k_m > k_a), ``acc_m``, ``acc_a``, ``disagreement`` and a percentile
+bootstrap ``ci95`` for each.
+
+Performance (spec §8): no Python loop per sample or draw. Samples are processed in fixed-size *blocks*;
+a block's (samples x draws) copies are built with ``repeat_interleave`` and their randomness is drawn
+once from the block's own generator (seed = stable hash of (seed, probe name, block index)), then
+reused for every tau (common random numbers) and cut into evaluation chunks of ``batch_size`` images.
+Because the randomness is tied to blocks, not to chunks, perturbations are bit-identical whatever the
+batch size. Both models run on the same chunk under ``torch.inference_mode`` in eval mode; counts stay
+on the device until the end. At tau = 0 every copy equals x, so one forward pass per sample gives
+k = c * 1[pred = y] (the *tau = 0 shortcut*).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .perturb import CRAFT_ON, Draw, Probe, block_generator, derive_seed, eval_mode, make_probe, module_device
+
+#: The paper's curve: linspace(0, 8/255, 11).
+DEFAULT_TAUS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.0, 8 / 255, 11))
+#: Samples per noise block. Part of the noise definition: changing it changes the draws.
+DEFAULT_BLOCK_SIZE = 16
+#: Set-level fields of every tau (spec §3), in report order.
+STAT_FIELDS = (
+    "r_paper",
+    "n_used",
+    "n_both_zero",
+    "n_unbounded",
+    "r_pooled",
+    "prevalence",
+    "acc_m",
+    "acc_a",
+    "disagreement",
+)
+_COUNT_FIELDS = ("n_used", "n_both_zero", "n_unbounded")
+
+
+def default_batch_size(device, adversarial: bool = False) -> int:
+    """Images per forward pass. CPU: 128 (small CNNs on a 2-core CPU are fastest at 64-256 and 2-3x
+    slower at >= 512). CUDA: 4096 (1024 for attacks, which also keep activations for the backward
+    pass). Other accelerators: 1024."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return 128
+    if dev.type == "cuda":
+        return 1024 if adversarial else 4096
+    return 1024
+
+
+# ==================================================================================================
+# statistics
+
+
+@dataclass
+class TauStats:
+    """Set-level numbers of one tau (spec §3). ``ci95[field] = (lo, hi)`` or None where the field is
+    undefined in every resample. ``clip_fraction``: for random probes, the fraction of input coordinates
+    that clipping to [0, 1] changed."""
+
+    tau: float | None
+    r_paper: float | None
+    n_used: int
+    n_both_zero: int
+    n_unbounded: int
+    r_pooled: float | None
+    prevalence: float
+    acc_m: float
+    acc_a: float
+    disagreement: float | None
+    ci95: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    clip_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tau": self.tau}
+        for f in STAT_FIELDS:
+            out[f] = getattr(self, f)
+        out["ci95"] = {k: (None if v is None else [v[0], v[1]]) for k, v in self.ci95.items()}
+        if self.clip_fraction is not None:
+            out["clip_fraction"] = self.clip_fraction
+        return out
+
+
+def _stat_arrays(km: np.ndarray, ka: np.ndarray, d: np.ndarray | None, c: int) -> dict[str, np.ndarray]:
+    """Every field over the last axis (samples); leading axes are e.g. bootstrap resamples.
+    Undefined values are NaN."""
+    n = km.shape[-1]
+    used = ka > 0
+    n_used = used.sum(-1)
+    ratio = np.divide(km, ka, out=np.zeros(km.shape, dtype=np.float64), where=used)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_paper = np.where(n_used > 0, ratio.sum(-1) / np.maximum(n_used, 1), np.nan)
+        skm = km.sum(-1)
+        ska = ka.sum(-1)
+        r_pooled = np.where(ska > 0, skm / np.maximum(ska, 1), np.nan)
+    out = {
+        "r_paper": r_paper,
+        "n_used": n_used,
+        "n_both_zero": ((km == 0) & (ka == 0)).sum(-1),
+        "n_unbounded": ((ka == 0) & (km > 0)).sum(-1),
+        "r_pooled": r_pooled,
+        "prevalence": (km > ka).sum(-1) / n,
+        "acc_m": skm / (c * n),
+        "acc_a": ska / (c * n),
+    }
+    if d is not None:
+        out["disagreement"] = d.sum(-1) / (c * n)
+    return out
+
+
+def bootstrap_indices(n: int, B: int, seed: int) -> np.ndarray:
+    """The (B, n) resample matrix of the percentile bootstrap over samples (numpy PCG64, ``seed``).
+    The audit uses one matrix for all tau (a paired bootstrap)."""
+    return np.random.default_rng(seed).integers(0, n, size=(B, n))
+
+
+def _as_counts(a, name: str, c: int) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one count per sample), got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        if not np.all(a == np.round(a)):
+            raise ValueError(f"{name} must hold integer counts")
+    a = a.astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > c):
+        raise ValueError(f"{name} counts must be in [0, c={c}]")
+    return a
+
+
+def summarise_counts(
+    k_m,
+    k_a,
+    d,
+    c: int,
+    *,
+    tau: float | None = None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    resample: np.ndarray | None = None,
+) -> TauStats:
+    """Set-level statistics of one tau from per-sample counts (spec §3), numpy in, :class:`TauStats` out.
+
+    ``d`` may be None (models saw different copies): ``disagreement`` is then None. With ``bootstrap``
+    = B > 0 (or an explicit (B, n) ``resample`` index matrix) every field gets a 95% percentile interval;
+    a resample's ``r_paper`` is the mean over *its* k_a > 0 samples, and resamples where a field is
+    undefined are left out of that field's percentiles.
+    """
+    c = int(c)
+    if c < 1:
+        raise ValueError(f"c must be >= 1, got {c}")
+    km = _as_counts(k_m, "k_m", c)
+    ka = _as_counts(k_a, "k_a", c)
+    dd = None if d is None else _as_counts(d, "d", c)
+    n = km.shape[0]
+    if n == 0 or ka.shape != (n,) or (dd is not None and dd.shape != (n,)):
+        raise ValueError(f"k_m, k_a (and d) must have the same non-zero length, got {km.shape}, {ka.shape}")
+    pt = _stat_arrays(km, ka, dd, c)
+
+    def scalar(f):
+        if f not in pt:
+            return None
+        v = pt[f]
+        if f in _COUNT_FIELDS:
+            return int(v)
+        v = float(v)
+        return None if math.isnan(v) else v
+
+    ci: dict[str, tuple[float, float] | None] = {}
+    if resample is None and bootstrap > 0:
+        resample = bootstrap_indices(n, int(bootstrap), int(bootstrap_seed))
+    if resample is not None:
+        bs = _stat_arrays(km[resample], ka[resample], None if dd is None else dd[resample], c)
+        for f in STAT_FIELDS:
+            if f not in bs:
+                continue
+            v = bs[f].astype(np.float64)
+            v = v[~np.isnan(v)]
+            ci[f] = None if v.size == 0 else (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))
+    return TauStats(
+        tau=None if tau is None else float(tau),
+        r_paper=scalar("r_paper"),
+        n_used=scalar("n_used"),
+        n_both_zero=scalar("n_both_zero"),
+        n_unbounded=scalar("n_unbounded"),
+        r_pooled=scalar("r_pooled"),
+        prevalence=scalar("prevalence"),
+        acc_m=scalar("acc_m"),
+        acc_a=scalar("acc_a"),
+        disagreement=scalar("disagreement"),
+        ci95=ci,
+    )
+
+
+def per_sample_ratio(k_m: np.ndarray, k_a: np.ndarray) -> np.ndarray:
+    """r_i per spec §3: k_m/k_a if k_a > 0, 1 if both are 0, +inf if k_a = 0 < k_m."""
+    k_m = np.asarray(k_m, dtype=np.float64)
+    k_a = np.asarray(k_a, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(k_a > 0, k_m / np.where(k_a > 0, k_a, 1.0), np.where(k_m > 0, np.inf, 1.0))
+    return r
+
+
+# ==================================================================================================
+# result
+
+
+@dataclass
+class Timing:
+    seconds: float
+    forward_passes: int  # images through a model's forward pass (evaluation + attack crafting)
+    backward_passes: int = 0  # images through a backward pass (attack crafting only)
+
+
+@dataclass
+class AuditResult:
+    """Outcome of :func:`residual_knowledge`.
+
+    ``per_tau[i]`` holds the set-level numbers of ``taus[i]``; ``k_m``, ``k_a``, ``d`` are the
+    (len(taus), n) per-sample counts (``d`` None in ``craft_on='both'``), ``index``/``label`` the samples'
+    source-dataset indices and labels."""
+
+    probe: str
+    probe_params: dict[str, Any]
+    craft_on: str | None
+    c: int
+    taus: list[float]
+    per_tau: list[TauStats]
+    index: np.ndarray
+    label: np.ndarray
+    k_m: np.ndarray
+    k_a: np.ndarray
+    d: np.ndarray | None
+    seed: int
+    bootstrap: int
+    bootstrap_seed: int
+    block_size: int
+    batch_size: int
+    device: str
+    bf16: bool
+    timing: Timing
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_forget(self) -> int:
+        return int(self.k_m.shape[1])
+
+    def stats(self, tau: float) -> TauStats:
+        """The :class:`TauStats` of the grid value nearest to ``tau``."""
+        i = int(np.argmin(np.abs(np.asarray(self.taus) - tau)))
+        return self.per_tau[i]
+
+    def curve(self, name: str) -> np.ndarray:
+        """One field over tau as a float array (None -> NaN)."""
+        return np.array([np.nan if getattr(s, name) is None else getattr(s, name) for s in self.per_tau], float)
+
+    def ci_curve(self, name: str) -> np.ndarray:
+        """(len(taus), 2) bootstrap bounds of one field (NaN where missing)."""
+        out = np.full((len(self.per_tau), 2), np.nan)
+        for i, s in enumerate(self.per_tau):
+            if s.ci95.get(name) is not None:
+                out[i] = s.ci95[name]
+        return out
+
+    # -- per-sample table ------------------------------------------------------------------------
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """One dict per (tau, sample): index, label, tau, k_m, k_a, d, r, leak (spec §4)."""
+        for t, tau in enumerate(self.taus):
+            r = per_sample_ratio(self.k_m[t], self.k_a[t])
+            for i in range(self.n_forget):
+                yield {
+                    "index": int(self.index[i]),
+                    "label": int(self.label[i]),
+                    "tau": float(tau),
+                    "k_m": int(self.k_m[t, i]),
+                    "k_a": int(self.k_a[t, i]),
+                    "d": None if self.d is None else int(self.d[t, i]),
+                    "r": float(r[i]),
+                    "leak": bool(self.k_m[t, i] > self.k_a[t, i]),
+                }
+
+    def write_csv(self, path) -> Path:
+        """The per-sample table as CSV (``r`` written as ``inf`` for unbounded, ``d`` empty when the
+        models saw different copies)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cols = ["index", "label", "tau", "k_m", "k_a", "d", "r", "leak"]
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for row in self.rows():
+                w.writerow(["" if row[k] is None else row[k] for k in cols])
+        return path
+
+    def top_leaks(self, n: int = 10, tau: float | None = None) -> list[dict[str, Any]]:
+        """The ``n`` samples with the largest k_m - k_a > 0 (ties: larger k_m first). With ``tau`` the
+        grid value nearest to it; without, each sample at the tau where its gap is largest (ties: smaller
+        tau). Rows as in :meth:`rows` plus ``gap``."""
+        if tau is not None:
+            ts = np.full(self.n_forget, int(np.argmin(np.abs(np.asarray(self.taus) - tau))))
+        else:
+            ts = np.argmax(self.k_m - self.k_a, axis=0)
+        cols = np.arange(self.n_forget)
+        km, ka = self.k_m[ts, cols], self.k_a[ts, cols]
+        gap = km - ka
+        order = np.lexsort((-km, -gap))
+        out = []
+        for i in order[: max(int(n), 0)]:
+            if gap[i] <= 0:
+                break
+            t = ts[i]
+            out.append(
+                {
+                    "index": int(self.index[i]),
+                    "label": int(self.label[i]),
+                    "tau": float(self.taus[t]),
+                    "k_m": int(km[i]),
+                    "k_a": int(ka[i]),
+                    "d": None if self.d is None else int(self.d[t, i]),
+                    "r": float(per_sample_ratio(km[i : i + 1], ka[i : i + 1])[0]),
+                    "leak": True,
+                    "gap": int(gap[i]),
+                }
+            )
+        return out
+
+    # -- summary ---------------------------------------------------------------------------------
+    def to_json(
+        self,
+        *,
+        scenario: str | None = None,
+        seed: int | None = None,
+        method: str | None = None,
+        reference: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """The JSON summary of spec §4 as a JSON-serialisable dict (``json.dump`` it, or use
+        :meth:`write_json`). ``seed`` is the run seed (defaults to the noise seed); ``extra`` keys are
+        added at the top level."""
+        out: dict[str, Any] = {
+            "scenario": scenario,
+            "seed": self.seed if seed is None else seed,
+            "method": method,
+            "reference": reference,
+            "probe": {"name": self.probe, "params": dict(self.probe_params)},
+            "craft_on": self.craft_on,
+            "c": self.c,
+            "n_forget": self.n_forget,
+            "noise_seed": self.seed,
+            "block_size": self.block_size,
+            "bootstrap": {"B": self.bootstrap, "seed": self.bootstrap_seed},
+            "per_tau": [s.to_dict() for s in self.per_tau],
+            "timing": {
+                "seconds": self.timing.seconds,
+                "forward_passes": self.timing.forward_passes,
+                "backward_passes": self.timing.backward_passes,
+            },
+            "device": self.device,
+            "bf16": self.bf16,
+            "notes": list(self.notes),
+        }
+        out.update(extra)
+        return out
+
+    def write_json(self, path, **kwargs) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(**kwargs), indent=2) + "\n")
+        return path
+
+
+# ==================================================================================================
+# estimator
+
+
+@contextmanager
+def _channels_last_weights(models: Sequence[nn.Module], enabled: bool):
+    """Temporarily store 4-D parameters in channels_last (conv kernels), restoring the original
+    tensors afterwards. Values are unchanged; only the memory layout differs while the audit runs."""
+    swapped = []
+    if enabled:
+        seen = set()
+        for model in models:
+            for p in model.parameters():
+                if p.dim() == 4 and id(p) not in seen and not p.is_contiguous(memory_format=torch.channels_last):
+                    seen.add(id(p))
+                    swapped.append((p, p.data))
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for p, data in swapped:
+            p.data = data
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[0, n) cut into ceil(n/size) near-equal chunks (no small tail)."""
+    k = max(1, -(-n // size))
+    step = -(-n // k)
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        raise TypeError(
+            "residual_knowledge: models must return logits of shape (batch, classes); got "
+            f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}"
+        )
+    return out
+
+
+def residual_knowledge(
+    unlearned: nn.Module,
+    retrained: nn.Module,
+    x,
+    y,
+    taus: Sequence[float] = DEFAULT_TAUS,
+    probe: str | Probe = "gaussian",
+    draws: int = 100,
+    seed: int = 0,
+    *,
+    batch_size: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    craft_on: str | None = None,
+    bootstrap: int = 1000,
+    bootstrap_seed: int | None = None,
+    device=None,
+    progress: bool = True,
+    index=None,
+    probe_params: dict | None = None,
+    max_forget: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    tau0_shortcut: bool = True,
+) -> AuditResult:
+    """Audit residual knowledge of ``unlearned`` (m) against ``retrained`` (a) on forget samples (x, y).
+
+    Any ``nn.Module`` classifiers work that take inputs in [0, 1] and return (batch, classes) logits.
+    The audit runs on the models' device (that of their first parameter; both must agree) and moves
+    x and y there; the models are not moved. Both are put in eval mode and restored afterwards.
+
+    Parameters
+    ----------
+    taus: perturbation strengths (default: the paper's linspace(0, 8/255, 11)).
+    probe: a registry name of :data:`rurk.perturb.PROBES` (with ``probe_params``) or a Probe instance.
+    draws: c, copies per sample and tau.
+    seed: noise seed; block b of ``block_size`` samples draws from a generator on the device seeded with
+        ``derive_seed(seed, probe.name, b)`` (BLAKE2b, stable across runs and machines). A block's
+        draws are reused at every tau (common random numbers).
+    batch_size: images per forward pass (default :func:`default_batch_size`). Does not change the
+        perturbations, only (through floating-point near-ties) possibly an argmax.
+    block_size: samples per noise block; part of the noise definition.
+    craft_on: for attacks, the crafting model: ``'m'``, ``'a'`` or ``'both'`` (each model attacked with
+        its own copies from the same random starts; ``disagreement`` is then None). Default: the
+        probe's (``'m'`` for fgsm/pgd, which allow nothing else; ``pgd-recall``'s own ``craft_on``,
+        default ``'both'``). Ignored by random probes.
+    bootstrap, bootstrap_seed: B percentile-bootstrap resamples over samples (0: no intervals), seeded
+        with ``bootstrap_seed`` (default ``seed``); one (B, n) resample matrix is used for all tau.
+    device: optional check: the device the models must be on (required only for parameter-free models).
+    index: source-dataset index of each sample (default 0..n-1), for the per-sample table.
+    max_forget: audit only a seeded random subset of this many samples.
+    bf16: evaluate the models under bfloat16 autocast (attacks still craft in fp32). The first chunk of
+        each tau is also evaluated in fp32 and the fraction of changed predictions is put in ``notes``.
+    channels_last: use channels_last inputs and conv kernels (kernels restored afterwards); default: on
+        for 4-D inputs when a model has a Conv2d.
+    tau0_shortcut: at tau = 0 evaluate each sample once (every copy equals x) and set k = c*1[pred=y].
+    """
+    t_start = time.perf_counter()
+    c = int(draws)
+    if c < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    block_size = int(block_size)
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    taus = [float(t) for t in taus]
+    if not taus or any(not math.isfinite(t) or t < 0 for t in taus):
+        raise ValueError(f"taus must be a non-empty list of finite values >= 0, got {taus}")
+    if craft_on is not None and craft_on not in CRAFT_ON:
+        raise ValueError(f"craft_on must be one of {CRAFT_ON} or None, got {craft_on!r}")
+    if isinstance(probe, Probe):
+        if probe_params:
+            raise ValueError("probe_params cannot be combined with a Probe instance")
+        pr = probe
+    else:
+        pr = make_probe(probe, **(probe_params or {}))
+
+    # ---- devices ---------------------------------------------------------------------------------
+    has_params = any(True for _ in unlearned.parameters()) or any(True for _ in unlearned.buffers())
+    dev_m = module_device(unlearned, default=device)
+    dev_a = module_device(retrained, default=device)
+    if dev_m != dev_a:
+        raise ValueError(f"unlearned and retrained models are on different devices ({dev_m} vs {dev_a})")
+    dev = dev_m
+    if device is not None and has_params and torch.device(device).type != dev.type:
+        raise ValueError(f"device={device!r} but the models are on {dev}; move the models first")
+
+    # ---- data ------------------------------------------------------------------------------------
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor in [0, 1], got {x.dtype}")
+    x = x.to(dev)
+    y = torch.as_tensor(y).to(dev)
+    if y.is_floating_point() or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be integer labels of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+    y = y.long()
+    n_all = x.shape[0]
+    if n_all == 0:
+        raise ValueError("empty forget set")
+    if x.dim() < 2:
+        raise ValueError(f"x must be (n, ...) with a feature dimension, got {tuple(x.shape)}")
+    lo, hi = torch.aminmax(x)
+    if not (float(lo) >= 0.0 and float(hi) <= 1.0):
+        raise ValueError(f"x must be in [0, 1] pixel space; got range [{float(lo)}, {float(hi)}]")
+    idx = np.arange(n_all) if index is None else np.asarray(torch.as_tensor(index).cpu()).astype(np.int64)
+    if idx.shape != (n_all,):
+        raise ValueError(f"index must have shape ({n_all},), got {idx.shape}")
+    if max_forget is not None and max_forget < n_all:
+        rows = np.sort(
+            np.random.default_rng(derive_seed(int(seed), "max_forget")).choice(n_all, int(max_forget), replace=False)
+        )
+        sel = torch.as_tensor(rows, device=dev)
+        x, y, idx = x[sel], y[sel], idx[rows]
+    n = x.shape[0]
+    x = x.contiguous()
+
+    # ---- probe / craft_on ------------------------------------------------------------------------
+    adversarial = pr.adversarial
+    if adversarial:
+        eff = craft_on or getattr(pr, "craft_on", None) or pr.default_craft_on
+        if eff not in pr.allowed_craft_on:
+            raise ValueError(f"probe {pr.name!r} allows craft_on in {pr.allowed_craft_on}, got {eff!r}")
+    else:
+        eff = None
+    both = eff == "both"
+    params = dict(pr.params)
+    if adversarial:
+        params["craft_on"] = eff
+    bs = int(batch_size) if batch_size else default_batch_size(dev, adversarial)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    use_cl = (
+        channels_last
+        if channels_last is not None
+        else (x.dim() == 4 and any(isinstance(mod, nn.Conv2d) for mdl in (unlearned, retrained) for mod in mdl.modules()))
+    )
+    use_cl = bool(use_cl and x.dim() == 4)
+    fmt = torch.channels_last if use_cl else torch.contiguous_format
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    n_tau = len(taus)
+    zero_t = [i for i, t in enumerate(taus) if t == 0.0 and tau0_shortcut]
+    work_t = [i for i in range(n_tau) if i not in zero_t]
+    n_blocks = -(-n // block_size)
+    per_group = max(1, bs // (block_size * c))
+    groups = [list(range(g, min(n_blocks, g + per_group))) for g in range(0, n_blocks, per_group)]
+    fwd = 0
+    bwd = 0
+    crafts = (2 if both else 1) if adversarial else 0
+    steps = (getattr(pr, "steps", 1) if adversarial else 0)
+
+    pbar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=n_blocks * n_tau, desc=f"audit {pr.name}", unit="block", leave=False)
+
+    m, a = unlearned, retrained
+    grad_ctx = torch.no_grad() if adversarial else torch.inference_mode()
+    try:
+        with eval_mode(m, a), _channels_last_weights((m, a), use_cl), grad_ctx:
+            with torch.inference_mode():
+                out_m = _logits(m, x[:1].contiguous(memory_format=fmt))
+                out_a = _logits(a, x[:1].contiguous(memory_format=fmt))
+            num_classes = out_m.shape[1]
+            if out_a.shape[1] != num_classes:
+                raise ValueError(f"models disagree on the number of classes ({num_classes} vs {out_a.shape[1]})")
+            if int(y.min()) < 0 or int(y.max()) >= num_classes:
+                raise ValueError(f"labels must be in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
+
+            k_m = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
+            k_a = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
+            k_d = None if both else torch.zeros(n_tau, n, dtype=torch.long, device=dev)
+            clipped = torch.zeros(n_tau, dtype=torch.long, device=dev)
+            bf16_diff = torch.zeros((), dtype=torch.long, device=dev)
+            bf16_seen = 0
+
+            def predict(model, xb, ref_check: bool = False):
+                nonlocal bf16_seen
+                with torch.inference_mode():
+                    with amp:
+                        pred = _logits(model, xb).argmax(1)
+                    if bf16 and ref_check:
+                        bf16_diff.add_((_logits(model, xb).argmax(1) != pred).sum())
+                        bf16_seen += xb.shape[0]
+                return pred
+
+            # -- tau = 0 shortcut: every copy is x --------------------------------------------
+            if zero_t:
+                pm0 = torch.empty(n, dtype=torch.long, device=dev)
+                pa0 = torch.empty(n, dtype=torch.long, device=dev)
+                for s, e in _chunks(n, bs):
+                    xb = x[s:e].contiguous(memory_format=fmt)
+                    pm0[s:e] = predict(m, xb)
+                    pa0[s:e] = predict(a, xb)
+                fwd += 2 * n
+                for t in zero_t:
+                    k_m[t] = c * (pm0 == y)
+                    k_a[t] = c * (pa0 == y)
+                    if k_d is not None:
+                        k_d[t] = c * (pm0 != pa0)
+                if pbar is not None:
+                    pbar.update(n_blocks * len(zero_t))
+
+            # -- general path: blocks x tau x chunks -------------------------------------------
+            for gi, blocks in enumerate(groups):
+                r0, r1 = blocks[0] * block_size, min(n, (blocks[-1] + 1) * block_size)
+                x_rep = x[r0:r1].repeat_interleave(c, 0)
+                y_rep = y[r0:r1].repeat_interleave(c, 0)
+                noises, targets = [], []
+                for b in blocks:
+                    s, e = (b * block_size - r0) * c, (min(n, (b + 1) * block_size) - r0) * c
+                    g = block_generator(seed, pr.name, b, dev)
+                    dr = pr.draw(x_rep[s:e], y_rep[s:e], g, num_classes)
+                    noises.append(dr.noise)
+                    targets.append(dr.target)
+                noise = None if noises[0] is None else torch.cat(noises).contiguous(memory_format=fmt)
+                target = None if targets[0] is None else torch.cat(targets)
+                x_rep = x_rep.contiguous(memory_format=fmt)
+                N = x_rep.shape[0]
+                bounds = _chunks(N, bs)
+                for t in work_t:
+                    tau = taus[t]
+                    hm = torch.empty(N, dtype=torch.bool, device=dev)
+                    ha = torch.empty(N, dtype=torch.bool, device=dev)
+                    hd = None if both else torch.empty(N, dtype=torch.bool, device=dev)
+                    for ci, (s, e) in enumerate(bounds):
+                        ys = y_rep[s:e]
+                        check = bf16 and gi == 0 and ci == 0
+                        if adversarial:
+                            dr = Draw(
+                                None if noise is None else noise[s:e], None if target is None else target[s:e]
+                            )
+                            if both:
+                                xm = pr.apply(m, x_rep[s:e], ys, tau, dr).x
+                                xa = pr.apply(a, x_rep[s:e], ys, tau, dr).x
+                            else:
+                                xm = xa = pr.apply(m if eff == "m" else a, x_rep[s:e], ys, tau, dr).x
+                        else:
+                            v = pr.shift(x_rep[s:e], tau, noise[s:e])
+                            clipped[t] += ((v < 0) | (v > 1)).sum()
+                            xm = xa = v.clamp_(0.0, 1.0)
+                        pm = predict(m, xm, check)
+                        pa = predict(a, xa, check)
+                        hm[s:e] = pm == ys
+                        ha[s:e] = pa == ys
+                        if hd is not None:
+                            hd[s:e] = pm != pa
+                    k_m[t, r0:r1] = hm.view(-1, c).sum(1)
+                    k_a[t, r0:r1] = ha.view(-1, c).sum(1)
+                    if k_d is not None:
+                        k_d[t, r0:r1] = hd.view(-1, c).sum(1)
+                    fwd += 2 * N
+                    if adversarial and tau > 0:
+                        fwd += crafts * steps * N
+                        bwd += crafts * steps * N
+                    if pbar is not None:
+                        pbar.update(len(blocks))
+
+            km_np = k_m.cpu().numpy()
+            ka_np = k_a.cpu().numpy()
+            kd_np = None if k_d is None else k_d.cpu().numpy()
+            clipped_np = clipped.cpu().numpy()
+            bf16_frac = float(bf16_diff) / bf16_seen if bf16_seen else None
+    finally:
+        if pbar is not None:
+            pbar.close()
+
+    # ---- statistics ------------------------------------------------------------------------------
+    bseed = int(seed if bootstrap_seed is None else bootstrap_seed)
+    B = int(bootstrap)
+    resample = bootstrap_indices(n, B, bseed) if B > 0 else None
+    d_feat = int(np.prod(x.shape[1:]))
+    per_tau = []
+    for t, tau in enumerate(taus):
+        st = summarise_counts(km_np[t], ka_np[t], None if kd_np is None else kd_np[t], c, tau=tau, resample=resample)
+        if not adversarial:
+            st.clip_fraction = 0.0 if t in zero_t else float(clipped_np[t]) / (n * c * d_feat)
+        per_tau.append(st)
+    notes = list(pr.notes)
+    if bf16:
+        notes.append(f"bf16 autocast: {bf16_frac if bf16_frac is not None else 'n/a'} of predictions differ from fp32 on the checked chunks")
+    return AuditResult(
+        probe=pr.name,
+        probe_params=params,
+        craft_on=eff,
+        c=c,
+        taus=taus,
+        per_tau=per_tau,
+        index=idx,
+        label=y.cpu().numpy(),
+        k_m=km_np,
+        k_a=ka_np,
+        d=kd_np,
+        seed=int(seed),
+        bootstrap=B,
+        bootstrap_seed=bseed,
+        block_size=block_size,
+        batch_size=bs,
+        device=str(dev),
+        bf16=bool(bf16),
+        timing=Timing(seconds=time.perf_counter() - t_start, forward_passes=int(fwd), backward_passes=int(bwd)),
+        notes=notes,
+    )
+
+
+__all__ = [
+    "DEFAULT_TAUS",
+    "DEFAULT_BLOCK_SIZE",
+    "STAT_FIELDS",
+    "AuditResult",
+    "TauStats",
+    "Timing",
+    "bootstrap_indices",
+    "default_batch_size",
+    "per_sample_ratio",
+    "residual_knowledge",
+    "summarise_counts",
+]

@@ -1,0 +1,93 @@
+"""Plots of audit results (matplotlib, Agg canvas; pyplot and the global backend are not touched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _curve_data(obj: Any) -> dict[str, np.ndarray]:
+    """taus, r_paper, r_pooled and their (len, 2) bands from an AuditResult, a to_json() summary
+    ({"per_tau": [...]}) or a plain dict {"taus", "r_paper", "r_pooled", "ci": {"r_paper": [(lo, hi)...],
+    "r_pooled": [...]}} (e.g. multi-seed mean with mean -/+ std as the band). None -> NaN."""
+
+    def arr(v):
+        return np.array([np.nan if e is None else e for e in v], dtype=float)
+
+    def band(v, n):
+        if v is None:
+            return np.full((n, 2), np.nan)
+        return np.array([[np.nan, np.nan] if e is None else [e[0], e[1]] for e in v], dtype=float).reshape(n, 2)
+
+    if hasattr(obj, "per_tau") and hasattr(obj, "taus"):
+        rows = [s.to_dict() for s in obj.per_tau]
+    elif isinstance(obj, Mapping) and "per_tau" in obj:
+        rows = list(obj["per_tau"])
+    elif isinstance(obj, Mapping) and "taus" in obj:
+        taus = arr(obj["taus"])
+        n = len(taus)
+        ci = obj.get("ci") or obj.get("ci95") or {}
+        return {
+            "taus": taus,
+            "r_paper": arr(obj.get("r_paper", [None] * n)),
+            "r_pooled": arr(obj.get("r_pooled", [None] * n)),
+            "r_paper_ci": band(ci.get("r_paper"), n),
+            "r_pooled_ci": band(ci.get("r_pooled"), n),
+        }
+    else:
+        raise TypeError(f"cannot plot a {type(obj).__name__}: expected an AuditResult or a dict with taus/r_paper/r_pooled")
+    n = len(rows)
+    return {
+        "taus": arr([r["tau"] for r in rows]),
+        "r_paper": arr([r.get("r_paper") for r in rows]),
+        "r_pooled": arr([r.get("r_pooled") for r in rows]),
+        "r_paper_ci": band([(r.get("ci95") or {}).get("r_paper") for r in rows], n),
+        "r_pooled_ci": band([(r.get("ci95") or {}).get("r_pooled") for r in rows], n),
+    }
+
+
+def plot_residual_curves(
+    curves: Mapping[str, Any],
+    path,
+    title: str | None = None,
+    *,
+    dpi: int = 120,
+) -> Path:
+    """r_tau versus tau, two panels (``r_paper`` left, ``r_pooled`` right), one line per method with
+    its bootstrap band and a dashed line at r = 1 (spec §7). ``curves`` maps a method name to an
+    :class:`~rurk.audit.AuditResult`, its ``to_json()`` summary or a dict
+    ``{"taus", "r_paper", "r_pooled", "ci": {"r_paper": [(lo, hi), ...], "r_pooled": [...]}}``.
+    Writes a PNG to ``path`` and returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("plot_residual_curves: no curves given")
+    fig = Figure(figsize=(10, 4), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharex=True)
+    panels = (("r_paper", "r_paper (mean of k_m/k_a, k_a > 0)"), ("r_pooled", "r_pooled (acc_m / acc_a)"))
+    for ax, (key, label) in zip(axes, panels):
+        for name, obj in curves.items():
+            d = _curve_data(obj)
+            (line,) = ax.plot(d["taus"], d[key], marker="o", ms=3, label=str(name))
+            lo, hi = d[key + "_ci"][:, 0], d[key + "_ci"][:, 1]
+            if np.isfinite(lo).any():
+                ax.fill_between(d["taus"], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
+        ax.set_xlabel("tau")
+        ax.set_ylabel(key)
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+__all__ = ["plot_residual_curves"]

@@ -1,0 +1,343 @@
+"""Residual-knowledge estimator (residual-knowledge.md §2-4, §8-9)."""
+
+import copy
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from rurk.audit import (
+    STAT_FIELDS,
+    AuditResult,
+    TauStats,
+    per_sample_ratio,
+    residual_knowledge,
+    summarise_counts,
+)
+from rurk.perturb import block_generator
+
+TAUS = [0.0, 0.05, 0.15]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and immune to contention on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures: two small models trained on sklearn digits (m on all, a without the forget samples)
+
+
+def _train(model, x, y, steps=150, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def small_cnn(classes=10, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16, classes)
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_digits()
+    x = torch.tensor(ds.images / 16.0, dtype=torch.float32)[:, None]  # (n, 1, 8, 8) in [0, 1]
+    y = torch.tensor(ds.target, dtype=torch.long)
+    forget = torch.arange(0, 600, 15)  # 40 samples
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[forget] = False
+    train = torch.arange(len(y)) < 700
+    m = _train(small_cnn(seed=0), x[train], y[train], steps=30)
+    a = _train(small_cnn(seed=1), x[train & keep], y[train & keep], steps=30)
+    return {"x": x[forget], "y": y[forget], "index": forget, "m": m, "a": a}
+
+
+def audit(d, **kw):
+    kw.setdefault("draws", 20)
+    kw.setdefault("progress", False)
+    kw.setdefault("bootstrap", 200)
+    taus = kw.pop("taus", TAUS)
+    return residual_knowledge(d["m"], d["a"], d["x"], d["y"], taus, index=d["index"], **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_worked_example_exact():
+    s = summarise_counts(np.array([5, 0, 3, 0]), np.array([5, 0, 0, 2]), None, 10)
+    assert isinstance(s, TauStats)
+    assert s.r_paper == 0.5
+    assert (s.n_used, s.n_both_zero, s.n_unbounded) == (2, 1, 1)
+    assert s.r_pooled == 8 / 7
+    assert s.prevalence == 0.25
+    assert s.acc_m == 0.2 and s.acc_a == 0.175
+    assert s.disagreement is None
+    assert per_sample_ratio([5, 0, 3, 0], [5, 0, 0, 2]).tolist() == [1.0, 1.0, float("inf"), 0.0]
+    s2 = summarise_counts([5, 0, 3, 0], [5, 0, 0, 2], [0, 0, 3, 4], 10)
+    assert s2.disagreement == 7 / 40
+
+
+def test_undefined_fields_are_none():
+    s = summarise_counts([3, 0], [0, 0], [3, 0], 5, bootstrap=50)
+    assert s.r_paper is None and s.r_pooled is None
+    assert (s.n_used, s.n_both_zero, s.n_unbounded) == (0, 1, 1)
+    assert s.prevalence == 0.5
+    assert s.ci95["r_paper"] is None and s.ci95["r_pooled"] is None
+    with pytest.raises(ValueError):
+        summarise_counts([11], [0], None, 10)
+
+
+def test_bootstrap_resample_r_paper_uses_its_own_defined_samples():
+    # resample rows: [0, 0] -> 5/5 = 1; [1, 3] -> only 3 has k_a > 0 -> 0/2 = 0; [1, 2] -> undefined
+    km, ka = np.array([5, 0, 3, 0]), np.array([5, 0, 0, 2])
+    s = summarise_counts(km, ka, None, 10, resample=np.array([[0, 0], [1, 3], [1, 2]]))
+    assert s.ci95["r_paper"] == (np.percentile([1.0, 0.0], 2.5), np.percentile([1.0, 0.0], 97.5))
+    assert s.ci95["n_unbounded"] == (np.percentile([0, 0, 1], 2.5), np.percentile([0, 0, 1], 97.5))
+
+
+def test_bootstrap_deterministic_and_contains_point(digits):
+    r1 = audit(digits, bootstrap=300, seed=3)
+    r2 = audit(digits, bootstrap=300, seed=3)
+    r3 = audit(digits, bootstrap=300, seed=3, bootstrap_seed=4)
+    assert [s.ci95 for s in r1.per_tau] == [s.ci95 for s in r2.per_tau]
+    assert [s.ci95 for s in r1.per_tau] != [s.ci95 for s in r3.per_tau]
+    assert r1.bootstrap_seed == 3 and r3.bootstrap_seed == 4
+    checked = 0
+    for s in r1.per_tau:
+        assert set(s.ci95) == set(STAT_FIELDS)
+        for f in STAT_FIELDS:
+            v, ci = getattr(s, f), s.ci95[f]
+            if v is None or ci is None:
+                continue
+            assert ci[0] <= v <= ci[1], (s.tau, f, v, ci)
+            checked += 1
+    assert checked >= 20
+    # the intervals are informative, not degenerate
+    assert any(s.ci95["acc_a"][1] > s.ci95["acc_a"][0] for s in r1.per_tau)
+
+
+# --------------------------------------------------------------------------------------------------
+# the estimator
+
+
+def test_counts_match_direct_computation(digits):
+    """k_m, k_a, d per (tau, sample) equal a naive per-sample loop with the same seeded block noise."""
+    r = audit(digits, probe="gaussian", draws=7, block_size=16, seed=5, taus=[0.1])
+    x, y, m, a = digits["x"], digits["y"], digits["m"], digits["a"]
+    c, n = 7, len(y)
+    km, ka, d = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
+    with torch.no_grad():
+        for b in range(-(-n // 16)):
+            rows = range(b * 16, min(n, (b + 1) * 16))
+            g = block_generator(5, "gaussian", b, "cpu")
+            z = torch.randn((len(rows) * c,) + x.shape[1:], generator=g)
+            for j, i in enumerate(rows):
+                xp = (x[i] + 0.1 * z[j * c : (j + 1) * c]).clamp(0, 1)
+                pm, pa = m(xp).argmax(1), a(xp).argmax(1)
+                km[i], ka[i], d[i] = (pm == y[i]).sum(), (pa == y[i]).sum(), (pm != pa).sum()
+    assert np.abs(r.k_m[0] - km).sum() <= 1 and np.abs(r.k_a[0] - ka).sum() <= 1
+    assert np.abs(r.d[0] - d).sum() <= 2
+    assert 0 < km.sum() < n * c  # not a degenerate fixture
+
+
+def test_tau0_gaussian_counts_are_clean_predictions(digits):
+    r = audit(digits, taus=[0.0], tau0_shortcut=False, draws=11)
+    with torch.no_grad():
+        pm, pa = digits["m"](digits["x"]).argmax(1), digits["a"](digits["x"]).argmax(1)
+    y = digits["y"]
+    assert np.array_equal(r.k_m[0], 11 * (pm == y).numpy()) and np.array_equal(r.k_a[0], 11 * (pa == y).numpy())
+    assert np.array_equal(r.d[0], 11 * (pm != pa).numpy())
+    assert 0 < (pm == y).sum() < len(y)
+    assert r.per_tau[0].clip_fraction == 0.0
+
+
+@pytest.mark.parametrize("probe", ["gaussian", "uniform-linf", "pgd"])
+def test_tau0_shortcut_equals_general_path(digits, probe):
+    kw = dict(probe=probe, taus=[0.0, 0.1], draws=10, probe_params={"steps": 2} if probe == "pgd" else None)
+    fast, slow = audit(digits, **kw), audit(digits, tau0_shortcut=False, **kw)
+    for f in ("k_m", "k_a", "d"):
+        assert np.array_equal(getattr(fast, f), getattr(slow, f))
+    assert fast.per_tau == slow.per_tau
+    n = len(digits["y"])
+    assert fast.timing.forward_passes == slow.timing.forward_passes - 2 * n * 10 + 2 * n
+
+
+@pytest.mark.parametrize("probe", ["gaussian", "uniform-l2", "pgd", "pgd-recall"])
+def test_identical_models_give_exactly_one(digits, probe):
+    m = digits["m"]
+    params = {"steps": 2} if "pgd" in probe else None
+    for a in (m, copy.deepcopy(m)):
+        r = residual_knowledge(m, a, digits["x"], digits["y"], TAUS, probe=probe, draws=10, progress=False,
+                               bootstrap=50, probe_params=params, craft_on="m" if probe == "pgd-recall" else None)
+        for s in r.per_tau:
+            assert s.r_paper in (1.0, None) and s.r_pooled == 1.0
+            assert s.prevalence == 0.0 and s.disagreement == 0.0
+        assert any(s.r_paper == 1.0 for s in r.per_tau)
+        assert np.array_equal(r.k_m, r.k_a) and not r.d.any()
+
+
+def test_craft_on_both(digits):
+    r = audit(digits, probe="pgd-recall", taus=[0.0, 0.1], draws=5, probe_params={"steps": 2})
+    assert r.craft_on == "both" and r.probe_params["craft_on"] == "both"
+    assert r.d is None and all(s.disagreement is None for s in r.per_tau)
+    assert all("disagreement" not in s.ci95 for s in r.per_tau)
+    # recall crafting on each model raises its own recognition relative to the transferred copies
+    ra = audit(digits, probe="pgd-recall", taus=[0.1], draws=5, probe_params={"steps": 2}, craft_on="m")
+    assert r.k_m[1].sum() >= ra.k_m[0].sum()
+    assert ra.d is not None and ra.per_tau[0].disagreement is not None
+    with pytest.raises(ValueError):
+        audit(digits, probe="pgd", craft_on="a", taus=[0.1], draws=2)
+    assert audit(digits, probe="fgsm", taus=[0.1], draws=2).craft_on == "m"
+    assert audit(digits, probe="gaussian", taus=[0.1], draws=2, craft_on="both").craft_on is None
+
+
+class InputLog(nn.Module):
+    """Wraps a model and keeps every batch it is fed."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.log = inner, []
+
+    def forward(self, x):
+        self.log.append(x.detach().clone().contiguous())
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("probe", ["gaussian", "uniform-l2"])
+def test_batch_size_invariance(digits, probe):
+    """The perturbations are bit-identical for any evaluation batch size; counts differ on <= 0.1%."""
+    seen, res = {}, {}
+    for bs in (5, 64, 333, 4096):
+        wrapped = InputLog(digits["m"])
+        r = residual_knowledge(wrapped, digits["a"], digits["x"], digits["y"], [0.07], probe=probe, draws=20,
+                               batch_size=bs, progress=False, bootstrap=0, seed=11)
+        seen[bs] = torch.cat(wrapped.log[1:])  # log[0]: the class-count probe
+        res[bs] = r
+        assert r.batch_size == bs
+    n, c = len(digits["y"]), 20
+    for bs in seen:
+        assert seen[bs].shape[0] == n * c
+        assert torch.equal(seen[bs], seen[5]), bs
+        diff = sum(np.abs(getattr(res[bs], f) - getattr(res[5], f)).sum() for f in ("k_m", "k_a"))
+        assert diff <= 0.001 * n * c * 2
+
+
+def test_common_random_numbers_across_tau(digits):
+    wrapped = InputLog(digits["m"])
+    residual_knowledge(wrapped, digits["a"], digits["x"], digits["y"], [0.01, 0.02], draws=4, progress=False,
+                       bootstrap=0, batch_size=4096)
+    x_rep = digits["x"].repeat_interleave(4, 0)
+    d1, d2 = wrapped.log[1] - x_rep, wrapped.log[2] - x_rep
+    inside = ((x_rep > 0.05) & (x_rep < 0.95)).expand_as(d1)  # far from clipping at these tau
+    assert torch.allclose(2 * d1[inside], d2[inside], atol=1e-6)
+
+
+def test_draws_depend_on_seed_and_block(digits):
+    r1, r2 = audit(digits, seed=1, taus=[0.15]), audit(digits, seed=2, taus=[0.15])
+    assert not np.array_equal(r1.k_m, r2.k_m) or not np.array_equal(r1.k_a, r2.k_a)
+    r3 = audit(digits, seed=1, taus=[0.15], block_size=8)
+    assert r3.block_size == 8
+
+
+def test_restores_model_state_and_layout(digits):
+    m, a = copy.deepcopy(digits["m"]), copy.deepcopy(digits["a"])
+    m.train()
+    a[0].train()
+    m[4].weight.requires_grad_(False)
+    modes = [[mod.training for mod in net.modules()] for net in (m, a)]
+    flags = [[p.requires_grad for p in net.parameters()] for net in (m, a)]
+    conv = (m[0].weight.data_ptr(), m[0].weight.stride())
+    for probe in ("gaussian", "pgd"):
+        r = residual_knowledge(m, a, digits["x"], digits["y"], [0.05], probe=probe, draws=3, progress=False,
+                               bootstrap=0, probe_params={"steps": 1} if probe == "pgd" else None,
+                               channels_last=True)
+        assert [[mod.training for mod in net.modules()] for net in (m, a)] == modes
+        assert [[p.requires_grad for p in net.parameters()] for net in (m, a)] == flags
+        assert (m[0].weight.data_ptr(), m[0].weight.stride()) == conv and m[0].weight.is_contiguous()
+        assert all(p.grad is None for p in m.parameters())
+        assert r.timing.forward_passes > 0
+
+
+def test_any_classifier_and_data_types():
+    """A plain tabular classifier, numpy inputs, and a subset via max_forget."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 3))
+    x = np.random.default_rng(0).random((30, 5)).astype(np.float32)
+    y = np.arange(30) % 3
+    r = residual_knowledge(m, m, x, y, [0.0, 0.1], draws=5, progress=False, bootstrap=0, max_forget=12,
+                           index=np.arange(100, 130))
+    assert r.n_forget == 12 and r.k_m.shape == (2, 12)
+    assert set(r.index) <= set(range(100, 130)) and list(r.index) == sorted(r.index)
+    assert r.timing.forward_passes == 2 * 12 + 2 * 12 * 5
+    with pytest.raises(ValueError):
+        residual_knowledge(m, m, x * 3, y, [0.1], progress=False)
+    with pytest.raises(ValueError):
+        residual_knowledge(m, m, x, y, [-0.1], progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+
+
+def test_report_outputs(digits, tmp_path):
+    r = audit(digits, taus=[0.0, 0.05, 0.3], draws=10)
+    assert isinstance(r, AuditResult)
+    js = r.to_json(scenario="digits", method="ga", reference="retrain@0", seed=131)
+    text = json.dumps(js, allow_nan=False)
+    back = json.loads(text)
+    for k in ("scenario", "seed", "method", "reference", "probe", "c", "n_forget", "noise_seed", "bootstrap",
+              "per_tau", "timing"):
+        assert k in back
+    assert back["probe"] == {"name": "gaussian", "params": {}}
+    assert back["bootstrap"] == {"B": 200, "seed": 0} and back["c"] == 10 and back["seed"] == 131
+    assert back["timing"]["forward_passes"] == r.timing.forward_passes > 0
+    row = back["per_tau"][1]
+    for f in ("tau",) + STAT_FIELDS + ("ci95",):
+        assert f in row
+    assert isinstance(row["ci95"]["r_pooled"], list) and len(row["ci95"]["r_pooled"]) == 2
+
+    path = r.write_csv(tmp_path / "rk.csv")
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["index", "label", "tau", "k_m", "k_a", "d", "r", "leak"]
+    n = r.n_forget
+    assert len(rows) == 3 * n
+    assert [int(rw["index"]) for rw in rows[:n]] == digits["index"].tolist()
+    for rw in rows:
+        km, ka = int(rw["k_m"]), int(rw["k_a"])
+        expect = "inf" if ka == 0 and km > 0 else repr(1.0 if ka == km == 0 else km / ka)
+        assert rw["r"] == expect and rw["leak"] == str(km > ka)
+
+    leaks = r.top_leaks(5)
+    gaps = [lk["gap"] for lk in leaks]
+    assert gaps == sorted(gaps, reverse=True) and all(g > 0 for g in gaps)
+    assert all(lk["k_m"] - lk["k_a"] == lk["gap"] for lk in leaks)
+    assert max(gaps) == (r.k_m - r.k_a).max()
+    assert r.stats(0.049).tau == 0.05
+
+
+def test_plot(digits, tmp_path):
+    from rurk.plots import plot_residual_curves
+
+    r = audit(digits, taus=[0.0, 0.05, 0.15], draws=5)
+    dict_curve = {"taus": [0, 0.05, 0.15], "r_paper": [1.0, None, 1.2], "r_pooled": [1, 1.1, 1.3],
+                  "ci": {"r_pooled": [(0.9, 1.1), (1.0, 1.2), (1.1, 1.5)]}}
+    out = plot_residual_curves({"ga": r, "json": r.to_json(), "mean": dict_curve}, tmp_path / "p" / "rk.png",
+                               title="digits")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
