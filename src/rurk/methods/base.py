@@ -119,12 +119,14 @@ class MethodSpec:
     presets: dict[str, dict] = field(default_factory=dict)
 
     def config(self, preset: str = "small", overrides: dict | None = None):
-        """The config for ``preset`` ("small" = the dataclass defaults) with ``overrides`` applied."""
-        if preset != "small" and preset not in self.presets:
-            known = ", ".join(["small", *self.presets])
-            raise ConfigError(f"method {self.name!r} has no preset {preset!r}; presets: {known}")
-        values = merge(self.presets.get(preset, {}), overrides or {})
-        return from_dict(self.config_cls, values, prefix=f"methods.{self.name}")
+        """The config for ``preset`` with ``overrides`` applied. "small" is the dataclass defaults; a
+        dashed preset such as "cifar10-class" applies "cifar10" and then "cifar10-class" (each only
+        where the method defines it)."""
+        parts = preset.split("-")
+        values: dict = {}
+        for i in range(1, len(parts) + 1):
+            values = merge(values, self.presets.get("-".join(parts[:i]), {}))
+        return from_dict(self.config_cls, merge(values, overrides or {}), prefix=f"methods.{self.name}")
 
     def defaults(self) -> dict:
         return {f.name: getattr(self.config_cls(), f.name) for f in fields(self.config_cls)}

@@ -1,0 +1,212 @@
+"""From a scenario to the two reference models, cached in the run store.
+
+``prepare(scenario)`` loads the source data and draws the split (index arrays, saved with the run);
+``reference_models(...)`` trains — or reuses from the store — the optional pre-trained network,
+Original (trained on S) and Re-train (trained on S_r with the same recipe and seed). Each model is
+cached under a hash of everything that determines it (data fingerprint, split digest, model, recipe,
+seed), so a second run with the same settings trains nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Scenario, to_dict
+from .data import Source, Split, SplitData, load_source, make_split
+from .methods.base import UnlearnData
+from .models import build_model
+from .store import Store, cache_key, write_json
+from .train import OptimConfig, accuracy, fit, prepare_model
+
+
+@dataclass
+class Prepared:
+    """A scenario's data: the source, the split (index arrays) and the materialised subsets."""
+
+    scenario: Scenario
+    source: Source
+    split: Split
+    data: SplitData
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.split.classes)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.retain.x.shape[1:])
+
+    @property
+    def class_unlearning(self) -> bool:
+        return self.scenario.forget.kind == "class"
+
+    def unlearn_data(self, pretrained: nn.Module | None = None) -> UnlearnData:
+        return UnlearnData(
+            retain=self.data.retain,
+            forget=self.data.forget,
+            num_classes=self.num_classes,
+            test=self.data.test,
+            val=self.data.val if len(self.data.val) else None,
+            class_unlearning=self.class_unlearning,
+            forget_class=self.scenario.forget.forget_class if self.class_unlearning else None,
+            pretrained=pretrained,
+            loader_seed=self.scenario.seeds.loader,
+        )
+
+
+def prepare(scenario: Scenario, store: Store | None = None) -> Prepared:
+    """Load the scenario's source and draw its split (saved under ``store/splits/`` when given)."""
+    d, f = scenario.data, scenario.forget
+    kw = {"image_size": d.image_size} if d.image_size else {}
+    source = load_source(d.dataset, d.data_dir, **kw)
+    split = make_split(
+        source,
+        classes=d.classes,
+        train_per_class=d.train_per_class,
+        test_per_class=d.test_per_class,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        forget=f.kind,
+        forget_class=f.forget_class,
+        forget_fraction=f.fraction if f.count is None else None,
+        forget_count=f.count,
+        forget_file=f.file,
+        seed=scenario.seeds.split,
+    )
+    if store is not None:
+        split.save(store.root / "splits" / f"{split.digest()}.json")
+    return Prepared(scenario, source, split, split.data(source))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def normalisation(scenario: Scenario, train_x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The model's in-built normalisation: the scenario's mean/std, or (decision) the per-channel
+    statistics of the scenario's training set when unset."""
+    m = scenario.model
+    if m.mean is not None and m.std is not None:
+        return list(m.mean), list(m.std)
+    dims = [0, 2, 3] if train_x.dim() == 4 else [0]
+    return train_x.mean(dims).tolist(), train_x.std(dims).clamp_min(1e-3).tolist()
+
+
+def new_model(scenario: Scenario, num_classes: int, in_shape, mean, std, seed: int, device) -> nn.Module:
+    """A freshly initialised model of the scenario's architecture (init seeded by ``seed``)."""
+    torch.manual_seed(seed)
+    model = build_model(scenario.model.arch, num_classes, in_shape, mean=mean, std=std, width=scenario.model.width)
+    return prepare_model(model.to(device))
+
+
+@dataclass
+class References:
+    original: nn.Module
+    retrain: nn.Module
+    pretrained: nn.Module | None
+    keys: dict[str, str]
+    accuracies: dict[str, dict[str, float]]
+
+
+def reference_models(
+    scenario: Scenario,
+    prepared: Prepared,
+    seed: int,
+    store: Store,
+    *,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> References:
+    """Train or reuse the pre-trained network (if the scenario has one), Original and Re-train."""
+    device = pick_device(device) if isinstance(device, str) else device
+    data = prepared.data
+    mean, std = normalisation(scenario, data.train.x)
+    common = dict(
+        data=to_dict(scenario.data), fingerprint=prepared.source.fingerprint, split=prepared.split.digest(),
+        model=to_dict(scenario.model), mean=mean, std=std, seed=seed, loader_seed=scenario.seeds.loader,
+    )
+
+    pretrained, pre_key = None, None
+    if scenario.pretrain.dataset:
+        pretrained, pre_key = _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress)
+
+    def make(kind: str, train_set, recipe: OptimConfig) -> tuple[nn.Module, str]:
+        key = cache_key(kind=kind, recipe=to_dict(recipe), pretrained=pre_key, **common)
+        if pretrained is not None:
+            model = copy.deepcopy(pretrained)
+        else:
+            model = new_model(scenario, prepared.num_classes, prepared.in_shape, mean, std, seed, device)
+        if store.load_model(key, model) is None:
+            rec = fit(model, train_set, recipe, seed, loader_seed=scenario.seeds.loader,
+                      desc=f"{kind} seed {seed}", progress=progress)
+            if rec.diverged:
+                raise RuntimeError(f"{kind} training diverged at step {rec.diverged_step}; lower train.lr")
+            acc = _accuracies(model, data)
+            store.save_model(key, model, {"kind": kind, "scenario": scenario.name, "seed": seed,
+                                          "arch": scenario.model.arch, "num_classes": prepared.num_classes,
+                                          "in_shape": list(prepared.in_shape), "mean": mean, "std": std,
+                                          "recipe": to_dict(recipe), "split": prepared.split.digest(),
+                                          "accuracy": acc, "train": rec.to_json()})
+            store.put("model", key, scenario=scenario.name, seed=seed, config=to_dict(recipe),
+                      metrics=acc, timings={"wall_s": rec.wall_s, "steps": rec.steps})
+        return model.eval(), key
+
+    original, ok = make("original", data.train, scenario.train)
+    retrain, rk = make("retrain", data.retain, scenario.retrain_optim())
+    keys = {"original": ok, "retrain": rk}
+    if pre_key:
+        keys["pretrained"] = pre_key
+    accs = {k: store.load_meta(v)["accuracy"] for k, v in keys.items() if k != "pretrained"}
+    write_json(store.root / "splits" / f"{prepared.split.digest()}.keys-{seed}.json", keys)
+    return References(original, retrain, pretrained, keys, accs)
+
+
+def _accuracies(model: nn.Module, data: SplitData) -> dict[str, float]:
+    return {
+        "retain": accuracy(model, data.retain),
+        "forget": accuracy(model, data.forget),
+        "test": accuracy(model, data.test),
+    }
+
+
+def _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress):
+    """Pre-train on the whole pre-training source, then give the network a fresh head sized for the
+    scenario's classes (Small CIFAR-5 protocol). ``exclude_forget`` removes S_f from pre-training
+    when the pre-training source is the scenario's own source."""
+    pre = scenario.pretrain
+    source = prepared.source if pre.dataset == scenario.data.dataset else load_source(pre.dataset, scenario.data.data_dir)
+    train = source.train
+    if pre.exclude_forget and pre.dataset == scenario.data.dataset:
+        keep = ~torch.isin(train.index, prepared.data.forget.index)
+        train = train.subset(torch.nonzero(keep).squeeze(1))
+    key = cache_key(kind="pretrained", pretrain=to_dict(pre), source=source.fingerprint, **common)
+    n_classes = source.num_classes
+    model = new_model(scenario, n_classes, prepared.in_shape, mean, std, seed, device)
+    if store.load_model(key, model) is None:
+        rec = fit(model, train, pre.optim, seed, loader_seed=scenario.seeds.loader,
+                  desc=f"pretrain seed {seed}", progress=progress)
+        store.save_model(key, model, {"kind": "pretrained", "scenario": scenario.name, "seed": seed,
+                                      "train": rec.to_json(), "num_classes": n_classes})
+        store.put("model", key, scenario=scenario.name, seed=seed, config=to_dict(pre),
+                  timings={"wall_s": rec.wall_s, "steps": rec.steps})
+    torch.manual_seed(seed + 1)
+    model.head = nn.Linear(model.head.in_features, prepared.num_classes).to(device)
+    return model.eval(), key
+
+
+def load_run_model(store: Store, key: str, scenario: Scenario, prepared: Prepared, device="cpu") -> nn.Module:
+    """Rebuild the architecture from the scenario and load checkpoint ``key`` from the store."""
+    meta = store.load_meta(key)
+    if meta is None:
+        raise FileNotFoundError(f"no complete checkpoint {key!r} under {Path(store.root) / 'models'}")
+    model = new_model(scenario, meta.get("num_classes", prepared.num_classes), prepared.in_shape,
+                      meta.get("mean"), meta.get("std"), 0, pick_device(device) if isinstance(device, str) else device)
+    store.load_model(key, model)
+    return model.eval()

@@ -1,0 +1,175 @@
+"""The run store: one directory per run root holding
+
+- ``rurk.sqlite`` — a record per finished piece of work (kind, key, scenario, seed, config, metrics,
+  timings), written in one transaction, so a record exists only for work that completed;
+- ``models/<key>/model.safetensors`` + ``model.json`` — checkpoints. The weights are written to a
+  temporary file, fsynced and renamed; ``model.json`` (which carries the weights' sha256) is written
+  the same way *after* them and is the commit marker. A checkpoint without a matching ``model.json``
+  is never trusted, so killing a run at any moment loses only the unfinished piece;
+- ``splits/<digest>.json`` — the split index arrays of every scenario used.
+
+Nothing is ever unpickled: weights are safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(o: Any):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def cache_key(**parts: Any) -> str:
+    """A short stable hash of everything that determines a result (data, split, model, recipe, seed)."""
+    return hashlib.sha256(canonical_json({"v": FORMAT_VERSION, **parts}).encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+class Store:
+    """A run directory (see the module docstring). Cheap to open; safe to share between processes
+    that write different keys."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "rurk.sqlite"
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, key TEXT NOT NULL, scenario TEXT, "
+                "seed INTEGER, config TEXT, metrics TEXT, timings TEXT, created REAL, PRIMARY KEY (kind, key))"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.db_path, timeout=30)
+
+    # ------------------------------------------------------------------------------------ records
+    def put(self, kind: str, key: str, *, scenario: str = "", seed: int | None = None, config: Any = None,
+            metrics: Any = None, timings: Any = None) -> None:
+        """Record a finished piece of work (replacing an older record of the same kind and key)."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?)",
+                (kind, key, scenario, seed, canonical_json(config), canonical_json(metrics),
+                 canonical_json(timings), time.time()),
+            )
+
+    def get(self, kind: str, key: str) -> dict | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT scenario, seed, config, metrics, timings, created FROM records WHERE kind=? AND key=?",
+                (kind, key),
+            ).fetchone()
+        if row is None:
+            return None
+        return {"kind": kind, "key": key, "scenario": row[0], "seed": row[1], "config": json.loads(row[2]),
+                "metrics": json.loads(row[3]), "timings": json.loads(row[4]), "created": row[5]}
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        with self._connect() as db:
+            q = "SELECT kind, key FROM records" + (" WHERE kind=?" if kind else "") + " ORDER BY created"
+            keys = db.execute(q, (kind,) if kind else ()).fetchall()
+        return [self.get(k, key) for k, key in keys]
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def model_dir(self, key: str) -> Path:
+        return self.root / "models" / key
+
+    def save_model(self, key: str, model: nn.Module, meta: dict) -> Path:
+        """Atomically save ``model`` as ``models/<key>/model.safetensors`` + ``model.json``."""
+        path = self.model_dir(key) / "model.safetensors"
+        save_weights(model, path, {**meta, "key": key})
+        return path
+
+    def load_meta(self, key: str) -> dict | None:
+        """The metadata of a *complete* checkpoint, or None (missing, half-written or corrupted)."""
+        return read_meta(self.model_dir(key) / "model.safetensors")
+
+    def load_model(self, key: str, model: nn.Module) -> dict | None:
+        """Load a complete checkpoint into ``model`` (strict); return its metadata, or None if absent."""
+        meta = self.load_meta(key)
+        if meta is None:
+            return None
+        load_weights(model, self.model_dir(key) / "model.safetensors")
+        return meta
+
+
+def save_weights(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
+    """Save ``model`` as ``path`` (safetensors, atomic) and then ``path.with_suffix('.json')`` holding
+    ``meta`` plus the weights' sha256 — the marker that the checkpoint is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata={"rurk_format": str(FORMAT_VERSION)})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), {**(meta or {}), "sha256": _sha256(path), "format": FORMAT_VERSION})
+
+
+def read_meta(path: str | Path) -> dict | None:
+    """The metadata of a *complete* checkpoint at ``path``, or None (missing, half-written, corrupted)."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not path.exists() or _sha256(path) != meta.get("sha256"):
+        return None
+    return meta
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Strictly load a safetensors file into ``model`` (every key must match; no silent partial loads)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    state = load_file(str(path), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match the model: missing keys {sorted(missing)[:5]}, "
+            f"unexpected keys {sorted(unexpected)[:5]}"
+        )
+    return model
