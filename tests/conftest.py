@@ -1,0 +1,12 @@
+"""Shared test fixtures. Tiny models run much faster on one intra-op thread on this 2-core machine."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
