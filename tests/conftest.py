@@ -1,7 +1,11 @@
 """Shared test fixtures. Tiny models run much faster on one intra-op thread on this 2-core machine."""
 
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("RURK_PROGRESS", "0")  # no progress bars in test output
 
 
 @pytest.fixture(autouse=True, scope="session")

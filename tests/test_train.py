@@ -134,3 +134,11 @@ def test_optim_config_rejects_bad_values_by_name():
     with pytest.raises(ValueError, match="batch_size"):
         OptimConfig(batch_size=0)
     assert math.isfinite(OptimConfig().lr)
+
+
+def test_stop_hook_on_the_last_batch_of_an_epoch_ends_training():
+    model = nn.Linear(2, 1)
+    batches = [(torch.ones(1, 2), None)] * 3
+    rec = run_loop(model, lambda e: batches, 3, lambda m, b: m(b[0]).sum(), OptimConfig(epochs=5),
+                   stop=lambda m, step: step == 6, progress=False)
+    assert rec.steps == 6 and rec.epochs_run == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        os.environ["RURK_PROGRESS"] = "0"
     try:
         args.fn(args)
     except (ConfigError, FileNotFoundError, ValueError, ImportError) as e:

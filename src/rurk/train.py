@@ -11,6 +11,7 @@ The data path follows airbench: a whole dataset lives on the device as one tenso
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -118,6 +119,13 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Progress bars are on unless turned off per call, or globally with RURK_PROGRESS=0 (``--quiet``)."""
+    if progress is not None:
+        return progress
+    return os.environ.get("RURK_PROGRESS", "1") != "0"
+
+
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -190,7 +198,7 @@ def run_loop(
     after_step: Callable[[nn.Module, float], None] | None = None,
     stop: Callable[[nn.Module, int], bool] | None = None,
     desc: str = "train",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> LoopRecord:
     """Train ``model`` in place and return a :class:`LoopRecord`.
 
@@ -214,8 +222,9 @@ def run_loop(
     device = model_device(model)
     (set_mode or nn.Module.train)(model)
     t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=desc, disable=not progress_enabled(progress), leave=False)
     sums: dict[str, torch.Tensor] = {}
+    finished = False
     try:
         for epoch in range(cfg.epochs):
             n_in_epoch = 0
@@ -242,10 +251,11 @@ def run_loop(
                     after_step(model, lr)
                 bar.update()
                 if (cfg.max_steps and rec.steps >= cfg.max_steps) or (stop is not None and stop(model, rec.steps)):
+                    finished = True
                     break
             _close_epoch(rec, sums, n_in_epoch, lr)
             sums = {}
-            if n_in_epoch < steps_per_epoch or (cfg.max_steps and rec.steps >= cfg.max_steps):
+            if finished or n_in_epoch < steps_per_epoch:
                 break
     except Diverged:
         rec.diverged, rec.diverged_step = True, rec.steps
@@ -287,7 +297,7 @@ def fit(
     *,
     loader_seed: int | None = None,
     desc: str = "fit",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> LoopRecord:
     """Supervised training of ``model`` on ``data`` (in place) with cross-entropy.
 
