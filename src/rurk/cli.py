@@ -11,10 +11,18 @@ from .config import ConfigError, load_scenario, parse_overrides
 
 
 def _scenario(args):
+    """The scenario with its tuned per-method values (if any), then --data-dir and --set overrides."""
+    from .experiment import scenario_with
+    from .tune import load_tuned
+
     overrides = parse_overrides(args.set)
     if getattr(args, "data_dir", None):
         overrides.setdefault("data", {})["data_dir"] = args.data_dir
-    return load_scenario(args.scenario, overrides)
+    scenario = load_scenario(args.scenario, overrides)
+    tuned_file = getattr(args, "tuned", None) or scenario.tuned
+    if tuned_file and tuned_file != "none":
+        scenario = scenario_with(scenario, load_tuned(tuned_file))
+    return scenario
 
 
 def _seeds(args, scenario) -> list[int]:
@@ -52,6 +60,139 @@ def cmd_train(args) -> None:
                   f"{store.model_dir(refs.keys[kind])}")
 
 
+def cmd_methods(args) -> None:
+    from .methods import load_all
+
+    for name, spec in sorted(load_all().items()):
+        print(f"{name:13s} {spec.summary}")
+        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults().items())
+        print(f"{'':13s}   defaults: {defaults}")
+        if spec.presets:
+            print(f"{'':13s}   presets: " + "; ".join(f"{p}: {v}" for p, v in spec.presets.items()))
+
+
+def cmd_unlearn(args) -> None:
+    from .experiment import RunOptions, method_config, run_seed
+    from .pipeline import prepare
+    from .store import Store
+
+    scenario = _scenario(args)
+    store = Store(args.out)
+    prepared = prepare(scenario, store)
+    opts = RunOptions(methods=[args.method], device=args.device, relearn=not args.no_relearn)
+    print(f"{args.method}: {method_config(scenario, args.method)}")
+    for seed in _seeds(args, scenario):
+        run_seed(scenario, prepared, seed, store, [args.method], opts, Path(args.out) / scenario.name,
+                 progress=not args.quiet)
+    print(f"checkpoints and records: {Path(args.out).resolve()}")
+
+
+def cmd_audit(args) -> None:
+    from .audit import residual_knowledge
+    from .pipeline import load_run_model, prepare, reference_models
+    from .plots import plot_residual_curves
+    from .store import Store, load_weights, read_meta
+
+    scenario = _scenario(args)
+    store = Store(args.out)
+    prepared = prepare(scenario, store)
+    seed = _seeds(args, scenario)[0]
+    refs = reference_models(scenario, prepared, seed, store, device=args.device, progress=not args.quiet)
+
+    def model_from(path: str | None, fallback):
+        if path is None:
+            return fallback
+        if read_meta(path) is None:
+            raise FileNotFoundError(f"{path}: no complete checkpoint (expected a .safetensors with its .json)")
+        return load_weights(load_run_model(store, refs.keys["original"], scenario, prepared, args.device), path).eval()
+
+    if args.method:
+        from .experiment import unlearned_model
+
+        m, rec, _ = unlearned_model(args.method, scenario, prepared, refs, seed, store)
+        if m is None:
+            raise ValueError(f"method {args.method!r} produced no model: {rec.get('error') or 'diverged'}")
+        name = args.method
+    else:
+        m = model_from(args.unlearned, refs.original)
+        name = Path(args.unlearned).stem if args.unlearned else "original"
+    a = model_from(args.reference, refs.retrain)
+    taus = [float(t) for t in args.taus.split(",")] if args.taus else scenario.audit.taus
+    f = prepared.data.forget
+    res = residual_knowledge(m, a, f.x, f.y, taus=taus, probe=args.probe, draws=args.draws or scenario.audit.draws,
+                             seed=seed, index=f.index, bootstrap=scenario.audit.bootstrap,
+                             progress=None if not args.quiet else False)
+    out = Path(args.out) / scenario.name / f"seed-{seed}" / name
+    res.write_json(out / f"audit-{args.probe}.json", scenario=scenario.name, seed=seed, method=name,
+                   reference=f"retrain@{seed}" if args.reference is None else str(args.reference))
+    res.write_csv(out / f"audit-{args.probe}.csv")
+    plot_residual_curves({name: res}, out / f"audit-{args.probe}.png", title=f"{scenario.name}: {name} vs Re-train")
+    print(f"{'tau':>7s} {'r_paper':>8s} {'n_unb':>5s} {'r_pooled':>8s} {'prev':>6s} {'acc_m':>6s} {'acc_a':>6s} {'disagr':>6s}")
+    for t in res.per_tau:
+        fmt = lambda v: "   –" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{t.tau:7.4f} {fmt(t.r_paper):>8s} {t.n_unbounded:5d} {fmt(t.r_pooled):>8s} {t.prevalence:6.1%} "
+              f"{t.acc_m:6.3f} {t.acc_a:6.3f} {fmt(t.disagreement):>6s}")
+    print(f"wrote {out}/audit-{args.probe}.json, .csv, .png ({res.timing.seconds:.1f} s, "
+          f"{res.timing.forward_passes} forward passes)")
+
+
+def _run_options(args):
+    from .experiment import RunOptions
+
+    return RunOptions(
+        methods=[m for m in args.methods.split(",") if m] if args.methods else None,
+        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        probe=args.probe, taus=[float(t) for t in args.taus.split(",")] if args.taus else None,
+        draws=args.draws, relearn=not args.no_relearn, device=args.device,
+    )
+
+
+def cmd_run(args) -> None:
+    from .experiment import run_experiment
+
+    scenario = _scenario(args)
+    summary = run_experiment(scenario, _run_options(args), args.out, progress=not args.quiet)
+    _print_summary(summary, Path(args.out) / scenario.name)
+
+
+def cmd_demo(args) -> None:
+    import time
+
+    from .experiment import RunOptions, run_experiment
+
+    t0 = time.perf_counter()
+    args.scenario = "fmnist5"
+    scenario = _scenario(args)
+    opts = RunOptions(seeds=[scenario.seeds.run[0]], draws=args.draws, device=args.device)
+    summary = run_experiment(scenario, opts, args.out, progress=not args.quiet)
+    _print_summary(summary, Path(args.out) / scenario.name)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+
+
+def _print_summary(summary: dict, out_dir: Path) -> None:
+    from .report import main_table, markdown
+
+    print()
+    print(markdown(*main_table(summary)))
+    print(f"\nreport: {out_dir / 'report.md'}  plot: {out_dir / 'residual.png'}  summary: {out_dir / 'summary.json'}")
+
+
+def cmd_tune(args) -> None:
+    from .tune import tune
+
+    scenario = _scenario(args)
+    path = tune(scenario, args.method.split(","), args.out, budget=args.budget, seed=args.seed,
+                split_seed=args.split_seed, write=args.write, device=args.device)
+    print(f"wrote {path}")
+
+
+def cmd_iris_figure(args) -> None:
+    from .toy import iris_figure
+
+    res = iris_figure(args.png, seed=args.seed)
+    print(f"wrote {args.png}; correct perturbed copies per model: {res['totals']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rurk",
@@ -75,6 +216,56 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("scenarios", help="list the shipped scenarios")
     c.set_defaults(fn=cmd_scenarios)
     scenario_cmd("train", "train (or reuse) Original and Re-train and print their accuracies", cmd_train)
+    c = sub.add_parser("methods", help="list the unlearning methods with their defaults")
+    c.set_defaults(fn=cmd_methods)
+
+    c = scenario_cmd("unlearn", "unlearn the forget set from Original with one method (checkpoint + record)", cmd_unlearn)
+    c.add_argument("--method", required=True, help="a method name (see `rurk methods`)")
+    c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
+    c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
+
+    c = scenario_cmd("audit", "audit residual knowledge of an unlearned model against Re-train", cmd_audit)
+    c.add_argument("--method", default=None, help="audit this method's cached unlearned model (run it if needed)")
+    c.add_argument("--unlearned", default=None, help="a .safetensors checkpoint of the audited model (default: Original)")
+    c.add_argument("--reference", default=None, help="a .safetensors checkpoint of the reference (default: Re-train)")
+    c.add_argument("--probe", default="gaussian", help="gaussian, uniform-linf, uniform-l2, fgsm, pgd, pgd-recall")
+    c.add_argument("--taus", default=None, help="comma-separated taus in pixel units (default: the scenario's grid)")
+    c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample (default 100)")
+    c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
+
+    def run_args(c):
+        c.add_argument("--methods", default=None, help="comma-separated methods (default: all that fit the scenario)")
+        c.add_argument("--probe", default="gaussian", help="the residual-knowledge probe")
+        c.add_argument("--taus", default=None, help="comma-separated taus (default: the scenario's grid)")
+        c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample")
+        c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
+        c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
+
+    c = scenario_cmd("run", "the full experiment: every method x seed, metrics, audits, report", cmd_run)
+    c.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scenario's, 131,42,7)")
+    run_args(c)
+
+    c = sub.add_parser("demo", help="the default main job: `rurk run fmnist5` sized for a CPU, one seed")
+    c.add_argument("--out", default="runs", help="run directory [default: runs]")
+    c.add_argument("--data-dir", default=None, help="directory holding the Fashion-MNIST idx files")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scenario setting")
+    c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample (default: the scenario's)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
+    c.set_defaults(fn=cmd_demo, seed=None)
+
+    c = scenario_cmd("tune", "search a method's hyperparameters by Avg. Gap on a separate tuning split", cmd_tune)
+    c.add_argument("--method", required=True, help="method name(s), comma-separated, or 'all'")
+    c.add_argument("--budget", type=int, default=12, help="trials per method [default: 12]")
+    c.add_argument("--split-seed", type=int, default=1, help="split seed of the tuning forget set [default: 1]")
+    c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
+    c.set_defaults(tuned="none")
+
+    c = sub.add_parser("iris-figure", help="the toy 2-D illustration (paper Fig. 1 spirit) as a PNG")
+    c.add_argument("--png", default="iris-figure.png")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(fn=cmd_iris_figure)
     return p
 
 

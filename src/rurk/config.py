@@ -211,6 +211,8 @@ class Scenario:
     seeds: SeedConfig = field(default_factory=SeedConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     methods: dict = field(default_factory=dict)  # per-method config overrides: {name: {key: value}}
+    run_methods: list[str] | None = None  # methods `rurk run` uses by default (None = every registered one)
+    tuned: str | None = None  # TOML of tuned per-method values (from `rurk tune`), relative to the package
 
     def retrain_optim(self) -> OptimConfig:
         return from_dict(OptimConfig, merge(to_dict(self.train), self.retrain), prefix="retrain")

@@ -1,0 +1,236 @@
+"""`rurk run`: the grid of (seed × method × evaluation) cells, resumable, fed from the store.
+
+For each seed: train or reuse Original and Re-train, run every selected method (each cell's
+unlearned model is checkpointed), evaluate the standard metrics and audit residual knowledge against
+Re-train. Every finished cell is a record in the store keyed by a hash of everything that determines
+it, so a rerun skips it; a method that fails or diverges is recorded as such and never stops the run.
+The per-seed records are then aggregated by :mod:`rurk.report`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import metrics as M
+from .audit import residual_knowledge
+from .config import Scenario, merge, to_dict
+from .methods import load_all
+from .methods.base import MethodRecord, get_method, unlearn
+from .pipeline import Prepared, References, load_run_model, prepare, reference_models
+from .store import Store, cache_key
+
+REFERENCE_ROWS = ("original", "retrain")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `rurk run` evaluates (the scenario's [audit] table supplies the defaults)."""
+
+    methods: list[str] | None = None  # None = the scenario's `run_methods`, else every registered method
+    seeds: list[int] | None = None  # None = the scenario's run seeds
+    probe: str = "gaussian"
+    probe_params: dict = field(default_factory=dict)
+    taus: list[float] | None = None
+    draws: int | None = None
+    bootstrap: int | None = None
+    relearn: bool = True
+    mia_max_per_side: int | None = None
+    device: str = "auto"
+
+
+def method_names(scenario: Scenario, opts: RunOptions) -> list[str]:
+    registry = load_all()
+    names = opts.methods or scenario.run_methods or sorted(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(sorted(registry))}")
+    return list(names)
+
+
+def method_config(scenario: Scenario, name: str):
+    """The method's config: its preset for the scenario, then the scenario's [methods.NAME] table
+    (which includes tuned values and `--set methods.NAME.key=value` overrides)."""
+    return get_method(name).config(scenario.preset, scenario.methods.get(name, {}))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(model: nn.Module, prepared: Prepared, seed: int, original_forget_loss: float | None,
+             *, relearn: bool = True, mia_max_per_side: int | None = None) -> dict:
+    """Standard metrics of one model (fractions): retain/unlearn/test accuracy, MIA, re-learn time."""
+    d = prepared.data
+    acc = M.standard_accuracies(model, d.retain, d.forget, d.test)
+    out = {**acc.to_json(),
+           "mia": M.mia(model, d.retain, d.forget, d.test, seed, class_unlearning=prepared.class_unlearning,
+                        max_per_side=mia_max_per_side)}
+    if relearn and original_forget_loss is not None:
+        r = M.relearn_time(model, d.forget, original_forget_loss, seed, loader_seed=prepared.scenario.seeds.loader)
+        out["relearn_epochs"], out["relearn_censored"] = r.epochs, r.censored
+    return out
+
+
+def audit(model: nn.Module, retrain: nn.Module, prepared: Prepared, seed: int, opts: RunOptions):
+    """Residual-knowledge audit of ``model`` against Re-train on the forget set (JSON summary)."""
+    a = prepared.scenario.audit
+    f = prepared.data.forget
+    res = residual_knowledge(
+        model, retrain, f.x, f.y, taus=opts.taus or a.taus, probe=opts.probe, draws=opts.draws or a.draws,
+        seed=seed, bootstrap=opts.bootstrap if opts.bootstrap is not None else a.bootstrap,
+        index=f.index, probe_params=opts.probe_params or None, max_forget=a.max_forget,
+    )
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+@dataclass
+class SeedResult:
+    seed: int
+    metrics: dict[str, dict]  # method -> evaluate() output (or {"error"/"diverged"})
+    residual: dict[str, dict]  # method -> audit JSON summary
+    records: dict[str, dict]  # method -> MethodRecord JSON (wall time etc.)
+
+
+def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, names: list[str],
+             opts: RunOptions, out_dir: Path, *, progress: bool | None = None, log=print) -> SeedResult:
+    refs = reference_models(scenario, prepared, seed, store, device=opts.device, progress=progress)
+    base = _base_cell(prepared, refs, seed)
+    original_loss = M.mean_ce(refs.original, prepared.data.forget)
+    metrics, residual, records = {}, {}, {}
+    seed_dir = out_dir / f"seed-{seed}"
+
+    for name in [*REFERENCE_ROWS, *names]:
+        if name in REFERENCE_ROWS:
+            model, cell = (refs.original if name == "original" else refs.retrain), base | {"model": name}
+            records[name] = {"wall_s": (store.get("model", refs.keys[name]) or {}).get("timings", {}).get("wall_s")}
+        else:
+            model, rec, cell = unlearned_model(name, scenario, prepared, refs, seed, store, log=log)
+            records[name] = rec
+            if model is None:
+                metrics[name] = {k: rec[k] for k in ("error", "diverged", "diverged_step") if rec.get(k)}
+                continue
+        metrics[name] = _cached(store, "eval", cell | {"relearn": opts.relearn, "mia_cap": opts.mia_max_per_side},
+                                lambda: evaluate(model, prepared, seed, original_loss, relearn=opts.relearn
+                                                 and name != "original", mia_max_per_side=opts.mia_max_per_side),
+                                scenario, seed)
+        if name == "retrain":
+            residual[name] = None  # a against itself: r = 1 at every tau by definition (tested in the audit)
+            continue
+        audit_cell = cell | {"probe": opts.probe, "params": opts.probe_params, "taus": opts.taus or scenario.audit.taus,
+                             "draws": opts.draws or scenario.audit.draws, "audit": to_dict(scenario.audit)}
+
+        def run_audit():
+            res = audit(model, refs.retrain, prepared, seed, opts)
+            res.write_csv(seed_dir / name / f"residual-{opts.probe}.csv")
+            return res.to_json(scenario=scenario.name, seed=seed, method=name, reference=f"retrain@{seed}")
+
+        residual[name] = _cached(store, "audit", audit_cell, run_audit, scenario, seed)
+        log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
+    return SeedResult(seed, metrics, residual, records)
+
+
+def _base_cell(prepared: Prepared, refs: References, seed: int) -> dict:
+    return dict(split=prepared.split.digest(), fingerprint=prepared.source.fingerprint, seed=seed,
+                original=refs.keys["original"], retrain=refs.keys["retrain"])
+
+
+def unlearned_model(name: str, scenario: Scenario, prepared: Prepared, refs: References, seed: int, store: Store,
+                    *, log=print) -> tuple[nn.Module | None, dict, dict]:
+    """(model or None if it failed/diverged, record JSON, cell) of one (seed, method), cached in the store."""
+    cfg = method_config(scenario, name)
+    cell = _base_cell(prepared, refs, seed) | {"method": name, "config": to_dict(cfg)}
+    model, rec = _unlearned(name, cfg, scenario, prepared, refs, prepared.unlearn_data(refs.pretrained), seed,
+                            store, cell, log)
+    return model, rec, cell
+
+
+def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, seed: int) -> dict:
+    key = cache_key(kind=kind, **cell)
+    hit = store.get(kind, key)
+    if hit is not None:
+        return hit["metrics"]
+    value = compute()
+    store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value)
+    return value
+
+
+def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, store: Store, cell, log):
+    """The unlearned model of one (seed, method) cell: loaded from the store or computed and saved.
+    Returns (model or None, record JSON); None when the method failed or diverged."""
+    key = cache_key(kind="unlearned", **cell)
+    hit = store.get("unlearned", key)
+    if hit is not None:
+        rec = hit["metrics"]
+        if rec.get("error") or rec.get("diverged"):
+            return None, rec
+        model = load_run_model(store, key, scenario, prepared, device=_device(refs.original))
+        return model, rec
+    try:
+        model, record = unlearn(name, refs.original, udata, seed, cfg=cfg)
+        rec = record.to_json()
+    except Exception as e:  # a broken method never stops the run
+        log(f"  seed {seed} {name}: FAILED: {type(e).__name__}: {e}")
+        rec = MethodRecord(name, to_dict(cfg), seed).to_json() | {
+            "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
+        store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec)
+        return None, rec
+    if record.diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
+        rec["diverged"] = True
+        log(f"  seed {seed} {name}: diverged at step {record.diverged_step}")
+        store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec)
+        return None, rec
+    store.save_model(key, model, {"kind": "unlearned", "method": name, "scenario": scenario.name, "seed": seed,
+                                  "num_classes": prepared.num_classes, "mean": _norm(model, "mean"),
+                                  "std": _norm(model, "std"), "record": rec})
+    store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec,
+              timings={"wall_s": record.wall_s})
+    return model.eval(), rec
+
+
+def _norm(model: nn.Module, which: str):
+    norm = getattr(model, "norm", None)
+    return getattr(norm, which).flatten().tolist() if norm is not None else None
+
+
+def _device(model: nn.Module):
+    return next(model.parameters()).device
+
+
+def _line(m: dict, r: dict | None) -> str:
+    if "error" in m or m.get("diverged"):
+        return "failed" if "error" in m else "diverged"
+    s = f"retain {m['retain_acc']:.1%} unlearn {m['unlearn_acc']:.1%} test {m['test_acc']:.1%} mia {m['mia']:.1%}"
+    if r:
+        t = min(r["per_tau"], key=lambda t: abs(t["tau"] - 0.03))
+        rp = t["r_pooled"]
+        s += f" | tau {t['tau']:.3f}: r_pooled {rp if rp is None else round(rp, 3)} prevalence {t['prevalence']:.0%}"
+    return s
+
+
+def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, progress: bool | None = None,
+                   log=print) -> dict:
+    """Run the whole grid and write summary.json, report.md, CSV tables and plots under
+    ``out/<scenario>/``; returns the summary."""
+    from .report import write_report
+
+    out_dir = Path(out) / scenario.name
+    store = Store(out)
+    prepared = prepare(scenario, store)
+    names = method_names(scenario, opts)
+    seeds = opts.seeds or list(scenario.seeds.run)
+    log(f"{scenario.name}: |S_r|={len(prepared.data.retain)} |S_f|={len(prepared.data.forget)} "
+        f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {opts.probe}")
+    results = [run_seed(scenario, prepared, s, store, names, opts, out_dir, progress=progress, log=log) for s in seeds]
+    return write_report(scenario, opts, results, out_dir, [*REFERENCE_ROWS, *names])
+
+
+def scenario_with(scenario: Scenario, tuned: dict | None) -> Scenario:
+    """The scenario with tuned per-method values merged under its own [methods] table."""
+    if not tuned:
+        return scenario
+    from .config import from_dict
+
+    return from_dict(Scenario, merge(to_dict(scenario), {"methods": merge(tuned, scenario.methods)}))

@@ -1,0 +1,224 @@
+"""Multi-seed aggregation and the report files of `rurk run`.
+
+Writes, under the scenario's run directory:
+
+- ``summary.json`` — per method: mean/std over seeds of every metric (accuracies and MIA in percent),
+  Avg. Gap to Re-train on the seed means, wall time, and the residual-knowledge curves;
+- ``report.md`` — the paper's Table-1 layout "mean ± std (gap)", plus the prevalence, perturbed
+  unlearn-accuracy and disagreement tables over tau;
+- ``table.csv``, ``prevalence.csv``, ``perturbed_unlearn.csv``, ``disagreement.csv``;
+- ``residual.png`` — r_tau vs tau for every method (Re-train is the line at 1).
+
+Every number in the report is recomputed from the stored per-seed results, never copied by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import GAP_KEYS, aggregate, avg_gap
+from .store import write_json
+
+PCT_KEYS = ("retain_acc", "unlearn_acc", "test_acc", "mia")
+LABELS = {"retain_acc": "Retain", "unlearn_acc": "Unlearn", "test_acc": "Test", "mia": "MIA"}
+CURVE_FIELDS = ("r_paper", "r_pooled", "prevalence", "acc_m", "acc_a", "disagreement")
+
+
+def _mean_curve(summaries: list[dict], fieldname: str) -> tuple[list, list]:
+    """Per-tau mean and std (ddof 0) over seeds of one audit field; None where no seed defines it."""
+    rows = np.array([[np.nan if t[fieldname] is None else t[fieldname] for t in s["per_tau"]] for s in summaries])
+    mean, std = [], []
+    for col in rows.T:
+        ok = col[~np.isnan(col)]
+        mean.append(float(ok.mean()) if len(ok) else None)
+        std.append(float(ok.std()) if len(ok) else None)
+    return mean, std
+
+
+def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -> dict:
+    """Aggregate per-seed results (``experiment.SeedResult``) into the summary.json structure."""
+    seeds = [r.seed for r in results]
+    out = {"scenario": scenario_name, "seeds": seeds, "probe": probe, "methods": {}}
+    means: dict[str, dict[str, float]] = {}
+    for name in names:
+        per_seed = [r.metrics.get(name, {}) for r in results]
+        failed = [m for m in per_seed if "retain_acc" not in m]
+        entry: dict = {"n_seeds": len(per_seed) - len(failed)}
+        if failed:
+            entry["failed"] = [{k: v for k, v in m.items() if k != "traceback"} for m in failed]
+        ok = [m for m in per_seed if "retain_acc" in m]
+        for k in PCT_KEYS:
+            agg = aggregate([100.0 * m[k] for m in ok]) if ok else {"mean": None, "std": None}
+            entry[k] = {"mean": agg["mean"], "std": agg["std"]}
+        if ok and "relearn_epochs" in ok[0]:
+            agg = aggregate([m.get("relearn_epochs") for m in ok])
+            entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"]}
+        else:
+            entry["relearn_epochs"] = {"mean": None, "std": None, "censored": 0}
+        walls = [r.records.get(name, {}).get("wall_s") for r in results]
+        walls = [w for w in walls if w is not None]
+        entry["wall_s"] = float(np.mean(walls)) if walls else None
+        if ok:
+            means[name] = {k: entry[k]["mean"] / 100.0 for k in PCT_KEYS}
+        audits = [r.residual.get(name) for r in results if r.residual.get(name)]
+        if name == "retrain":
+            taus = results[0].residual.get("original", {}) or {}
+            taus = [t["tau"] for t in taus.get("per_tau", [])]
+            n = len(taus)
+            entry["residual"] = {"probe": probe, "taus": taus, "r_paper": [1.0] * n, "r_pooled": [1.0] * n,
+                                 "prevalence": [0.0] * n, "disagreement": [0.0] * n, "note": "reference: r = 1"}
+        elif audits:
+            res = {"probe": probe, "taus": [t["tau"] for t in audits[0]["per_tau"]]}
+            for f in CURVE_FIELDS:
+                res[f], res[f + "_std"] = _mean_curve(audits, f)
+            res["n_unbounded"] = _mean_curve(audits, "n_unbounded")[0]
+            entry["residual"] = res
+        out["methods"][name] = entry
+    ref = means.get("retrain")
+    for name, entry in out["methods"].items():
+        entry["avg_gap"] = avg_gap(means[name], ref, GAP_KEYS) if (ref and name in means) else None
+        per_seed_gaps = [avg_gap(r.metrics[name], r.metrics["retrain"]) for r in results
+                         if "retain_acc" in r.metrics.get(name, {}) and "retain_acc" in r.metrics.get("retrain", {})]
+        agg = aggregate(per_seed_gaps)
+        entry["avg_gap_per_seed"] = {"mean": agg["mean"], "std": agg["std"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _fmt(v, nd=2) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Table-1 rows: mean ± std (|gap to Re-train|) per metric, Avg. Gap, Re-learn, wall time."""
+    methods = summary["methods"]
+    ref = methods.get("retrain", {})
+    header = ["method", *[LABELS[k] for k in PCT_KEYS], "Avg. Gap", "Re-learn (epochs)", "wall (s)"]
+    rows = []
+    for name, e in methods.items():
+        if e["n_seeds"] == 0:
+            why = "; ".join(f.get("error") or f"diverged at step {f.get('diverged_step')}" for f in e.get("failed", []))
+            rows.append([name, *(["–"] * len(PCT_KEYS)), "–", "–", f"failed: {why}"[:80]])
+            continue
+        cells = [name]
+        for k in PCT_KEYS:
+            m, s = e[k]["mean"], e[k]["std"]
+            gap = "" if name == "retrain" or ref.get(k, {}).get("mean") is None else f" ({abs(m - ref[k]['mean']):.2f})"
+            cells.append(f"{_fmt(m)} ± {_fmt(s)}{gap}")
+        cells.append(_fmt(e["avg_gap"]))
+        rl = e["relearn_epochs"]
+        if name == "original":
+            cells.append("–")
+        elif rl["mean"] is None:
+            cells.append(">30" if rl.get("censored") else "–")
+        else:
+            cens = f" ({rl['censored']} >30)" if rl.get("censored") else ""
+            cells.append(f"{_fmt(rl['mean'])} ± {_fmt(rl['std'])}{cens}")
+        cells.append(_fmt(e["wall_s"], 1))
+        rows.append(cells)
+    return header, rows
+
+
+def curve_table(summary: dict, fieldname: str, transform=lambda v: v, nd: int = 3) -> tuple[list[str], list[list[str]]]:
+    methods = {n: e for n, e in summary["methods"].items() if e.get("residual")}
+    taus = next((e["residual"]["taus"] for e in methods.values()), [])
+    header = ["method", *[f"{t:.4f}" for t in taus]]
+    rows = []
+    for name, e in methods.items():
+        vals = e["residual"].get(fieldname)
+        if vals is None:
+            continue
+        rows.append([name, *[_fmt(None if v is None else transform(v), nd) for v in vals]])
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_report(scenario, opts, results: list, out_dir: Path, names: list[str]) -> dict:
+    """Aggregate, then write summary.json, report.md, the CSV tables and residual.png."""
+    from .plots import plot_residual_curves
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(scenario.name, opts.probe, results, names)
+    write_json(out_dir / "summary.json", summary)
+    tables = {
+        "table": main_table(summary),
+        "prevalence": curve_table(summary, "prevalence", lambda v: 100 * v, 1),
+        "r_pooled": curve_table(summary, "r_pooled"),
+        "r_paper": curve_table(summary, "r_paper"),
+        "perturbed_unlearn": curve_table(summary, "acc_m", lambda v: 1 - v),
+        "disagreement": curve_table(summary, "disagreement"),
+    }
+    for name, (h, r) in tables.items():
+        write_csv(out_dir / f"{name}.csv", h, r)
+    curves = {
+        n: {"taus": e["residual"]["taus"], "r_paper": e["residual"]["r_paper"], "r_pooled": e["residual"]["r_pooled"],
+            "ci": {f: _band(e["residual"], f) for f in ("r_paper", "r_pooled")}}
+        for n, e in summary["methods"].items() if e.get("residual") and n != "retrain"
+    }
+    if curves:
+        plot_residual_curves(curves, out_dir / "residual.png",
+                             title=f"{scenario.name}: residual knowledge vs Re-train ({opts.probe} probe, "
+                                   f"{len(results)} seed{'s' * (len(results) > 1)}; bands: ± std over seeds)")
+    seeds = ", ".join(str(r.seed) for r in results)
+    text = [
+        f"# {scenario.name}: unlearning report",
+        "",
+        f"{scenario.description}",
+        "",
+        f"Seeds: {seeds} (n = {len(results)}); mean ± std (ddof 0) over seeds, in %; in parentheses the absolute "
+        "gap to Re-train. Avg. Gap = mean gap over Retain, Unlearn, Test and MIA, on the seed means (lower is "
+        "better). Re-learn: epochs of fine-tuning on S_f until its loss is back to 1.05 × Original's.",
+        "",
+        markdown(*tables["table"]),
+        "",
+        f"## Residual knowledge ({opts.probe} probe)",
+        "",
+        "![r_tau vs tau](residual.png)",
+        "",
+        "### r_pooled = acc_m / acc_a on perturbed forget samples (> 1: residual knowledge; < 1: over-forgetting)",
+        "",
+        markdown(*tables["r_pooled"]),
+        "",
+        "### r_paper: the paper's mean of per-sample k_m/k_a over samples Re-train recognises at least once",
+        "",
+        markdown(*tables["r_paper"]),
+        "",
+        "### Prevalence: % of forget samples with k_m > k_a",
+        "",
+        markdown(*tables["prevalence"]),
+        "",
+        "### Unlearn accuracy on perturbed forget samples (1 − acc_m)",
+        "",
+        markdown(*tables["perturbed_unlearn"]),
+        "",
+        "### Disagreement Pr[m(x′) ≠ a(x′)]",
+        "",
+        markdown(*tables["disagreement"]),
+        "",
+    ]
+    (out_dir / "report.md").write_text("\n".join(text))
+    return summary
+
+
+def _band(res: dict, f: str) -> list:
+    out = []
+    for m, s in zip(res[f], res[f + "_std"]):
+        out.append(None if m is None or s is None else (m - s, m + s))
+    return out
