@@ -1,0 +1,141 @@
+"""`rurk run` end to end on digits5: report consistency, resume, failure isolation, tuning."""
+
+import json
+
+import numpy as np
+import pytest
+
+import rurk.experiment as experiment
+from rurk.cli import main
+from rurk.config import load_scenario, parse_overrides
+from rurk.experiment import RunOptions, run_experiment
+from rurk.metrics import avg_gap
+from rurk.report import summarise
+from rurk.store import Store
+
+FAST = parse_overrides(["train.epochs=15", "methods.gd.epochs=2", "methods.rurk.epochs=1"])
+OPTS = RunOptions(methods=["gd", "rurk"], seeds=[131, 42], taus=[0.0, 0.1, 0.3], draws=8, bootstrap=50,
+                  device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    scenario = load_scenario("digits5", FAST)
+    summary = run_experiment(scenario, OPTS, out, log=lambda *a: None)
+    return scenario, out, summary
+
+
+def test_summary_has_the_documented_shape(run):
+    _, out, summary = run
+    on_disk = json.loads((out / "digits5" / "summary.json").read_text())
+    assert on_disk["scenario"] == "digits5" and on_disk["seeds"] == [131, 42]
+    assert set(on_disk["methods"]) == {"original", "retrain", "gd", "rurk"}
+    for name, e in on_disk["methods"].items():
+        for k in ("retain_acc", "unlearn_acc", "test_acc", "mia", "relearn_epochs"):
+            assert set(e[k]) >= {"mean", "std"}
+        assert isinstance(e["avg_gap"], float) and "wall_s" in e
+        res = e["residual"]
+        assert res["probe"] == "gaussian" and res["taus"] == [0.0, 0.1, 0.3]
+        assert len(res["r_paper"]) == len(res["r_pooled"]) == len(res["prevalence"]) == 3
+    assert on_disk["methods"]["retrain"]["avg_gap"] == 0.0
+    assert on_disk["methods"]["retrain"]["residual"]["r_pooled"] == [1.0, 1.0, 1.0]
+    for f in ("report.md", "table.csv", "prevalence.csv", "disagreement.csv", "perturbed_unlearn.csv", "residual.png"):
+        assert (out / "digits5" / f).exists(), f
+    assert (out / "digits5" / "seed-131" / "rurk" / "residual-gaussian.csv").exists()
+
+
+def test_report_numbers_equal_recomputation_from_stored_predictions(run):
+    scenario, out, summary = run
+    store = Store(out)
+    evals = {(r["seed"], r["config"].get("method") or r["config"].get("model")): r["metrics"]
+             for r in store.records("eval")}
+    for name in ("original", "retrain", "gd", "rurk"):
+        vals = np.array([[evals[(s, name)][k] for k in ("retain_acc", "unlearn_acc", "test_acc", "mia")]
+                         for s in (131, 42)]) * 100
+        e = summary["methods"][name]
+        for j, k in enumerate(("retain_acc", "unlearn_acc", "test_acc", "mia")):
+            assert e[k]["mean"] == pytest.approx(vals[:, j].mean())
+            assert e[k]["std"] == pytest.approx(vals[:, j].std(ddof=0))
+        ref = np.array([[evals[(s, "retrain")][k] for k in ("retain_acc", "unlearn_acc", "test_acc", "mia")]
+                        for s in (131, 42)]) * 100
+        assert e["avg_gap"] == pytest.approx(np.abs(vals.mean(0) - ref.mean(0)).mean())
+    audits = {(r["seed"], r["metrics"]["method"]): r["metrics"] for r in store.records("audit")}
+    for i in range(3):
+        got = summary["methods"]["rurk"]["residual"]["prevalence"][i]
+        assert got == pytest.approx(np.mean([audits[(s, "rurk")]["per_tau"][i]["prevalence"] for s in (131, 42)]))
+    # the Markdown table prints the same means
+    report = (out / "digits5" / "report.md").read_text()
+    assert f"{summary['methods']['gd']['test_acc']['mean']:.2f} ± " in report
+
+
+def test_rerun_skips_every_finished_cell(run, monkeypatch):
+    scenario, out, summary = run
+    monkeypatch.setattr(experiment, "unlearn", lambda *a, **k: pytest.fail("re-unlearned a finished cell"))
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: pytest.fail("re-evaluated a finished cell"))
+    monkeypatch.setattr(experiment, "residual_knowledge", lambda *a, **k: pytest.fail("re-audited a finished cell"))
+    again = run_experiment(scenario, OPTS, out, log=lambda *a: None)
+    assert again["methods"]["rurk"] == summary["methods"]["rurk"]
+
+
+def test_a_failing_method_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    scenario = load_scenario("digits5", FAST)
+    real = experiment.unlearn
+
+    def broken(name, *a, **k):
+        if name == "gd":
+            raise RuntimeError("boom")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(experiment, "unlearn", broken)
+    opts = RunOptions(methods=["gd", "rurk"], seeds=[131], taus=[0.0], draws=2, bootstrap=0, relearn=False,
+                      device="cpu")
+    summary = run_experiment(scenario, opts, tmp_path, log=lambda *a: None)
+    assert summary["methods"]["gd"]["n_seeds"] == 0 and "boom" in summary["methods"]["gd"]["failed"][0]["error"]
+    assert summary["methods"]["rurk"]["n_seeds"] == 1
+    assert "failed: RuntimeError: boom" in (tmp_path / "digits5" / "report.md").read_text()
+
+
+def test_diverged_method_is_reported_not_evaluated(tmp_path):
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=5", "methods.ga.lr=1e6",
+                                                         "methods.ga.clip_grad_norm=1e9", "methods.ga.epochs=20"]))
+    opts = RunOptions(methods=["ga"], seeds=[131], taus=[0.0], draws=2, bootstrap=0, relearn=False, device="cpu")
+    summary = run_experiment(scenario, opts, tmp_path, log=lambda *a: None)
+    assert summary["methods"]["ga"]["n_seeds"] == 0 and summary["methods"]["ga"]["failed"][0]["diverged"]
+
+
+def test_cli_run_and_tune_write_their_files(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--set", "train.epochs=10", "--device", "cpu", "--quiet"]
+    assert main(["tune", "digits5", "--method", "ssd", "--budget", "3", *args]) == 0
+    tuned = tmp_path / "tuned-digits5.toml"
+    text = tuned.read_text()
+    assert "[methods.ssd]" in text and "split_seed" in text and "avg_gap" in text
+    assert main(["run", "digits5", "--methods", "ssd", "--seeds", "131", "--taus", "0,0.1", "--draws", "4",
+                 "--no-relearn", "--tuned", str(tuned), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "| ssd |" in printed
+    summary = json.loads((tmp_path / "digits5" / "summary.json").read_text())
+    assert summary["methods"]["ssd"]["residual"]["taus"] == [0.0, 0.1]
+
+
+def test_tune_refuses_reported_seeds():
+    from rurk.config import ConfigError
+    from rurk.tune import tune
+
+    with pytest.raises(ConfigError, match="reported"):
+        tune(load_scenario("digits5"), ["gd"], "/nonexistent", seed=131)
+
+
+def test_summarise_avg_gap_on_hand_made_table():
+    class R:
+        def __init__(self, seed, metrics):
+            self.seed, self.metrics, self.residual, self.records = seed, metrics, {}, {}
+
+    m = lambda r, u, t, a: {"retain_acc": r, "unlearn_acc": u, "test_acc": t, "mia": a}  # noqa: E731
+    results = [R(1, {"retrain": m(1.0, 0.1, 0.9, 0.2), "x": m(0.9, 0.3, 0.9, 0.2)}),
+               R(2, {"retrain": m(1.0, 0.3, 0.9, 0.4), "x": m(0.9, 0.1, 0.9, 0.4)})]
+    s = summarise("t", "gaussian", results, ["retrain", "x"])
+    # on the seed means: |0.9-1.0|=10, |0.2-0.2|=0, 0, 0 -> 2.5 points; per seed: (10+20)/4 = 7.5 both
+    assert s["methods"]["x"]["avg_gap"] == pytest.approx(2.5)
+    assert s["methods"]["x"]["avg_gap_per_seed"]["mean"] == pytest.approx(7.5)
+    assert avg_gap(m(0.9, 0.3, 0.9, 0.2), m(1.0, 0.1, 0.9, 0.2)) == pytest.approx(7.5)
