@@ -341,3 +341,10 @@ def test_plot(digits, tmp_path):
     out = plot_residual_curves({"ga": r, "json": r.to_json(), "mean": dict_curve}, tmp_path / "p" / "rk.png",
                                title="digits")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bf16_autocast_is_validated(digits):
+    r = audit(digits, taus=[0.0, 0.05], draws=5, bf16=True)
+    assert r.bf16 and r.bf16_mismatch is not None and 0.0 <= r.bf16_mismatch <= 0.1
+    assert any("bf16" in note for note in r.notes)
+    assert audit(digits, taus=[0.05], draws=5).bf16_mismatch is None

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .train import progress_enabled
 from .perturb import CRAFT_ON, Draw, Probe, block_generator, derive_seed, eval_mode, make_probe, module_device
 
 #: The paper's curve: linspace(0, 8/255, 11).
@@ -260,6 +261,7 @@ class AuditResult:
     bf16: bool
     timing: Timing
     notes: list[str] = field(default_factory=list)
+    bf16_mismatch: float | None = None  # with bf16: fraction of checked predictions that differ from fp32
 
     @property
     def n_forget(self) -> int:
@@ -377,6 +379,7 @@ class AuditResult:
             },
             "device": self.device,
             "bf16": self.bf16,
+            "bf16_mismatch": self.bf16_mismatch,
             "notes": list(self.notes),
         }
         out.update(extra)
@@ -446,7 +449,7 @@ def residual_knowledge(
     bootstrap: int = 1000,
     bootstrap_seed: int | None = None,
     device=None,
-    progress: bool = True,
+    progress: bool | None = None,
     index=None,
     probe_params: dict | None = None,
     max_forget: int | None = None,
@@ -484,6 +487,7 @@ def residual_knowledge(
         each tau is also evaluated in fp32 and the fraction of changed predictions is put in ``notes``.
     channels_last: use channels_last inputs and conv kernels (kernels restored afterwards); default: on
         for 4-D inputs when a model has a Conv2d.
+    progress: tqdm bar over tau x blocks; None follows the global switch (``RURK_PROGRESS=0`` / ``--quiet``).
     tau0_shortcut: at tau = 0 evaluate each sample once (every copy equals x) and set k = c*1[pred=y].
     """
     t_start = time.perf_counter()
@@ -519,7 +523,8 @@ def residual_knowledge(
     x = torch.as_tensor(x)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor in [0, 1], got {x.dtype}")
-    x = x.to(dev)
+    p_dtype = next((t.dtype for t in unlearned.parameters() if t.is_floating_point()), x.dtype)
+    x = x.to(dev, dtype=p_dtype)
     y = torch.as_tensor(y).to(dev)
     if y.is_floating_point() or y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must be integer labels of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
@@ -535,6 +540,8 @@ def residual_knowledge(
     idx = np.arange(n_all) if index is None else np.asarray(torch.as_tensor(index).cpu()).astype(np.int64)
     if idx.shape != (n_all,):
         raise ValueError(f"index must have shape ({n_all},), got {idx.shape}")
+    if max_forget is not None and max_forget < 1:
+        raise ValueError(f"max_forget must be >= 1, got {max_forget}")
     if max_forget is not None and max_forget < n_all:
         rows = np.sort(
             np.random.default_rng(derive_seed(int(seed), "max_forget")).choice(n_all, int(max_forget), replace=False)
@@ -580,7 +587,7 @@ def residual_knowledge(
     steps = (getattr(pr, "steps", 1) if adversarial else 0)
 
     pbar = None
-    if progress:
+    if progress_enabled(progress):
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=n_blocks * n_tau, desc=f"audit {pr.name}", unit="block", leave=False)
@@ -731,6 +738,7 @@ def residual_knowledge(
         bf16=bool(bf16),
         timing=Timing(seconds=time.perf_counter() - t_start, forward_passes=int(fwd), backward_passes=int(bwd)),
         notes=notes,
+        bf16_mismatch=bf16_frac if bf16 else None,
     )
 
 
