@@ -2,10 +2,12 @@
 
 Same data for every method: a SmallCNN-like net on 28×28 images (Fashion-MNIST when its files are on this
 machine, else uniform random pixels), 900 retain / 100 forget samples, batch 128. Every registered method is
-run (so methods added later — EU-k, CF-k, SCRUB, ... — appear automatically); extra rows run RURK with the
+run (so methods added later — EU-k, CF-k, SCRUB, ... — appear automatically; training-free methods without
+``epochs`` are listed but not timed unless named with ``--methods``); extra rows run RURK with the
 attack probes. Columns:
 
-- ``steps/s``: optimiser steps per second (best of ``--repeats``; wall time of the whole method call). GD is
+- ``steps/s``: optimiser steps per second of the whole method call (best of ``--repeats``), on the process's
+  CPU time by default (``--clock wall`` for wall time; CPU time with one thread ignores other jobs). GD is
   re-run next to every row (interleaved, best of ``--repeats`` too) and each row's ratios use that GD time,
   which keeps the ratios meaningful on a machine shared with other jobs;
 - ``fwd samples/step``: samples through the model's forward per step, counted with a forward pre-hook
@@ -84,23 +86,28 @@ def forward_counter() -> tuple[dict, object]:
     return count, hook
 
 
-def run_once(original, data, counter, name, overrides):
-    """(steps/s, forward samples per step, steps, wall s) of one method call, or None if it took no steps."""
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def run_once(original, data, counter, name, overrides, clock="cpu"):
+    """(steps/s, forward samples per step, steps, seconds) of one method call on ``clock``, or None if it took
+    no steps. ``cpu`` = this process's CPU time: with one torch thread it is insensitive to other jobs on a
+    shared machine, unlike wall time."""
     counter["samples"] = 0
-    t0 = time.perf_counter()
+    t0 = CLOCKS[clock]()
     _, rec = unlearn(name, original, data, SEED, overrides=overrides)
-    wall = time.perf_counter() - t0
+    secs = CLOCKS[clock]() - t0
     if rec.steps == 0:
         return None
-    return rec.steps / wall, counter["samples"] / rec.steps, rec.steps, wall
+    return rec.steps / secs, counter["samples"] / rec.steps, rec.steps, secs
 
 
-def bench_row(original, data, counter, name, overrides, repeats):
+def bench_row(original, data, counter, name, overrides, repeats, clock):
     """Best of ``repeats`` for the method and for GD, run alternately."""
     best, best_gd = None, None
     for _ in range(repeats):
-        gd = run_once(original, data, counter, "gd", DEFAULT_OVERRIDES)
-        row = run_once(original, data, counter, name, overrides)
+        gd = run_once(original, data, counter, "gd", DEFAULT_OVERRIDES, clock)
+        row = run_once(original, data, counter, name, overrides, clock)
         best_gd = gd if best_gd is None or gd[0] > best_gd[0] else best_gd
         if row is None:
             return None, best_gd
@@ -112,6 +119,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stabler on a shared machine)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                    help="cpu: process CPU time (default; robust to other jobs with --threads 1); wall: wall time")
     ap.add_argument("--methods", default=None, help="comma-separated subset (default: every registered method)")
     ap.add_argument("--random", action="store_true", help="random pixels instead of Fashion-MNIST")
     ap.add_argument("--no-extra", action="store_true", help="skip the RURK attack-probe rows")
@@ -128,7 +137,13 @@ def main(argv=None):
     original.register_forward_pre_hook(hook)
 
     load_all()
-    names = args.methods.split(",") if args.methods else sorted(REGISTRY)
+    if args.methods:
+        names = args.methods.split(",")
+    else:  # every fine-tuning method (config with epochs); training-free ones (SSD, CR, Fisher, NTK) take no steps
+        names = sorted(n for n, spec in REGISTRY.items() if "epochs" in spec.defaults())
+        skipped = sorted(set(REGISTRY) - set(names))
+        if skipped:
+            print(f"training-free, not timed here: {', '.join(skipped)}")
     rows = [(n, n, {**DEFAULT_OVERRIDES, **STEPS_OVERRIDES.get(n, {})}) for n in names]
     if not args.no_extra and "rurk" in names:
         rows += [(label, m, {**DEFAULT_OVERRIDES, **o}) for label, m, o in EXTRA_ROWS]
@@ -136,19 +151,19 @@ def main(argv=None):
         rows.insert(0, ("gd", "gd", dict(DEFAULT_OVERRIDES)))
 
     print(f"data: {source}, {N_RETAIN} retain / {N_FORGET} forget, 1x28x28, batch 128; torch threads "
-          f"{torch.get_num_threads()}; best of {args.repeats}")
-    run_once(original, data, counter, "gd", DEFAULT_OVERRIDES)  # warm-up
+          f"{torch.get_num_threads()}; best of {args.repeats}; clock: {args.clock}")
+    run_once(original, data, counter, "gd", DEFAULT_OVERRIDES, args.clock)  # warm-up
     results = {}
     for label, method, overrides in rows:
         spec = REGISTRY[method]
         known = set(spec.defaults())
         ov = {k: v for k, v in overrides.items() if k in known}
         try:
-            results[label] = bench_row(original, data, counter, method, ov, args.repeats)
+            results[label] = bench_row(original, data, counter, method, ov, args.repeats, args.clock)
         except Exception as e:  # noqa: BLE001 — a method under construction must not stop the table
             results[label] = f"error: {type(e).__name__}: {e}"
 
-    header = (f"{'method':<16}{'steps':>7}{'wall s':>9}{'steps/s':>10}{'GD steps/s':>12}{'fwd samples/step':>18}"
+    header = (f"{'method':<16}{'steps':>7}{'secs':>9}{'steps/s':>10}{'GD steps/s':>12}{'fwd samples/step':>18}"
               f"{'raw ×GD':>10}{'per-sample ×GD':>16}")
     print(header)
     print("-" * len(header))
@@ -161,11 +176,11 @@ def main(argv=None):
         if row is None:
             print(f"{label:<16}  (no optimiser steps: training-free)")
             continue
-        sps, fwd, steps, wall = row
+        sps, fwd, steps, secs = row
         gd_sps, gd_fwd = gd[0], gd[1]
         raw = sps / gd_sps
         per_sample = raw * fwd / gd_fwd
-        print(f"{label:<16}{steps:>7d}{wall:>9.2f}{sps:>10.2f}{gd_sps:>12.2f}{fwd:>18.0f}{raw:>10.2f}"
+        print(f"{label:<16}{steps:>7d}{secs:>9.2f}{sps:>10.2f}{gd_sps:>12.2f}{fwd:>18.0f}{raw:>10.2f}"
               f"{per_sample:>16.2f}")
 
 
