@@ -139,3 +139,13 @@ def test_summarise_avg_gap_on_hand_made_table():
     assert s["methods"]["x"]["avg_gap"] == pytest.approx(2.5)
     assert s["methods"]["x"]["avg_gap_per_seed"]["mean"] == pytest.approx(7.5)
     assert avg_gap(m(0.9, 0.3, 0.9, 0.2), m(1.0, 0.1, 0.9, 0.2)) == pytest.approx(7.5)
+
+
+def test_cli_unlearn_with_method_shorthand_records_the_config(tmp_path):
+    assert main(["unlearn", "digits5", "--method", "gd", "--set", "method.epochs=1", "--set", "train.epochs=3",
+                 "--out", str(tmp_path), "--quiet", "--no-relearn", "--device", "cpu"]) == 0
+    recs = Store(tmp_path).records("unlearned")
+    assert len(recs) == 1 and recs[0]["metrics"]["config"]["epochs"] == 1 and recs[0]["metrics"]["steps"] > 0
+    assert any((tmp_path / "models").glob("*/model.safetensors"))
+    # the shorthand needs a single method
+    assert main(["run", "digits5", "--methods", "gd,ga", "--set", "method.lr=1", "--out", str(tmp_path)]) == 2

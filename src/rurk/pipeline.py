@@ -122,7 +122,7 @@ def reference_models(
     store: Store,
     *,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> References:
     """Train or reuse the pre-trained network (if the scenario has one), Original and Re-train."""
     device = pick_device(device) if isinstance(device, str) else device
