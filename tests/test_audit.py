@@ -23,15 +23,6 @@ from rurk.perturb import block_generator
 TAUS = [0.0, 0.05, 0.15]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------------------------------
 # fixtures: two small models trained on sklearn digits (m on all, a without the forget samples)
 

@@ -24,14 +24,6 @@ MINE = ("ga", "ngd", "neggrad_plus", "rurk")
 SEED = 131
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------- fixtures
 def mlp(seed=0) -> nn.Module:
     torch.manual_seed(seed)

@@ -23,15 +23,6 @@ def tensordata(x, y):
     return TensorData(x, y, torch.arange(len(y)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: intra-op threads only spin (100x slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """300 sklearn digits (1x8x8 in [0,1]); 60 forget, 240 retain."""

@@ -16,14 +16,6 @@ from rurk.metrics import (Accuracies, Relearn, aggregate, avg_gap, mean_ce, mia,
                           relearn_time, standard_accuracies, true_label_probs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def td(x, y) -> TensorData:
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.dim() == 1:

@@ -12,15 +12,6 @@ from rurk.perturb import PROBES, Perturbed, block_generator, derive_seed, make_p
 ADVERSARIAL = ["fgsm", "pgd", "pgd-recall"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 

@@ -12,14 +12,6 @@ from rurk.toy import FORGET_PER_CLASS, correct_copies, gaussian_copies, iris_fig
 from rurk.train import predict
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def figure(tmp_path_factory):
     """The spec run: seed 0, c = 20, tau = 0.3, 500 Adam epochs, 10 GD epochs."""

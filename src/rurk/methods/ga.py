@@ -55,16 +55,14 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: GAConfig, seed: int):
     record = MethodRecord("ga", {}, seed)
     prepare_model(model)
     stream = BatchStream(data.forget, cfg.batch_size, data.loader_seed, device=model_device(model))
-    stop, stopped = None, [False]
+    stop = None
     if cfg.target_forget_acc is not None:
 
         def stop(m: nn.Module, step: int) -> bool:
-            stopped[0] = stopped[0] or accuracy(m, data.forget) <= cfg.target_forget_acc
-            return stopped[0]
+            return accuracy(m, data.forget) <= cfg.target_forget_acc
 
-    # an empty epoch after a stop ends the loop even when the stop fell on an epoch's last batch
-    loop = run_loop(model, lambda e: iter(()) if stopped[0] else stream.epoch(), len(stream),
-                    negative_cross_entropy, cfg.optim(), stop=stop, desc="ga")
+    loop = run_loop(model, lambda e: stream.epoch(), len(stream), negative_cross_entropy, cfg.optim(), stop=stop,
+                    desc="ga")
     record.absorb(loop)
     if stop is not None and not loop.diverged and loop.steps < loop.planned_steps:
         record.extra["stopped_early_at_step"] = loop.steps
