@@ -48,6 +48,13 @@ def _curve_data(obj: Any) -> dict[str, np.ndarray]:
     }
 
 
+def _COLORS(i: int):
+    """Twenty distinguishable colours (tab20, dark shades first), enough for every method in one plot."""
+    from matplotlib import colormaps
+
+    return colormaps["tab20"]((2 * i) % 20 + (i >= 10))
+
+
 def plot_residual_curves(
     curves: Mapping[str, Any],
     path,
@@ -65,14 +72,15 @@ def plot_residual_curves(
 
     if not curves:
         raise ValueError("plot_residual_curves: no curves given")
-    fig = Figure(figsize=(10, 4), constrained_layout=True)
+    fig = Figure(figsize=(11.5, 4), constrained_layout=True)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharex=True)
     panels = (("r_paper", "r_paper (mean of k_m/k_a, k_a > 0)"), ("r_pooled", "r_pooled (acc_m / acc_a)"))
     for ax, (key, label) in zip(axes, panels):
-        for name, obj in curves.items():
+        for i, (name, obj) in enumerate(curves.items()):
             d = _curve_data(obj)
-            (line,) = ax.plot(d["taus"], d[key], marker="o", ms=3, label=str(name))
+            style = {"color": _COLORS(i % 20), "linestyle": ("-", "--", "-.", ":")[(i // 10) % 4]}
+            (line,) = ax.plot(d["taus"], d[key], marker="o", ms=3, label=str(name), **style)
             lo, hi = d[key + "_ci"][:, 0], d[key + "_ci"][:, 1]
             if np.isfinite(lo).any():
                 ax.fill_between(d["taus"], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -81,7 +89,7 @@ def plot_residual_curves(
         ax.set_ylabel(key)
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
     path = Path(path)
