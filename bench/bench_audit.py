@@ -16,7 +16,6 @@ best round; the bare cost is 2 x c x |S_f| x |tau| forwards at the best throughp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import time
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rurk.audit import DEFAULT_TAUS, default_batch_size, residual_knowledge
+from rurk.audit import DEFAULT_TAUS, _channels_last_weights, default_batch_size, residual_knowledge
 
 
 def small_cnn(classes: int = 5, seed: int = 0) -> nn.Module:
@@ -42,21 +41,9 @@ def small_cnn(classes: int = 5, seed: int = 0) -> nn.Module:
         )
 
 
-@contextlib.contextmanager
 def layout(models, channels_last: bool):
-    """Conv kernels in channels_last for the duration (restored after)."""
-    saved = []
-    if channels_last:
-        for mdl in models:
-            for p in mdl.parameters():
-                if p.dim() == 4:
-                    saved.append((p, p.data))
-                    p.data = p.data.contiguous(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        for p, d in saved:
-            p.data = d
+    """Conv kernels in channels_last for the duration (restored after): the audit's own helper."""
+    return _channels_last_weights(models, channels_last)
 
 
 def throughput(model, bs: int, channels_last: bool, seconds: float) -> float:

@@ -58,7 +58,7 @@ def cmd_train(args) -> None:
     print(f"{scenario.name}: |S_r|={len(prepared.data.retain)} |S_f|={len(prepared.data.forget)} "
           f"|test|={len(prepared.data.test)} classes={list(prepared.split.classes)} split={prepared.split.digest()[:12]}")
     for seed in _seeds(args, scenario):
-        refs = reference_models(scenario, prepared, seed, store, device=args.device, progress=None)
+        refs = reference_models(scenario, prepared, seed, store, device=args.device)
         print(f"seed {seed}: {'model':9s} {'retain':>7s} {'forget':>7s} {'test':>7s}   checkpoint")
         for kind, acc in refs.accuracies.items():
             print(f"seed {seed}: {kind:9s} {acc['retain']:7.2%} {acc['forget']:7.2%} {acc['test']:7.2%}   "
@@ -87,8 +87,7 @@ def cmd_unlearn(args) -> None:
     opts = RunOptions(methods=[args.method], device=args.device, relearn=not args.no_relearn)
     print(f"{args.method}: {method_config(scenario, args.method)}")
     for seed in _seeds(args, scenario):
-        run_seed(scenario, prepared, seed, store, [args.method], opts, Path(args.out) / scenario.name,
-                 progress=None)
+        run_seed(scenario, prepared, seed, store, [args.method], opts, Path(args.out) / scenario.name)
     print(f"checkpoints and records: {Path(args.out).resolve()}")
 
 
@@ -102,7 +101,7 @@ def cmd_audit(args) -> None:
     store = Store(args.out)
     prepared = prepare(scenario, store)
     seed = _seeds(args, scenario)[0]
-    refs = reference_models(scenario, prepared, seed, store, device=args.device, progress=None)
+    refs = reference_models(scenario, prepared, seed, store, device=args.device)
 
     def model_from(path: str | None, fallback):
         if path is None:
@@ -125,8 +124,7 @@ def cmd_audit(args) -> None:
     taus = [float(t) for t in args.taus.split(",")] if args.taus else scenario.audit.taus
     f = prepared.data.forget
     res = residual_knowledge(m, a, f.x, f.y, taus=taus, probe=args.probe, draws=args.draws or scenario.audit.draws,
-                             seed=seed, index=f.index, bootstrap=scenario.audit.bootstrap,
-                             progress=None if not args.quiet else False)
+                             seed=seed, index=f.index, bootstrap=scenario.audit.bootstrap)
     out = Path(args.out) / scenario.name / f"seed-{seed}" / name
     res.write_json(out / f"audit-{args.probe}.json", scenario=scenario.name, seed=seed, method=name,
                    reference=f"retrain@{seed}" if args.reference is None else str(args.reference))
@@ -156,7 +154,7 @@ def cmd_run(args) -> None:
     from .experiment import run_experiment
 
     scenario = _scenario(args)
-    summary = run_experiment(scenario, _run_options(args), args.out, progress=None)
+    summary = run_experiment(scenario, _run_options(args), args.out)
     _print_summary(summary, Path(args.out) / scenario.name)
 
 
@@ -174,7 +172,7 @@ def cmd_demo(args) -> None:
     args.scenario = "fmnist5"
     scenario = _scenario(args)
     opts = RunOptions(seeds=[scenario.seeds.run[0]], draws=args.draws or DEMO_DRAWS, device=args.device)
-    summary = run_experiment(scenario, opts, args.out, progress=None)
+    summary = run_experiment(scenario, opts, args.out)
     _print_summary(summary, Path(args.out) / scenario.name)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
 
