@@ -149,3 +149,18 @@ def test_cli_unlearn_with_method_shorthand_records_the_config(tmp_path):
     assert any((tmp_path / "models").glob("*/model.safetensors"))
     # the shorthand needs a single method
     assert main(["run", "digits5", "--methods", "gd,ga", "--set", "method.lr=1", "--out", str(tmp_path)]) == 2
+
+
+def test_cli_audit_writes_json_csv_png_for_a_method_and_a_checkpoint(tmp_path, capsys):
+    common = ["--out", str(tmp_path), "--set", "train.epochs=3", "--draws", "4", "--taus", "0,0.1", "--quiet",
+              "--device", "cpu"]
+    assert main(["audit", "digits5", "--method", "gd", *common]) == 0
+    out = tmp_path / "digits5" / "seed-131" / "gd"
+    summary = json.loads((out / "audit-gaussian.json").read_text())
+    assert summary["method"] == "gd" and [t["tau"] for t in summary["per_tau"]] == [0.0, 0.1]
+    assert (out / "audit-gaussian.csv").exists() and (out / "audit-gaussian.png").exists()
+    assert "r_pooled" in capsys.readouterr().out
+    ckpt = next((tmp_path / "models").glob("*/model.safetensors"))
+    assert main(["audit", "digits5", "--unlearned", str(ckpt), *common]) == 0
+    assert (tmp_path / "digits5" / "seed-131" / ckpt.parent.name / "audit-gaussian.json").exists()
+    assert main(["audit", "digits5", "--unlearned", str(tmp_path / "nope.safetensors"), *common]) == 2

@@ -119,7 +119,7 @@ def cmd_audit(args) -> None:
         name = args.method
     else:
         m = model_from(args.unlearned, refs.original)
-        name = Path(args.unlearned).stem if args.unlearned else "original"
+        name = _checkpoint_name(args.unlearned) if args.unlearned else "original"
     a = model_from(args.reference, refs.retrain)
     taus = [float(t) for t in args.taus.split(",")] if args.taus else scenario.audit.taus
     f = prepared.data.forget
@@ -137,6 +137,12 @@ def cmd_audit(args) -> None:
               f"{t.acc_m:6.3f} {t.acc_a:6.3f} {fmt(t.disagreement):>6s}")
     print(f"wrote {out}/audit-{args.probe}.json, .csv, .png ({res.timing.seconds:.1f} s, "
           f"{res.timing.forward_passes} forward passes)")
+
+
+def _checkpoint_name(path: str) -> str:
+    """A readable name for an audited checkpoint: its stem, or its folder for the store's model.safetensors."""
+    p = Path(path)
+    return p.parent.name if p.stem == "model" else p.stem
 
 
 def _run_options(args):
