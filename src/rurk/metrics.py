@@ -245,10 +245,6 @@ def relearn_time(
     reached: list[int] = [0] if initial <= threshold else []
 
     def stop(m: nn.Module, step: int) -> bool:
-        # Once met, keep answering True without re-checking: run_loop ignores a stop on the last batch of an
-        # epoch and takes one more step; that step must not move the recorded count.
-        if reached:
-            return True
         if mean_ce(m, forget) <= threshold:
             reached.append(step)
             return True

@@ -210,6 +210,8 @@ def run_loop(
     - ``after_step(model, lr)`` runs after every optimiser step (NGD's noise); ``stop(model, step)``
       is asked after every step and ends training early when it returns True (re-learn time).
     - A non-finite loss stops the loop and marks the record ``diverged`` at that step.
+    - ``history`` holds per-epoch means of the loss, every logged scalar, ``grad_norm`` (before clipping)
+      and ``lr_mean``, plus ``lr`` (the epoch's last learning rate).
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = build_optimizer(params, cfg)
@@ -247,6 +249,7 @@ def run_loop(
                 n_in_epoch += 1
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v.float()
+                sums["lr_mean"] = sums.get("lr_mean", 0.0) + lr
                 if after_step is not None:
                     after_step(model, lr)
                 bar.update()
@@ -270,7 +273,7 @@ def _close_epoch(rec: LoopRecord, sums: dict[str, torch.Tensor], n: int, lr: flo
         return
     rec.epochs_run += 1
     means = {k: float(v) / n for k, v in sums.items()}  # one host sync per epoch
-    means["lr"] = lr
+    means["lr"] = lr  # the last step's lr; "lr_mean" is the epoch's mean
     for k, v in means.items():
         rec.history.setdefault(k, []).append(v)
     rec.final = means

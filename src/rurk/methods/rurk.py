@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..perturb import PROBES, derive_seed, make_probe
-from ..train import Batch, BatchStream, lr_at, model_device, prepare_model, run_loop, to_layout
+from ..train import Batch, BatchStream, model_device, prepare_model, run_loop, to_layout
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
 
 DIVERGENCE_FACTOR = 10.0  # rurk.md §7: warn when L_f exceeds 10× its initial value
@@ -238,30 +238,26 @@ def train_with_forget(
     retain = BatchStream(data.retain, cfg.batch_size, data.loader_seed, device=device)
     forget_seed = derive_seed(data.loader_seed, "forget")
     forget = BatchStream(data.forget, cfg.batch_size, forget_seed, device=device)
-    planned = optim.epochs * len(retain)
     watch = ("L_f", "L_adv") if perturb is not None and not getattr(perturb, "targeted", False) else ("L_f",)
     tracker = _Tracker(watch)
-    step = [0]
 
     def loss_fn(model: nn.Module, batch: Batch):
         x_f, y_f = forget.next()
         perturbed = perturb(model, x_f, y_f) if perturb is not None else None
         loss, logs = objective(model, batch, (x_f, y_f), perturbed, weights, bn_update_on_forget=bn_update_on_forget)
-        lr = torch.tensor(lr_at(optim, step[0], planned))
-        tracker.update({**logs, "L": loss.detach(), "lr": lr})
-        logs["lr_mean"] = lr
-        step[0] += 1
+        tracker.update({**logs, "L": loss.detach()})
         return loss, logs
 
     loop = run_loop(model, lambda e: retain.epoch(), len(retain), loss_fn, optim, desc=desc)
     record.absorb(loop)
     tracker.finish(record)
+    record.extra["final"]["lr"] = loop.final.get("lr")
     record.extra.update(
         planned_steps=loop.planned_steps,
         step_cap=step_cap_reading(cfg),
         bn_update_on_forget=bn_update_on_forget,
         forget_loader_seed=forget_seed,
-        forget_passes=forget_passes(step[0], len(forget)),
+        forget_passes=forget_passes(loop.steps, len(forget)),
     )
     return record
 
