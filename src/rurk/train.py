@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -189,7 +189,7 @@ LossFn = Callable[[nn.Module, Batch], "torch.Tensor | tuple[torch.Tensor, dict[s
 def run_loop(
     model: nn.Module,
     batches: Callable[[int], Iterable[Batch]],
-    steps_per_epoch: int,
+    steps_per_epoch: int | Sequence[int],
     loss_fn: LossFn,
     cfg: OptimConfig,
     *,
@@ -203,7 +203,8 @@ def run_loop(
     """Train ``model`` in place and return a :class:`LoopRecord`.
 
     - ``batches(epoch)`` yields the batches of one epoch (usually ``stream.epoch()``); the loop runs
-      ``cfg.epochs`` epochs, or stops after ``cfg.max_steps`` optimiser steps.
+      ``cfg.epochs`` epochs, or stops after ``cfg.max_steps`` optimiser steps. ``steps_per_epoch`` is one
+      count, or one per epoch when epochs differ (SCRUB); their sum is the cosine horizon.
     - ``loss_fn(model, batch)`` returns the loss, or ``(loss, logs)`` with extra scalars to log.
     - ``params``: the parameters to train (default: all with ``requires_grad``); weight decay only
       touches these. ``set_mode`` puts the model in its training mode (default ``model.train()``).
@@ -215,7 +216,10 @@ def run_loop(
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = build_optimizer(params, cfg)
-    planned = cfg.epochs * steps_per_epoch
+    per_epoch = [steps_per_epoch] * cfg.epochs if isinstance(steps_per_epoch, int) else list(steps_per_epoch)
+    if len(per_epoch) != cfg.epochs:
+        raise ValueError(f"steps_per_epoch has {len(per_epoch)} entries for {cfg.epochs} epochs")
+    planned = sum(per_epoch)
     total = min(planned, cfg.max_steps) if cfg.max_steps else planned
     rec = LoopRecord(
         planned_steps=total,
@@ -258,7 +262,7 @@ def run_loop(
                     break
             _close_epoch(rec, sums, n_in_epoch, lr)
             sums = {}
-            if finished or n_in_epoch < steps_per_epoch:
+            if finished or n_in_epoch < per_epoch[epoch]:
                 break
     except Diverged:
         rec.diverged, rec.diverged_step = True, rec.steps

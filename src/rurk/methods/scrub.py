@@ -11,10 +11,8 @@ Both KL terms are against the teacher. The whole run is ONE :func:`rurk.train.ru
 yields tagged batches ``(tag, x, y)`` (forget batches first in epochs ≤ msteps, then retain batches) and the loss
 dispatches on the tag. The retain and forget streams own separate generators, both seeded with the loader seed.
 
-Implementation note: ``run_loop`` takes one ``steps_per_epoch``; SCRUB's epochs have |F|+|R| batches while
-e ≤ msteps and |R| after. The loop gets the smallest per-epoch count (so its "short epoch ⇒ stop" check never
-fires on a complete epoch), the cosine horizon is set to the true total (unless ``cosine_t_max`` is given), and
-the record's planned-step count and schedule horizon are the true ones. Only the progress bar's total is off.
+SCRUB's epochs have |F|+|R| batches while e ≤ msteps and |R| after: ``run_loop`` gets the per-epoch counts, so
+the cosine horizon (when a cosine schedule is chosen), the planned steps and the progress bar are exact.
 
 Record: ``extra`` holds ``max_steps_per_epoch``/``min_steps_per_epoch`` (and totals, ``planned_steps``);
 ``history`` adds per-epoch means ``max_kl`` (forget KL on max-steps), ``min_ce`` and ``min_kl`` (retain terms)
@@ -27,7 +25,7 @@ through weight decay until min-steps have separated the two.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +80,6 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: SCRUBConfig, seed: int)
     retain = BatchStream(data.retain, cfg.batch_size, data.loader_seed, device=device)
     forget = BatchStream(data.forget, cfg.batch_size, data.loader_seed, device=device) if cfg.msteps > 0 else None
     plan = epoch_plan(len(forget) if forget is not None else 0, len(retain), cfg.epochs, cfg.msteps)
-    planned = sum(a + b for a, b in plan)
 
     # per-epoch bookkeeping by tag (tensors summed on the device; one host sync at the end)
     counts = [{MAX: 0, MIN: 0} for _ in plan]
@@ -114,13 +111,7 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: SCRUBConfig, seed: int)
         sums[e]["min_kl"] = sums[e]["min_kl"] + kl.detach()
         return cfg.gamma * ce + cfg.alpha * kl
 
-    optim = cfg.optim()
-    if optim.cosine_t_max is None:
-        optim = replace(optim, cosine_t_max=max(planned, 1))
-    steps_per_epoch = min((a + b for a, b in plan), default=0)
-    loop = run_loop(student, batches, steps_per_epoch, loss_fn, optim, desc="scrub")
-    loop.planned_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
-    loop.schedule["horizon"] = optim.cosine_t_max
+    loop = run_loop(student, batches, [a + b for a, b in plan], loss_fn, cfg.optim(), desc="scrub")
 
     if loop.diverged and current["last"] is not None:  # the non-finite loss was computed but not stepped on
         e, tag = current["last"]
@@ -137,5 +128,4 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: SCRUBConfig, seed: int)
         max_steps_total=sum(c[MAX] for c in counts),
         min_steps_total=sum(c[MIN] for c in counts),
     )
-    del teacher
     return student, record
