@@ -17,7 +17,7 @@ if [ "${RURK_TORCH:-}" != "skip" ] && ! .venv/bin/python -c "import torch" 2>/de
   [ -d /opt/wheels ] && links=(--find-links /opt/wheels)
   pip install "${links[@]}" "torch==2.13.0"
 fi
-if ! .venv/bin/python -c "import rurk, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import rurk, pytest, optuna" 2>/dev/null; then
   pip install -e ".[test]"
 fi
 

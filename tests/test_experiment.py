@@ -106,10 +106,10 @@ def test_diverged_method_is_reported_not_evaluated(tmp_path):
 
 def test_cli_run_and_tune_write_their_files(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--set", "train.epochs=10", "--device", "cpu", "--quiet"]
-    assert main(["tune", "digits5", "--method", "ssd", "--budget", "3", *args]) == 0
+    assert main(["tune", "digits5", "--method", "ssd", "--trials", "3", *args]) == 0
     tuned = tmp_path / "tuned-digits5.toml"
     text = tuned.read_text()
-    assert "[methods.ssd]" in text and "split_seed" in text and "avg_gap" in text
+    assert "[methods.ssd]" in text and "split_seeds" in text and "avg_gap" in text
     assert main(["run", "digits5", "--methods", "ssd", "--seeds", "131", "--taus", "0,0.1", "--draws", "4",
                  "--no-relearn", "--tuned", str(tuned), *args]) == 0
     printed = capsys.readouterr().out

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import PAPER_TAUS
 from .train import progress_enabled
 from .perturb import CRAFT_ON, Draw, Probe, block_generator, derive_seed, eval_mode, make_probe, module_device
 
-#: The paper's curve: linspace(0, 8/255, 11).
-DEFAULT_TAUS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.0, 8 / 255, 11))
+DEFAULT_TAUS = PAPER_TAUS  # the paper's curve: linspace(0, 8/255, 11)
 #: Samples per noise block. Part of the noise definition: changing it changes the draws.
 DEFAULT_BLOCK_SIZE = 16
 #: Set-level fields of every tau (spec §3), in report order.
@@ -51,6 +51,7 @@ STAT_FIELDS = (
     "n_unbounded",
     "r_pooled",
     "prevalence",
+    "ties",
     "acc_m",
     "acc_a",
     "disagreement",
@@ -87,6 +88,7 @@ class TauStats:
     n_unbounded: int
     r_pooled: float | None
     prevalence: float
+    ties: float  # fraction of samples with k_m = k_a (report it with prevalence: ties breaking as tau grows inflate it)
     acc_m: float
     acc_a: float
     disagreement: float | None
@@ -122,6 +124,7 @@ def _stat_arrays(km: np.ndarray, ka: np.ndarray, d: np.ndarray | None, c: int) -
         "n_unbounded": ((ka == 0) & (km > 0)).sum(-1),
         "r_pooled": r_pooled,
         "prevalence": (km > ka).sum(-1) / n,
+        "ties": (km == ka).sum(-1) / n,
         "acc_m": skm / (c * n),
         "acc_a": ska / (c * n),
     }
@@ -206,6 +209,7 @@ def summarise_counts(
         n_unbounded=scalar("n_unbounded"),
         r_pooled=scalar("r_pooled"),
         prevalence=scalar("prevalence"),
+        ties=scalar("ties"),
         acc_m=scalar("acc_m"),
         acc_a=scalar("acc_a"),
         disagreement=scalar("disagreement"),

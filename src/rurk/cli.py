@@ -150,7 +150,7 @@ def _run_options(args):
 
     return RunOptions(
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
-        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        seeds=_int_list(args.seeds, "--seeds") if args.seeds else ([args.seed] if args.seed is not None else None),
         probe=args.probe, taus=[float(t) for t in args.taus.split(",")] if args.taus else None,
         draws=args.draws, relearn=not args.no_relearn, device=args.device,
     )
@@ -164,7 +164,7 @@ def cmd_run(args) -> None:
     _print_summary(summary, Path(args.out) / scenario.name)
 
 
-#: The demo's perturbed copies per sample: 32 instead of the paper's 100 keeps 13 audits x 11 taus within
+#: The demo's perturbed copies per sample: 32 instead of the paper's 100 keeps 13 audits x 8 taus within
 #: the 3-minute CPU budget (decision); `rurk run fmnist5` uses 100.
 DEMO_DRAWS = 32
 
@@ -184,20 +184,33 @@ def cmd_demo(args) -> None:
 
 
 def _print_summary(summary: dict, out_dir: Path) -> None:
+    from .claims import claims_lines
     from .report import main_table, markdown
 
     print()
     print(markdown(*main_table(summary)))
     print(f"\nreport: {out_dir / 'report.md'}  plot: {out_dir / 'residual.png'}  summary: {out_dir / 'summary.json'}")
+    n = len(summary["seeds"])
+    print(f"\nclaims check ({n} seed{'s' * (n > 1)}; evidence in report.md):")
+    for line in claims_lines(summary["claims"]):
+        print(line)
 
 
 def cmd_tune(args) -> None:
     from .tune import tune
 
     scenario = _scenario(args)
-    path = tune(scenario, args.method.split(","), args.out, budget=args.budget, seed=args.seed,
-                split_seed=args.split_seed, write=args.write, device=args.device)
+    path = tune(scenario, [m for m in args.method.split(",") if m], args.out, trials=args.trials,
+                timeout=args.timeout, jobs=args.jobs, seed=args.seed, split_seeds=_int_list(args.split_seeds, "--split-seeds"),
+                sampler_seed=args.sampler_seed, write=args.write, device=args.device)
     print(f"wrote {path}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} = {text!r}: expected comma-separated integers, e.g. 1,2") from None
 
 
 def cmd_iris_figure(args) -> None:
@@ -248,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
 
     def run_args(c):
-        c.add_argument("--methods", default=None, help="comma-separated methods (default: all that fit the scenario)")
+        c.add_argument("--methods", default=None,
+                       help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd (default: every method)")
         c.add_argument("--probe", default="gaussian", help="the residual-knowledge probe")
         c.add_argument("--taus", default=None, help="comma-separated taus (default: the scenario's grid)")
         c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample")
@@ -269,10 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
     c.set_defaults(fn=cmd_demo, seed=None)
 
-    c = scenario_cmd("tune", "search a method's hyperparameters by Avg. Gap on a separate tuning split", cmd_tune)
+    c = scenario_cmd("tune", "search methods' hyperparameters (Optuna TPE) by the mean Avg. Gap over two tuning "
+                             "forget sets; resumable (the study lives in OUT/tune.db)", cmd_tune)
     c.add_argument("--method", required=True, help="method name(s), comma-separated, or 'all'")
-    c.add_argument("--budget", type=int, default=12, help="trials per method [default: 12]")
-    c.add_argument("--split-seed", type=int, default=1, help="split seed of the tuning forget set [default: 1]")
+    c.add_argument("--trials", type=int, default=24, help="finished trials per method the study should hold [default: 24]")
+    c.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds per method")
+    c.add_argument("--jobs", type=int, default=1, help="trials evaluated at once (threads) [default: 1]")
+    c.add_argument("--split-seeds", default="1,2", help="split seeds of the tuning forget sets [default: 1,2]")
+    c.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler [default: 0]")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     c.set_defaults(tuned="none")
 

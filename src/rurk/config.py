@@ -22,7 +22,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+import numpy as np
+
 from .train import OptimConfig
+
+#: The paper's residual-knowledge curve, linspace(0, 8/255, 11) in pixel units: the one tau grid constant
+#: (the audit's default and every scenario's unless its [audit] table says otherwise).
+PAPER_TAUS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.0, 8 / 255, 11))
 
 
 class ConfigError(ValueError):
@@ -119,6 +125,15 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def parse_value(raw: str) -> Any:
+    """A command-line value parsed as TOML (``0.1`` a float, ``[0,1]`` a list, ``true`` a bool); anything
+    that is not TOML is a bare string (``resnet18``)."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
 def parse_overrides(items: list[str] | None) -> dict:
     """``["train.epochs=5", "method.lr=0.1"]`` -> ``{"train": {"epochs": 5}, "method": {"lr": 0.1}}``."""
     out: dict = {}
@@ -126,10 +141,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=5")
         key, raw = item.split("=", 1)
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # bare strings: --set model.arch=resnet18
+        value = parse_value(raw)
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -191,7 +203,7 @@ class SeedConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     probe: str = "gaussian"
-    taus: list[float] = field(default_factory=lambda: [round(8 / 255 * i / 10, 6) for i in range(11)])
+    taus: list[float] = field(default_factory=lambda: list(PAPER_TAUS))
     draws: int = 100
     bootstrap: int = 1000
     max_forget: int | None = None

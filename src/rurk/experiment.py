@@ -18,13 +18,13 @@ from torch import nn
 
 from . import metrics as M
 from .audit import residual_knowledge
-from .config import Scenario, merge, to_dict
+from .config import ConfigError, Scenario, merge, to_dict
 from .methods import load_all
-from .methods.base import MethodRecord, get_method, unlearn
+from .methods.base import MethodRecord, get_method, parse_variant, unlearn
+from .report import REFERENCE_ROWS
 from .pipeline import Prepared, References, load_run_model, prepare, reference_models
 from .store import Store, cache_key
 
-REFERENCE_ROWS = ("original", "retrain")
 
 
 @dataclass(frozen=True)
@@ -44,18 +44,27 @@ class RunOptions:
 
 
 def method_names(scenario: Scenario, opts: RunOptions) -> list[str]:
+    """The rows to run: method names or command-line variants (``rurk:lambda_f=0``), each validated (method
+    exists, keys and values valid for its config, after presets and tuning) before any work starts."""
     registry = load_all()
     names = opts.methods or scenario.run_methods or sorted(registry)
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(sorted(registry))}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--methods = {','.join(names)}: a row is named twice")
+    for n in names:
+        method_config(scenario, n)
     return list(names)
 
 
 def method_config(scenario: Scenario, name: str):
-    """The method's config: its preset for the scenario, then the scenario's [methods.NAME] table
-    (which includes tuned values and `--set methods.NAME.key=value` overrides)."""
-    return get_method(name).config(scenario.preset, scenario.methods.get(name, {}))
+    """The config of a method or variant: its preset for the scenario, then the scenario's [methods.NAME]
+    table (tuned values and `--set methods.NAME.key=value` overrides), then the variant's own values."""
+    base, variant = parse_variant(name)
+    try:
+        return get_method(base).config(scenario.preset, merge(scenario.methods.get(base, {}), variant))
+    except ConfigError as e:
+        if not variant:
+            raise
+        raise ConfigError(f"method variant {name!r}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -169,7 +178,7 @@ def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, sto
         model = load_run_model(store, key, scenario, prepared, device=_device(refs.original))
         return model, rec
     try:
-        model, record = unlearn(name, refs.original, udata, seed, cfg=cfg)
+        model, record = unlearn(parse_variant(name)[0], refs.original, udata, seed, cfg=cfg)
         rec = record.to_json()
     except Exception as e:  # a broken method never stops the run
         log(f"  seed {seed} {name}: FAILED: {type(e).__name__}: {e}")
@@ -217,9 +226,9 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
     from .report import write_report
 
     out_dir = Path(out) / scenario.name
+    names = method_names(scenario, opts)  # every method and variant checked before any work
     store = Store(out)
     prepared = prepare(scenario, store)
-    names = method_names(scenario, opts)
     seeds = opts.seeds or list(scenario.seeds.run)
     log(f"{scenario.name}: |S_r|={len(prepared.data.retain)} |S_f|={len(prepared.data.forget)} "
         f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {opts.probe}")

@@ -79,12 +79,14 @@ def plot_residual_curves(
     for ax, (key, label) in zip(axes, panels):
         for i, (name, obj) in enumerate(curves.items()):
             d = _curve_data(obj)
-            style = {"color": _COLORS(i % 20), "linestyle": ("-", "--", "-.", ":")[(i // 10) % 4]}
-            (line,) = ax.plot(d["taus"], d[key], marker="o", ms=3, label=str(name), **style)
+            # colour, line style and marker all vary, so curves that coincide stay distinguishable
+            style = {"color": _COLORS(i % 20), "linestyle": ("-", "--", "-.", ":")[(i // 10) % 4],
+                     "marker": "osD^vP*Xph<>"[i % 12], "markerfacecolor": "none" if i % 2 else None}
+            (line,) = ax.plot(d["taus"], d[key], ms=5, label=str(name), **style)
             lo, hi = d[key + "_ci"][:, 0], d[key + "_ci"][:, 1]
             if np.isfinite(lo).any():
                 ax.fill_between(d["taus"], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="Re-train (r = 1)")
         ax.set_xlabel("tau")
         ax.set_ylabel(key)
         ax.set_title(label, fontsize=10)

@@ -23,14 +23,15 @@ import numpy as np
 from .metrics import GAP_KEYS, aggregate, avg_gap
 from .store import write_json
 
+REFERENCE_ROWS = ("original", "retrain")
 PCT_KEYS = ("retain_acc", "unlearn_acc", "test_acc", "mia")
 LABELS = {"retain_acc": "Retain", "unlearn_acc": "Unlearn", "test_acc": "Test", "mia": "MIA"}
-CURVE_FIELDS = ("r_paper", "r_pooled", "prevalence", "acc_m", "acc_a", "disagreement")
+CURVE_FIELDS = ("r_paper", "r_pooled", "prevalence", "ties", "acc_m", "acc_a", "disagreement")
 
 
 def _mean_curve(summaries: list[dict], fieldname: str) -> tuple[list, list]:
     """Per-tau mean and std (ddof 0) over seeds of one audit field; None where no seed defines it."""
-    rows = np.array([[np.nan if t[fieldname] is None else t[fieldname] for t in s["per_tau"]] for s in summaries])
+    rows = np.array([[np.nan if t.get(fieldname) is None else t[fieldname] for t in s["per_tau"]] for s in summaries])
     mean, std = [], []
     for col in rows.T:
         ok = col[~np.isnan(col)]
@@ -39,21 +40,38 @@ def _mean_curve(summaries: list[dict], fieldname: str) -> tuple[list, list]:
     return mean, std
 
 
+def _kind(name: str) -> tuple[str, str]:
+    """(base method, "reference" | "finetune" | "training-free") of a report row."""
+    if name in REFERENCE_ROWS:
+        return name, "reference"
+    from .config import ConfigError
+    from .methods.base import FinetuneConfig, get_method, parse_variant
+
+    try:
+        base = parse_variant(name)[0]
+    except ConfigError:  # a row that is not a registered method (hand-made results)
+        return name, "other"
+    return base, "finetune" if issubclass(get_method(base).config_cls, FinetuneConfig) else "training-free"
+
+
 def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -> dict:
-    """Aggregate per-seed results (``experiment.SeedResult``) into the summary.json structure."""
+    """Aggregate per-seed results (``experiment.SeedResult``) into the summary.json structure (with the
+    per-seed values that the claims check needs)."""
     seeds = [r.seed for r in results]
     out = {"scenario": scenario_name, "seeds": seeds, "probe": probe, "methods": {}}
     means: dict[str, dict[str, float]] = {}
     for name in names:
         per_seed = [r.metrics.get(name, {}) for r in results]
         failed = [m for m in per_seed if "retain_acc" not in m]
-        entry: dict = {"n_seeds": len(per_seed) - len(failed)}
+        base, kind = _kind(name)
+        entry: dict = {"base": base, "kind": kind, "n_seeds": len(per_seed) - len(failed)}
         if failed:
             entry["failed"] = [{k: v for k, v in m.items() if k != "traceback"} for m in failed]
         ok = [m for m in per_seed if "retain_acc" in m]
         for k in PCT_KEYS:
             agg = aggregate([100.0 * m[k] for m in ok]) if ok else {"mean": None, "std": None}
-            entry[k] = {"mean": agg["mean"], "std": agg["std"]}
+            entry[k] = {"mean": agg["mean"], "std": agg["std"],
+                        "per_seed": [100.0 * m[k] if "retain_acc" in m else None for m in per_seed]}
         if ok and "relearn_epochs" in ok[0]:
             agg = aggregate([m.get("relearn_epochs") for m in ok])
             entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"]}
@@ -70,21 +88,28 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
             taus = [t["tau"] for t in taus.get("per_tau", [])]
             n = len(taus)
             entry["residual"] = {"probe": probe, "taus": taus, "r_paper": [1.0] * n, "r_pooled": [1.0] * n,
-                                 "prevalence": [0.0] * n, "disagreement": [0.0] * n, "note": "reference: r = 1"}
+                                 "prevalence": [0.0] * n, "ties": [1.0] * n, "disagreement": [0.0] * n,
+                                 "note": "reference: r = 1"}
         elif audits:
             res = {"probe": probe, "taus": [t["tau"] for t in audits[0]["per_tau"]]}
             for f in CURVE_FIELDS:
                 res[f], res[f + "_std"] = _mean_curve(audits, f)
             res["n_unbounded"] = _mean_curve(audits, "n_unbounded")[0]
+            res["r_pooled_per_seed"] = [[t["r_pooled"] for t in a["per_tau"]] for a in audits]
+            res["r_pooled_ci95_per_seed"] = [[(t.get("ci95") or {}).get("r_pooled") for t in a["per_tau"]] for a in audits]
             entry["residual"] = res
         out["methods"][name] = entry
     ref = means.get("retrain")
     for name, entry in out["methods"].items():
         entry["avg_gap"] = avg_gap(means[name], ref, GAP_KEYS) if (ref and name in means) else None
-        per_seed_gaps = [avg_gap(r.metrics[name], r.metrics["retrain"]) for r in results
-                         if "retain_acc" in r.metrics.get(name, {}) and "retain_acc" in r.metrics.get("retrain", {})]
-        agg = aggregate(per_seed_gaps)
-        entry["avg_gap_per_seed"] = {"mean": agg["mean"], "std": agg["std"]}
+        per_seed_gaps = [avg_gap(r.metrics[name], r.metrics["retrain"], GAP_KEYS)
+                         if "retain_acc" in r.metrics.get(name, {}) and "retain_acc" in r.metrics.get("retrain", {})
+                         else None for r in results]
+        agg = aggregate([g for g in per_seed_gaps if g is not None])
+        entry["avg_gap_per_seed"] = {"mean": agg["mean"], "std": agg["std"], "values": per_seed_gaps}
+    from .claims import check_claims
+
+    out["claims"] = check_claims(out)
     return out
 
 
@@ -93,16 +118,36 @@ def _fmt(v, nd=2) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
+def key_taus(taus: list[float]) -> list[int]:
+    """Indices of the three τ every report shows: 0 (the clean forget-set gap, which alone makes r > 1), the
+    grid value nearest the paper's 0.03, and the largest — so a reader sees how much of r_τ the perturbation adds."""
+    if not taus:
+        return []
+    want = [int(np.argmin(taus)), int(np.argmin([abs(t - 0.03) for t in taus])), int(np.argmax(taus))]
+    return sorted(set(want), key=want.index)
+
+
+def _taus_of(summary: dict) -> list[float]:
+    return next((e["residual"]["taus"] for e in summary["methods"].values() if (e.get("residual") or {}).get("taus")), [])
+
+
 def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    """Table-1 rows: mean ± std (|gap to Re-train|) per metric, Avg. Gap, Re-learn, wall time."""
+    """Table-1 rows: mean ± std (|gap to Re-train|) per metric, Avg. Gap, Re-learn, then r_pooled at the key τ
+    and the prevalence (with the fraction of ties k_m = k_a) at the largest τ, and wall time."""
     methods = summary["methods"]
     ref = methods.get("retrain", {})
-    header = ["method", *[LABELS[k] for k in PCT_KEYS], "Avg. Gap", "Re-learn (epochs)", "wall (s)"]
+    taus = _taus_of(summary)
+    ki = key_taus(taus)
+    header = ["method", *[LABELS[k] for k in PCT_KEYS], "Avg. Gap", "Re-learn (epochs)",
+              *[f"r_pooled τ={taus[i]:.3g}" for i in ki]]
+    if taus:
+        header.append(f"prevalence (ties) τ={taus[ki[-1]]:.3g}")
+    header.append("wall (s)")
     rows = []
     for name, e in methods.items():
         if e["n_seeds"] == 0:
             why = "; ".join(f.get("error") or f"diverged at step {f.get('diverged_step')}" for f in e.get("failed", []))
-            rows.append([name, *(["–"] * len(PCT_KEYS)), "–", "–", f"failed: {why}"[:80]])
+            rows.append([name, *(["–"] * (len(header) - 2)), f"failed: {why}"[:80]])
             continue
         cells = [name]
         for k in PCT_KEYS:
@@ -118,6 +163,13 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
         else:
             cens = f" ({rl['censored']} >30)" if rl.get("censored") else ""
             cells.append(f"{_fmt(rl['mean'])} ± {_fmt(rl['std'])}{cens}")
+        res = e.get("residual") or {}
+        for i in ki:
+            v, sd = (res.get("r_pooled") or [None] * len(taus))[i], (res.get("r_pooled_std") or [None] * len(taus))[i]
+            cells.append("–" if v is None else f"{v:.3f}" + ("" if not sd else f" ± {sd:.3f}"))
+        if taus:
+            p, t = (res.get("prevalence") or [None] * len(taus))[ki[-1]], (res.get("ties") or [None] * len(taus))[ki[-1]]
+            cells.append("–" if p is None else f"{100 * p:.0f}%" + ("" if t is None else f" ({100 * t:.0f}%)"))
         cells.append(_fmt(e["wall_s"], 1))
         rows.append(cells)
     return header, rows
@@ -151,6 +203,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 def write_report(scenario, opts, results: list, out_dir: Path, names: list[str]) -> dict:
     """Aggregate, then write summary.json, report.md, the CSV tables and residual.png."""
+    from .claims import claims_markdown
     from .plots import plot_residual_curves
 
     out_dir = Path(out_dir)
@@ -160,6 +213,7 @@ def write_report(scenario, opts, results: list, out_dir: Path, names: list[str])
     tables = {
         "table": main_table(summary),
         "prevalence": curve_table(summary, "prevalence", lambda v: 100 * v, 1),
+        "ties": curve_table(summary, "ties", lambda v: 100 * v, 1),
         "r_pooled": curve_table(summary, "r_pooled"),
         "r_paper": curve_table(summary, "r_paper"),
         "perturbed_unlearn": curve_table(summary, "acc_m", lambda v: 1 - v),
@@ -167,15 +221,17 @@ def write_report(scenario, opts, results: list, out_dir: Path, names: list[str])
     }
     for name, (h, r) in tables.items():
         write_csv(out_dir / f"{name}.csv", h, r)
+    one = len(results) == 1
     curves = {
         n: {"taus": e["residual"]["taus"], "r_paper": e["residual"]["r_paper"], "r_pooled": e["residual"]["r_pooled"],
-            "ci": {f: _band(e["residual"], f) for f in ("r_paper", "r_pooled")}}
+            "ci": ({"r_pooled": e["residual"]["r_pooled_ci95_per_seed"][0]} if one else
+                   {f: _band(e["residual"], f) for f in ("r_paper", "r_pooled")})}
         for n, e in summary["methods"].items() if e.get("residual") and n != "retrain"
     }
     if curves:
+        bands = "one seed; bands: bootstrap 95% over forget samples" if one else f"{len(results)} seeds; bands: ± std over seeds"
         plot_residual_curves(curves, out_dir / "residual.png",
-                             title=f"{scenario.name}: residual knowledge vs Re-train ({opts.probe} probe, "
-                                   f"{len(results)} seed{'s' * (len(results) > 1)}; bands: ± std over seeds)")
+                             title=f"{scenario.name}: residual knowledge vs Re-train ({opts.probe} probe, {bands})")
     seeds = ", ".join(str(r.seed) for r in results)
     text = [
         f"# {scenario.name}: unlearning report",
@@ -187,6 +243,10 @@ def write_report(scenario, opts, results: list, out_dir: Path, names: list[str])
         "better). Re-learn: epochs of fine-tuning on S_f until its loss is back to 1.05 × Original's.",
         "",
         markdown(*tables["table"]),
+        "",
+        "## Claims check (computed from the numbers above; see `rurk.claims` for the rules)",
+        "",
+        claims_markdown(summary["claims"]),
         "",
         f"## Residual knowledge ({opts.probe} probe)",
         "",
@@ -203,6 +263,10 @@ def write_report(scenario, opts, results: list, out_dir: Path, names: list[str])
         "### Prevalence: % of forget samples with k_m > k_a",
         "",
         markdown(*tables["prevalence"]),
+        "",
+        "### Ties: % of forget samples with k_m = k_a (ties that break as τ grows inflate the prevalence)",
+        "",
+        markdown(*tables["ties"]),
         "",
         "### Unlearn accuracy on perturbed forget samples (1 − acc_m)",
         "",

@@ -1,123 +1,305 @@
-"""`rurk tune`: pick a method's hyperparameters by the smallest Avg. Gap to Re-train.
+"""`rurk tune`: pick a method's hyperparameters by the smallest Avg. Gap to Re-train, with Optuna.
 
-Approximate unlearners are very sensitive to their learning rate, epochs and loss weights, and the
-field's protocol is to select them by Avg. Gap (spec: baselines.md §0 "Tuning"). To keep the reported
-numbers honest, tuning uses a **different forget set** (split seed ``split_seed``, default 1 instead of
-the scenario's 0) and a **tuning run seed** (default 1) that is not among the reported seeds. The
-search is a grid over the method's declared ranges (:data:`SEARCH_SPACES`), or a seeded random subset
-of it when the grid exceeds the budget. The chosen values are written to a TOML file together with
-their provenance (ranges, budget, seeds, gap of every trial), which `rurk run` reads.
+Approximate unlearners are very sensitive to their learning rate, epochs and loss weights, and the good
+region is often a few optimiser steps wide (spec: baselines.md §0 "Tuning"). So:
+
+- each method declares its own search space next to its config (``space=`` of
+  :func:`rurk.methods.base.register`: log-uniform rates and loss weights, integer epochs; RURK searches lr,
+  epochs, λ_f, λ_a and its training τ independently);
+- a seeded TPE sampler (Optuna) searches it; trial *k* is asked with a sampler seeded from
+  ``(sampler_seed, k)``, so the same seed gives the same trials, also across an interrupted and resumed run;
+- the objective is the **mean Avg. Gap over two tuning forget sets** (split seeds never reported, default 1
+  and 2) at a tuning run seed that is not reported (default 1), so one lucky forget set does not decide;
+- a trial that fails or diverges is recorded as failed with its reason and never stops the study;
+- the study lives in the run store (``OUT/tune.db``, Optuna's SQLite storage): killing `rurk tune` and
+  starting it again continues it — a trial cut off by the interrupt is re-run with its own values, none is
+  lost or repeated;
+- the chosen values go to a TOML file with their full provenance (sampler and seed, spaces, every trial's
+  values, gaps and state, the best trial, Optuna's parameter importances), which `rurk run` reads.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import json
+import math
+import os
+import socket
+import threading
+import time
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-
-import numpy as np
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .config import ConfigError, Scenario, from_dict, merge
+from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .metrics import GAP_KEYS, avg_gap
 from .methods.base import get_method, unlearn
+from .perturb import derive_seed
 
-#: Declared search ranges per method (decision): lr x epochs x the method's key coefficient. On fmnist5 the
-#: paper's small-scale settings barely move a model (Avg. Gap stays at Original's), so the ranges reach
-#: well past them; a first, narrower search (around the paper's values) found nothing better than Original.
-#: A key "a,b" sets several fields to the same value (RURK's lambda_f = lambda_a, as in the paper's ablation).
-SEARCH_SPACES: dict[str, dict[str, list]] = {
-    "gd": {"lr": [0.01, 0.03, 0.1], "epochs": [5, 10, 20]},
-    "ngd": {"lr": [0.01, 0.03, 0.1], "epochs": [5, 10], "sigma": [0.03, 0.1, 0.3, 1.0]},
-    "ga": {"lr": [1e-3, 1e-2, 3e-2, 1e-1], "epochs": [1, 3, 5, 10]},
-    "neggrad_plus": {"lr": [0.01, 0.03, 0.1], "epochs": [1, 3, 5], "beta": [0.05, 0.1, 0.2, 0.4]},
-    "euk": {"lr": [0.01, 0.03, 0.1], "epochs": [5, 10, 20]},
-    "cfk": {"lr": [0.01, 0.03, 0.1], "epochs": [5, 10, 20]},
-    "scrub": {"lr": [2e-3, 1e-2, 3e-2], "epochs": [3, 5], "alpha": [0.001, 0.1]},
-    "ssd": {"alpha": [0.1, 0.3, 1.0, 3.0, 10.0, 100.0], "lam": [0.5, 1.0, 2.0]},
-    "rurk": {"lr": [0.01, 0.03, 0.1], "epochs": [2, 5, 10], "lambda_f,lambda_a": [0.1, 0.2, 0.3, 0.5]},
-    "cr": {"lam": [0.1, 0.3, 1.0, 3.0, 10.0]},
-    "fisher": {"alpha": [3e-8, 1e-7, 3e-7, 1e-6]},
-    "ntk": {"lam": [0.01, 0.1, 1.0]},
-}
+#: TPE's random start-up trials before it models the objective (decision: Optuna's default is 10; 8 leaves
+#: more model-based trials in a CPU budget of ~24).
+N_STARTUP_TRIALS = 8
+DEFAULT_SPLIT_SEEDS = (1, 2)
+DEFAULT_TUNING_SEED = 1
 
 
-def candidates(method: str, budget: int, seed: int) -> list[dict]:
-    """The trial configurations (as override dicts): the full grid, or a seeded random subset of
-    ``budget`` of them (always including the first grid point)."""
-    space = SEARCH_SPACES.get(method)
-    if not space:
-        raise ConfigError(f"method {method!r} declares no search space; known: {', '.join(SEARCH_SPACES)}")
-    keys = list(space)
-    grid = []
-    for combo in itertools.product(*(space[k] for k in keys)):
-        trial = {}
-        for k, v in zip(keys, combo):
-            for name in k.split(","):
-                trial[name] = v
-        grid.append(trial)
-    if len(grid) <= budget:
-        return grid
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(grid), size=budget, replace=False)
-    return [grid[i] for i in sorted(pick)]
+class TrialFailed(RuntimeError):
+    """A trial's setting diverged or produced non-finite weights (scored as failed, not as a number)."""
 
 
-def tune(scenario: Scenario, methods: list[str], out: str | Path, *, budget: int = 12, seed: int | None = None,
-         split_seed: int = 1, write: str | Path | None = None, device: str = "auto", log=print) -> Path:
+def _optuna():
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover - optuna is a dependency
+        raise ImportError("`rurk tune` needs optuna: pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_seeds, sampler_seed: int) -> str:
+    """The study's name: method plus a hash of everything a trial's score depends on (scenario data, model,
+    recipes, the method's base config and space, seeds). A changed setting starts a new study."""
+    spec = get_method(method)
+    ident = {"scenario": {k: v for k, v in to_dict(scenario).items() if k not in ("methods", "tuned", "description")},
+             "method": method, "base": base, "space": {k: p.to_json() for k, p in spec.space.items()},
+             "seed": seed, "split_seeds": list(split_seeds), "sampler_seed": sampler_seed,
+             "n_startup": N_STARTUP_TRIALS}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{scenario.name}/{method}/{digest}"
+
+
+class _Objective:
+    """Mean Avg. Gap of one setting over the tuning forget sets (references trained once, from the store)."""
+
+    def __init__(self, scenario: Scenario, method: str, base: dict, seed: int, splits: list):
+        self.scenario, self.method, self.base, self.seed, self.splits = scenario, method, base, seed, splits
+
+    def config(self, params: dict):
+        return get_method(self.method).config(self.scenario.preset, merge(self.base, params))
+
+    def __call__(self, params: dict) -> tuple[float, list[float]]:
+        import torch
+
+        from .experiment import evaluate
+
+        cfg = self.config(params)
+        gaps = []
+        for prepared, refs, udata, ref in self.splits:
+            model, rec = unlearn(self.method, refs.original, udata, self.seed, cfg=cfg)
+            if rec.diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise TrialFailed(f"diverged at step {rec.diverged_step} on split seed {prepared.scenario.seeds.split}")
+            gaps.append(avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref, GAP_KEYS))
+        return float(sum(gaps) / len(gaps)), gaps
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(trial) -> bool:
+    """A RUNNING trial nobody is working on: interrupted, or its process on this host is gone."""
+    a = trial.user_attrs
+    if a.get("interrupted"):
+        return True
+    return a.get("host") == socket.gethostname() and isinstance(a.get("pid"), int) and not _alive(a["pid"])
+
+
+def run_study(objective, space: dict, storage: str, name: str, *, trials: int, timeout: float | None = None,
+              jobs: int = 1, sampler_seed: int = 0, log=print):
+    """Run (or continue) the study until it holds ``trials`` finished trials or ``timeout`` seconds passed.
+    ``objective(params) -> (value, per-split values)``; exceptions make a failed trial. Returns the study."""
+    optuna = _optuna()
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+    distributions = None
+    lock = threading.Lock()
+    t0 = time.monotonic()
+
+    def evaluate(trial) -> None:
+        params, t = dict(trial.params), time.perf_counter()
+        try:
+            value, per_split = objective(params)
+        except (KeyboardInterrupt, SystemExit):
+            trial.set_user_attr("interrupted", True)  # the next run finishes it with these values
+            raise
+        except Exception as e:  # a failing setting is a failed trial, never the end of the study
+            reason = f"{type(e).__name__}: {e}"
+            trial.set_user_attr("failed_reason", reason[:500])
+            trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"  trial {trial.number:3d} failed ({reason[:120]}): {_fmt_params(params)}")
+            return
+        trial.set_user_attr("gaps", per_split)
+        trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
+        if not math.isfinite(value):
+            trial.set_user_attr("failed_reason", "non-finite Avg. Gap")
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        study.tell(trial, value)
+        log(f"  trial {trial.number:3d} avg gap {value:6.2f}: {_fmt_params(params)}")
+
+    # 1. trials an earlier, interrupted run left RUNNING: finish them with their own values (none lost)
+    for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _stale(ft):
+            log(f"  resuming interrupted trial {ft.number}")
+            trial = optuna.trial.Trial(study, ft._trial_id)  # Optuna has no public "trial by number" for a Study
+            trial.set_user_attr("interrupted", False)
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("host", socket.gethostname())
+            evaluate(trial)
+
+    def finished() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
+                                                            TrialState.PRUNED, TrialState.RUNNING)))
+
+    def worker() -> None:
+        nonlocal distributions
+        while True:
+            with lock:
+                if finished() >= trials or (timeout is not None and time.monotonic() - t0 >= timeout):
+                    return
+                n = len(study.get_trials(deepcopy=False))
+                sampler = optuna.samplers.TPESampler(seed=derive_seed(sampler_seed, "tpe", n) % 2**32,
+                                                     n_startup_trials=N_STARTUP_TRIALS)
+                s = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+                if distributions is None:
+                    distributions = {k: _distribution(optuna, p) for k, p in space.items()}
+                trial = s.ask(distributions)
+                trial.set_user_attr("pid", os.getpid())
+                trial.set_user_attr("host", socket.gethostname())
+            evaluate(trial)
+
+    if jobs <= 1:
+        worker()
+    else:
+        errors: list[BaseException] = []
+
+        def guarded():
+            try:
+                worker()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=guarded, daemon=True) for _ in range(jobs)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+    return study
+
+
+def _distribution(optuna, p):
+    d = optuna.distributions
+    if p.kind == "choice":
+        return d.CategoricalDistribution(list(p.choices))
+    if p.kind == "int":
+        return d.IntDistribution(int(p.low), int(p.high))
+    return d.FloatDistribution(float(p.low), float(p.high), log=p.kind == "log")
+
+
+def _fmt_params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds, preset: str, wall_s: float) -> dict:
+    """Everything needed to audit the choice: sampler and seed, spaces, every trial, best trial, importances."""
+    optuna = _optuna()
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "state": t.state.name, "values": dict(t.params),
+                     "avg_gap": t.value if t.state == TrialState.COMPLETE else None,
+                     "gaps": t.user_attrs.get("gaps"), "failed_reason": t.user_attrs.get("failed_reason"),
+                     "seconds": t.user_attrs.get("seconds")})
+    complete = [r for r in rows if r["avg_gap"] is not None]
+    best = min(complete, key=lambda r: (r["avg_gap"], r["number"])) if complete else None
+    try:
+        importances = {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
+    except Exception as e:  # too few complete trials, or a constant parameter
+        importances = {"unavailable": f"{type(e).__name__}: {e}"[:200]}
+    return {"optimizer": f"optuna {optuna.__version__} TPESampler", "sampler_seed": sampler_seed,
+            "n_startup_trials": N_STARTUP_TRIALS, "study": study.study_name,
+            "space": {k: p.to_json() for k, p in space.items()},
+            "objective": "mean Avg. Gap to Re-train over the tuning forget sets", "tuning_seed": seed,
+            "split_seeds": list(split_seeds), "preset": preset, "trials": len(rows),
+            "failed": sum(r["state"] == "FAIL" for r in rows), "wall_s": round(wall_s, 1),
+            "best": best, "importances": importances, "all_trials": rows}
+
+
+def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int = 24, timeout: float | None = None,
+         jobs: int = 1, seed: int | None = None, split_seeds=DEFAULT_SPLIT_SEEDS, sampler_seed: int = 0,
+         write: str | Path | None = None, device: str = "auto", log=print) -> Path:
     """Tune each method in ``methods`` ("all" = every method with a search space) and write the TOML."""
     from .experiment import evaluate
+    from .methods import load_all
     from .pipeline import prepare, reference_models
     from .store import Store
 
-    seed = 1 if seed is None else seed
+    seed = DEFAULT_TUNING_SEED if seed is None else int(seed)
+    split_seeds = [int(s) for s in split_seeds]
+    if trials < 1:
+        raise ConfigError(f"--trials = {trials}: expected an integer >= 1")
+    if jobs < 1:
+        raise ConfigError(f"--jobs = {jobs}: expected an integer >= 1")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout = {timeout}: expected a number of seconds > 0")
     if seed in scenario.seeds.run:
-        raise ConfigError(f"--seed {seed} is a reported run seed {scenario.seeds.run}; tune on another seed")
-    if split_seed == scenario.seeds.split:
-        raise ConfigError(f"--split-seed {split_seed} is the reported split seed; tune on another forget set")
+        raise ConfigError(f"--seed = {seed}: expected a seed that is not reported (run seeds {scenario.seeds.run})")
+    if scenario.seeds.split in split_seeds:
+        raise ConfigError(f"--split-seeds = {split_seeds}: expected forget sets that are never reported "
+                          f"(the reported split seed is {scenario.seeds.split})")
+    if len(set(split_seeds)) != len(split_seeds) or not split_seeds:
+        raise ConfigError(f"--split-seeds = {split_seeds}: expected distinct seeds")
+    registry = load_all()
     if methods == ["all"]:
-        methods = [m for m in SEARCH_SPACES if m in (scenario.run_methods or SEARCH_SPACES)]
-    tuning = replace(scenario, seeds=replace(scenario.seeds, split=split_seed))
+        methods = [m for m in (scenario.run_methods or sorted(registry)) if registry[m].space]
+    for m in methods:
+        if not get_method(m).space:
+            raise ConfigError(f"method = {m!r}: declares no search space")
     store = Store(out)
-    prepared = prepare(tuning, store)
-    refs = reference_models(tuning, prepared, seed, store, device=device)
-    udata = prepared.unlearn_data(refs.pretrained)
-    ref = evaluate(refs.retrain, prepared, seed, None, relearn=False)
+    splits = []
+    for s in split_seeds:
+        tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
+        prepared = prepare(tuning, store)
+        refs = reference_models(tuning, prepared, seed, store, device=device)
+        ref = evaluate(refs.retrain, prepared, seed, None, relearn=False)
+        splits.append((prepared, refs, prepared.unlearn_data(refs.pretrained), ref))
+    storage = f"sqlite:///{(Path(out) / 'tune.db').resolve()}"
     path = Path(write) if write else Path(out) / f"tuned-{scenario.name}.toml"
     existing = _read(path) if path.exists() else {}
     for method in methods:
         spec = get_method(method)
-        trials = []
-        for overrides in candidates(method, budget, seed):
-            cfg = spec.config(scenario.preset, merge(scenario.methods.get(method, {}), overrides))
-            try:
-                model, rec = unlearn(method, refs.original, udata, seed, cfg=cfg)
-                gap = None if rec.diverged else avg_gap(evaluate(model, prepared, seed, None, relearn=False), ref, GAP_KEYS)
-            except Exception as e:  # a failing setting is just a bad trial
-                log(f"  {method} {overrides}: failed ({type(e).__name__}: {e})")
-                gap = None
-            trials.append({"values": overrides, "avg_gap": gap})
-            log(f"  {method} {overrides}: avg gap {gap if gap is None else round(gap, 2)}")
-        ok = [t for t in trials if t["avg_gap"] is not None and np.isfinite(t["avg_gap"])]
-        if not ok:
+        base = scenario.methods.get(method, {})
+        name = study_name(scenario, method, base, seed, split_seeds, sampler_seed)
+        log(f"{method}: study {name} ({trials} trials, {jobs} job{'s' * (jobs > 1)})")
+        t0 = time.perf_counter()
+        objective = _Objective(scenario, method, base, seed, splits)
+        study = run_study(objective, spec.space, storage, name, trials=trials, timeout=timeout, jobs=jobs,
+                          sampler_seed=sampler_seed, log=log)
+        prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
+                          preset=scenario.preset, wall_s=time.perf_counter() - t0)
+        if prov["best"] is None:
             log(f"{method}: every trial failed; nothing written")
             continue
-        best = min(ok, key=lambda t: t["avg_gap"])
-        log(f"{method}: best {best['values']} (avg gap {best['avg_gap']:.2f} over {len(trials)} trials)")
-        existing[method] = {
-            "values": best["values"],
-            "provenance": {"ranges": {k: v for k, v in SEARCH_SPACES[method].items()}, "budget": budget,
-                           "trials": len(trials), "tuning_seed": seed, "split_seed": split_seed,
-                           "preset": scenario.preset, "avg_gap": round(best["avg_gap"], 4),
-                           "all_trials": trials},
-        }
-    _write(path, scenario.name, existing)
+        log(f"{method}: best trial {prov['best']['number']} avg gap {prov['best']['avg_gap']:.2f}: "
+            f"{_fmt_params(prov['best']['values'])}")
+        existing[method] = {"values": prov["best"]["values"], "provenance": prov}
+        _write(path, scenario.name, existing)
     return path
 
 
@@ -141,8 +323,9 @@ def _toml_value(v) -> str:
 
 
 def _write(path: Path, scenario: str, entries: dict) -> None:
-    lines = [f"# Tuned method settings for {scenario}, written by `rurk tune` (Avg. Gap to Re-train on a",
-             "# separate tuning forget set and seed; see [provenance] for the ranges, budget and every trial).", ""]
+    lines = [f"# Tuned method settings for {scenario}, written by `rurk tune` (Optuna TPE; objective: mean Avg. Gap",
+             "# to Re-train over tuning forget sets and a seed that are never reported; [provenance] holds the",
+             "# sampler and seed, spaces, every trial, the best trial and the parameter importances).", ""]
     for m, e in sorted(entries.items()):
         lines.append(f"[methods.{m}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in e["values"].items()]
@@ -151,7 +334,9 @@ def _write(path: Path, scenario: str, entries: dict) -> None:
     for m, e in sorted(entries.items()):
         lines.append(f"{m} = {json.dumps(json.dumps(e['provenance'], sort_keys=True))}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 def tuned_path(name: str | Path) -> Path:
@@ -176,4 +361,4 @@ def load_tuned(name: str | Path) -> dict:
     return methods
 
 
-__all__ = ["SEARCH_SPACES", "candidates", "tune", "load_tuned", "tuned_path"]
+__all__ = ["tune", "run_study", "study_name", "provenance", "load_tuned", "tuned_path", "TrialFailed"]

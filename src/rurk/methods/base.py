@@ -4,9 +4,10 @@ A method is one module under ``rurk/methods/`` that
 
 1. defines a config dataclass whose defaults are the paper's values (each commented with its source),
    optionally with named presets (``"cifar10"``) that override some defaults;
-2. defines one function ``unlearn(original, data, cfg, seed) -> (model, MethodRecord)`` that never
+2. declares its tuning search space (:class:`Param` per searched field, used by `rurk tune`);
+3. defines one function ``unlearn(original, data, cfg, seed) -> (model, MethodRecord)`` that never
    mutates ``original``;
-3. registers both with :func:`register`.
+4. registers all of them with :func:`register`.
 
 Fine-tuning methods derive their config from :class:`FinetuneConfig` and train through
 :func:`rurk.train.run_loop` (the one loop); training-free methods (SSD, CR, Fisher, NTK) are small
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from ..config import ConfigError, from_dict, merge, to_dict
+from ..config import ConfigError, from_dict, merge, parse_value, to_dict
 from ..data.tensordata import TensorData
 from ..train import LoopRecord, OptimConfig
 
@@ -107,6 +108,57 @@ class FinetuneConfig:
         )
 
 
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter of a method's tuning space (spec baselines.md §0 "Tuning"): a float
+    drawn log-uniformly (``log``) or uniformly (``float``) from [low, high], an integer from [low, high]
+    (``int``), or one of ``choices`` (``choice``). :meth:`suggest` asks an Optuna trial for it."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+    def __post_init__(self):
+        if self.kind not in ("log", "float", "int", "choice"):
+            raise ValueError(f"Param kind = {self.kind!r}: expected 'log', 'float', 'int' or 'choice'")
+        if self.kind == "choice":
+            if not self.choices:
+                raise ValueError("Param kind 'choice' needs at least one choice")
+        elif not (self.low is not None and self.high is not None and self.low <= self.high
+                  and (self.kind != "log" or self.low > 0)):
+            raise ValueError(f"Param {self.kind} range [{self.low}, {self.high}]: expected low <= high"
+                             + (" and low > 0" if self.kind == "log" else ""))
+
+    def suggest(self, trial, name: str):
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high))
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.kind == "log")
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "choices": list(self.choices)} if self.kind == "choice" else \
+            {"kind": self.kind, "low": self.low, "high": self.high}
+
+
+def log_uniform(low: float, high: float) -> Param:
+    return Param("log", low, high)
+
+
+def integer(low: int, high: int) -> Param:
+    return Param("int", low, high)
+
+
+def choice(*values) -> Param:
+    return Param("choice", choices=tuple(values))
+
+
+#: The searched optimiser fields of every fine-tuning method (decision: one factor of 30 in lr on each side
+#: of the paper's 0.01, and up to 20 epochs; fmnist5 has 8 retain steps per epoch).
+FINETUNE_SPACE: dict[str, Param] = {"lr": log_uniform(1e-3, 0.3), "epochs": integer(1, 20)}
+
+
 UnlearnFn = Callable[[nn.Module, UnlearnData, object, int], "tuple[nn.Module, MethodRecord]"]
 
 
@@ -117,6 +169,7 @@ class MethodSpec:
     fn: UnlearnFn
     summary: str
     presets: dict[str, dict] = field(default_factory=dict)
+    space: dict[str, Param] = field(default_factory=dict)  # `rurk tune`'s search space
 
     def config(self, preset: str = "small", overrides: dict | None = None):
         """The config for ``preset`` with ``overrides`` applied. "small" is the dataclass defaults; a
@@ -135,13 +188,19 @@ class MethodSpec:
 REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, config_cls: type, summary: str, presets: dict[str, dict] | None = None):
-    """Decorator: ``@register("gd", GDConfig, "fine-tune on the retain set")`` on the unlearn function."""
+def register(name: str, config_cls: type, summary: str, presets: dict[str, dict] | None = None,
+             space: dict[str, Param] | None = None):
+    """Decorator: ``@register("gd", GDConfig, "fine-tune on the retain set", space={...})`` on the unlearn
+    function. Every key of ``space`` must be a field of ``config_cls``."""
 
     def deco(fn: UnlearnFn) -> UnlearnFn:
         if name in REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        REGISTRY[name] = MethodSpec(name, config_cls, fn, summary, presets or {})
+        known = {f.name for f in fields(config_cls)}
+        unknown = sorted(set(space or {}) - known)
+        if unknown:
+            raise ValueError(f"method {name!r}: search space names {unknown}, which are not fields of {config_cls.__name__}")
+        REGISTRY[name] = MethodSpec(name, config_cls, fn, summary, presets or {}, dict(space or {}))
         return fn
 
     return deco
@@ -154,6 +213,25 @@ def get_method(name: str) -> MethodSpec:
     if name not in REGISTRY:
         raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """A method, or a *variant* of one typed on the command line: ``"rurk:lambda_f=0:tau=0.1"`` ->
+    ``("rurk", {"lambda_f": 0, "tau": 0.1})`` (values parsed as TOML). The method must exist and every key
+    must be a valid setting of its config with a valid value; errors name the variant and the problem."""
+    name, *items = text.strip().split(":")
+    spec = get_method(name)
+    overrides: dict = {}
+    for item in items:
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise ConfigError(f"method variant {text!r}: {item!r} is not KEY=VALUE (e.g. rurk:lambda_f=0:tau=0.1)")
+        key, raw = item.split("=", 1)
+        overrides[key] = parse_value(raw)
+    try:
+        from_dict(spec.config_cls, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"method variant {text!r}: {e}") from None
+    return name, overrides
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ._tail import TailConfig, train_tail
-from .base import UnlearnData, register
+from .base import FINETUNE_SPACE, UnlearnData, register
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class CFkConfig(TailConfig):
     """Paper: SGD lr 0.01, momentum 0.9, weight decay 1e-4, batch 128, 10 epochs (all presets)."""
 
 
-@register("cfk", CFkConfig, "fine-tune only the last k layers on the retain set (Goel et al. 2022)")
+@register("cfk", CFkConfig, "fine-tune only the last k layers on the retain set (Goel et al. 2022)",
+          space=FINETUNE_SPACE)
 def unlearn(original: nn.Module, data: UnlearnData, cfg: CFkConfig, seed: int):
     return train_tail(original, data, cfg, seed, method="cfk", reinit=False)

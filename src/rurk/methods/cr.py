@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from .base import MethodRecord, UnlearnData, fresh_copy, register
+from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 from .fisher import batched_features, feature_head_of
 
 GAMMA_LOGISTIC = 1.0 / (6.0 * math.sqrt(3.0))  # sup |ℓ'''| of ℓ(u) = log(1 + e^{−u})
@@ -171,7 +171,8 @@ class CertifiedRemoval:
 
 
 @register("cr", CRConfig, "certified removal: Newton step on a logistic-regression head (Guo et al. 2020)",
-          presets={"cifar10": {}})  # decision: the paper runs CR small-scale only; same values if asked
+          presets={"cifar10": {}},  # decision: the paper runs CR small-scale only; same values if asked
+          space={"lam": log_uniform(1e-3, 100.0)})  # decision
 def unlearn(original: nn.Module, data: UnlearnData, cfg: CRConfig, seed: int):
     model = fresh_copy(original)
     record = MethodRecord("cr", {}, seed)

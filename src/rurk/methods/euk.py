@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ._tail import TailConfig, train_tail
-from .base import UnlearnData, register
+from .base import FINETUNE_SPACE, UnlearnData, register
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class EUkConfig(TailConfig):
     """Paper: SGD lr 0.01, momentum 0.9, weight decay 1e-4, batch 128, 10 epochs (all presets)."""
 
 
-@register("euk", EUkConfig, "re-initialise the last k layers and train them on the retain set (Goel et al. 2022)")
+@register("euk", EUkConfig, "re-initialise the last k layers and train them on the retain set (Goel et al. 2022)",
+          space=FINETUNE_SPACE)
 def unlearn(original: nn.Module, data: UnlearnData, cfg: EUkConfig, seed: int):
     return train_tail(original, data, cfg, seed, method="euk", reinit=True)

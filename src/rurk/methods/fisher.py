@@ -48,7 +48,7 @@ from torch.func import functional_call, grad, vjp, vmap
 from torch.overrides import TorchFunctionMode
 
 from ..train import model_device, to_layout
-from .base import MethodRecord, UnlearnData, fresh_copy, register
+from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 
 
 @dataclass(frozen=True)
@@ -437,7 +437,8 @@ def _forget_class(data: UnlearnData) -> int | None:
 
 
 @register("fisher", FisherConfig, "Fisher forgetting: noise shaped by the inverse retain Fisher (Golatkar et al. 2020)",
-          presets={"cifar10": {}})  # decision: the paper runs Fisher small-scale only; same values if asked
+          presets={"cifar10": {}},  # decision: the paper runs Fisher small-scale only; same values if asked
+          space={"alpha": log_uniform(1e-9, 1e-5)})  # decision: two decades around the reference 1e-6
 def unlearn(original: nn.Module, data: UnlearnData, cfg: FisherConfig, seed: int):
     model = fresh_copy(original)
     record = MethodRecord("fisher", {}, seed)

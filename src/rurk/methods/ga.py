@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..train import Batch, BatchStream, accuracy, model_device, prepare_model, run_loop
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
+from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ def negative_cross_entropy(model: nn.Module, batch: Batch):
 @register(
     "ga", GAConfig, "gradient ascent on the forget set (Graves et al. 2021; Jang et al. 2022)",
     presets={"cifar10": {}, "cifar10-class": {"epochs": 3}},  # paper
+    space={"lr": log_uniform(1e-5, 0.1), "epochs": integer(1, 10)},  # decision: from the paper's 1e-5 up
 )
 def unlearn(original: nn.Module, data: UnlearnData, cfg: GAConfig, seed: int):
     model = fresh_copy(original)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..train import BatchStream, cross_entropy_loss, model_device, prepare_model, run_loop
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
+from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def finetune_on_retain(
     return record.absorb(loop)
 
 
-@register("gd", GDConfig, "fine-tune Original on the retain set (Neel et al. 2021)")
+@register("gd", GDConfig, "fine-tune Original on the retain set (Neel et al. 2021)", space=FINETUNE_SPACE)
 def unlearn(original: nn.Module, data: UnlearnData, cfg: GDConfig, seed: int):
     model = fresh_copy(original)
     record = MethodRecord("gd", {}, seed)

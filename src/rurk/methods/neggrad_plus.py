@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
+from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 from .rurk import Weights, train_with_forget
 
 
@@ -40,6 +40,7 @@ class NegGradPlusConfig(FinetuneConfig):
 @register(
     "neggrad_plus", NegGradPlusConfig, "NegGrad+: (1−β)·retain CE − β·forget CE (Kurmanji et al. 2023)",
     presets={"cifar10": {}, "cifar10-class": {"epochs": 3}},  # paper
+    space={"lr": log_uniform(1e-3, 0.3), "epochs": integer(1, 10), "beta": log_uniform(1e-3, 0.5)},  # decision
 )
 def unlearn(original: nn.Module, data: UnlearnData, cfg: NegGradPlusConfig, seed: int):
     model = fresh_copy(original)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..train import model_device
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
+from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 from .gd import finetune_on_retain
 from .rurk import derive_seed, make_generator
 
@@ -76,6 +76,7 @@ def weight_noise(form: str, sigma: float, generator: torch.Generator):
 @register(
     "ngd", NGDConfig, "noisy GD on the retain set (Chourasia & Shah 2023; Chien et al. 2024)",
     presets={"cifar10": {"epochs": 2}},  # paper
+    space=FINETUNE_SPACE | {"sigma": log_uniform(1e-3, 3.0)},  # decision: noise std from negligible to dominant
 )
 def unlearn(original: nn.Module, data: UnlearnData, cfg: NGDConfig, seed: int):
     model = fresh_copy(original)

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ..train import model_device, to_layout
-from .base import MethodRecord, UnlearnData, fresh_copy, register
+from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 from .fisher import EvalMode, batched_features, batched_logits, constants_of, conv_mode, feature_head_of, \
     plan_factored, probed_logits, trainable_params
 
@@ -444,7 +444,8 @@ def _subsample(data: UnlearnData, max_retain: int | None, seed: int) -> tuple[Te
 
 
 @register("ntk", NTKConfig, "NTK forgetting: closed-form linearised retrain step (Golatkar et al. 2020)",
-          presets={"cifar10": {"variant": "last_layer"}})  # decision: full NTK is small-scale only (paper)
+          presets={"cifar10": {"variant": "last_layer"}},  # decision: full NTK is small-scale only (paper)
+          space={"lam": log_uniform(1e-3, 10.0)})  # decision: around the reference 0.1
 def unlearn(original: nn.Module, data: UnlearnData, cfg: NTKConfig, seed: int):
     model = fresh_copy(original)
     record = MethodRecord("ntk", {}, seed)

@@ -45,7 +45,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..perturb import PROBES, derive_seed, make_probe
 from ..train import Batch, BatchStream, model_device, prepare_model, run_loop, to_layout
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
+from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 
 DIVERGENCE_FACTOR = 10.0  # rurk.md §7: warn when L_f exceeds 10× its initial value
 
@@ -282,6 +282,10 @@ def make_perturb(cfg: RURKConfig, seed: int, device, num_classes: int) -> Pertur
 @register(
     "rurk", RURKConfig, "RURK: retain CE − λ_f·forget CE − λ_a·CE on perturbed forget copies",
     presets={"cifar10": {"lambda_a": 0.00045}},  # paper
+    # spec baselines.md §0: every coefficient on its own, the training tau included (it need not equal the
+    # audit's); ranges (decision) reach from "no change" to "collapse" on fmnist5
+    space={"lr": log_uniform(1e-3, 0.1), "epochs": integer(1, 12), "lambda_f": log_uniform(1e-3, 0.5),
+           "lambda_a": log_uniform(1e-3, 0.5), "tau": log_uniform(0.01, 0.3)},
 )
 def unlearn(original: nn.Module, data: UnlearnData, cfg: RURKConfig, seed: int):
     model = fresh_copy(original)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..train import BatchStream, model_device, prepare_model, run_loop
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
+from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 
 MAX, MIN = "max", "min"
 
@@ -72,6 +72,9 @@ def epoch_plan(n_forget_batches: int, n_retain_batches: int, epochs: int, msteps
 @register(
     "scrub", SCRUBConfig, "teacher-student: max KL on forget, min CE+KL on retain (Kurmanji et al. 2023)",
     presets={"cifar10": {"gamma": 0.6}, "cifar10-class": {"gamma": 75.0}},  # paper
+    # decision: lr around the paper's 5e-4, E and the max-steps epochs, the retain KL weight
+    space={"lr": log_uniform(1e-4, 0.05), "epochs": integer(1, 10), "msteps": integer(1, 5),
+           "alpha": log_uniform(1e-4, 1.0)},
 )
 def unlearn(original: nn.Module, data: UnlearnData, cfg: SCRUBConfig, seed: int):
     device = model_device(original)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data.tensordata import TensorData
 from ..train import BatchStream, model_device, prepare_model
-from .base import MethodRecord, UnlearnData, fresh_copy, register
+from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ class SynapticDampener:
 @register(
     "ssd", SSDConfig, "selective synaptic dampening, training-free (Foster et al. 2024)",
     presets={"cifar10": {"alpha": 10.0}},  # paper
+    space={"alpha": log_uniform(0.1, 1000.0), "lam": log_uniform(0.1, 10.0)},  # decision: around the paper's values
 )
 def unlearn(original: nn.Module, data: UnlearnData, cfg: SSDConfig, seed: int):
     model = prepare_model(fresh_copy(original))

@@ -1,0 +1,159 @@
+"""The claims check on hand-made summaries, method variants, and each scenario's tau grid and recipe."""
+
+import math
+
+import pytest
+
+from rurk.claims import FAILS, HOLDS, INCONCLUSIVE, check_claims, interval
+from rurk.config import PAPER_TAUS, ConfigError, list_scenarios, load_scenario
+from rurk.experiment import RunOptions, method_config, method_names
+from rurk.methods.base import parse_variant
+
+TAUS = [0.0, 0.03, 0.3]
+
+
+def row(kind="finetune", r=None, ci=None, retain=None, test=None, gaps=None, base=None):
+    """One summary.json method entry: per-seed r_pooled at TAUS[1], accuracies (points) and Avg. Gaps."""
+    n = len(r or retain or gaps or [0])
+    e = {"kind": kind, "n_seeds": n, "avg_gap": None if gaps is None else sum(gaps) / n,
+         "avg_gap_per_seed": {"values": gaps or [None] * n},
+         "retain_acc": {"per_seed": retain or [90.0] * n}, "test_acc": {"per_seed": test or [85.0] * n}}
+    if base:
+        e["base"] = base
+    if r is not None:
+        e["residual"] = {"taus": TAUS, "r_pooled_per_seed": [[1.0, v, v] for v in r],
+                         "r_pooled_ci95_per_seed": [[None, c, c] for c in (ci or [None] * len(r))]}
+    return e
+
+
+def summary(**methods):
+    n = len(next(iter(methods.values()))["avg_gap_per_seed"]["values"])
+    methods.setdefault("retrain", row("reference", retain=[90.0] * n, test=[85.0] * n, gaps=[0.0] * n))
+    return {"seeds": list(range(n)), "methods": methods}
+
+
+def verdicts(s):
+    return {c["id"]: c["verdict"] for c in check_claims(s)}
+
+
+def test_interval_is_the_student_t_interval_over_seeds():
+    m, lo, hi = interval([1.0, 2.0, 3.0])  # sd (ddof 1) = 1, t(0.975, 2) = 4.3027
+    assert m == 2.0 and hi - m == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5) and m - lo == pytest.approx(hi - m)
+    assert interval([1.5]) == (1.5, 1.5, 1.5) and interval([1.5], (1.2, 1.9)) == (1.5, 1.2, 1.9)
+    assert interval([None]) is None
+
+
+def test_three_seeds_holds_and_does_not_hold():
+    s = summary(original=row("reference", r=[1.20, 1.25, 1.22], gaps=[6.0, 6.0, 6.0]),
+                gd=row(r=[0.95, 0.96, 0.97], gaps=[5.0, 6.0, 5.5]),
+                rurk=row(r=[1.00, 1.01, 0.99], retain=[89.0, 90.5, 90.0], test=[84.0, 85.5, 85.0], gaps=[1.0, 1.2, 0.9]),
+                scrub=row(gaps=[4.0, 4.5, 3.9]))
+    assert verdicts(s) == {"original_r_gt_1": HOLDS, "gd_keeps_r_gt_1": FAILS, "rurk_r_near_1": HOLDS,
+                           "rurk_smallest_gap": HOLDS}
+
+
+def test_spread_that_straddles_the_boundary_is_inconclusive():
+    s = summary(original=row("reference", r=[1.3, 0.9, 1.1], gaps=[6.0, 6.0, 6.0]),
+                gd=row(r=[1.10, 1.15, 1.12], gaps=[2.0, 1.0, 1.5]),
+                rurk=row(r=[1.0, 1.2, 1.1], gaps=[1.0, 2.0, 1.4]))
+    v = verdicts(s)
+    assert v["original_r_gt_1"] == INCONCLUSIVE and v["rurk_r_near_1"] == INCONCLUSIVE
+    assert v["gd_keeps_r_gt_1"] == HOLDS  # every seed above 1, interval above 1
+    assert v["rurk_smallest_gap"] == INCONCLUSIVE  # paired differences -1, +1, -0.1
+
+
+def test_rurk_that_hurts_retain_accuracy_does_not_hold_even_with_r_near_1():
+    s = summary(original=row("reference", r=[1.2, 1.2, 1.21], gaps=[6.0] * 3),
+                rurk=row(r=[1.0, 1.0, 1.01], retain=[70.0, 72.0, 71.0], gaps=[8.0, 9.0, 8.5]),
+                gd=row(r=[1.2, 1.2, 1.2], gaps=[1.0, 1.5, 1.2]))
+    v = verdicts(s)
+    assert v["rurk_r_near_1"] == FAILS and v["rurk_smallest_gap"] == FAILS
+
+
+def test_one_seed_uses_the_bootstrap_interval_and_cannot_rank_gaps():
+    s = summary(original=row("reference", r=[1.15], ci=[(1.08, 1.22)], gaps=[6.0]),
+                gd=row(r=[1.10], ci=[(0.97, 1.25)], gaps=[5.0]),
+                rurk=row(r=[0.99], ci=[(0.93, 1.04)], gaps=[1.0]))
+    v = verdicts(s)
+    assert v == {"original_r_gt_1": HOLDS, "gd_keeps_r_gt_1": INCONCLUSIVE, "rurk_r_near_1": HOLDS,
+                 "rurk_smallest_gap": INCONCLUSIVE}
+    ev = {c["id"]: c["evidence"] for c in check_claims(s)}
+    assert "[1.080, 1.220]" in ev["original_r_gt_1"] and "one seed" in ev["original_r_gt_1"]
+
+
+def test_variants_are_not_competitors_and_missing_methods_are_inconclusive():
+    s = summary(original=row("reference", r=[1.2, 1.2, 1.2], gaps=[6.0] * 3),
+                rurk=row(r=[1.0, 1.0, 1.0], gaps=[2.0, 2.1, 2.2]),
+                **{"rurk:lambda_f=0": row(r=[1.0] * 3, gaps=[0.1, 0.1, 0.1], base="rurk")},
+                gd=row(r=[1.2] * 3, gaps=[5.0, 5.5, 6.0]))
+    assert verdicts(s)["rurk_smallest_gap"] == HOLDS
+    s = summary(original=row("reference", r=[1.2, 1.2, 1.2], gaps=[6.0] * 3))
+    v = verdicts(s)
+    assert v["gd_keeps_r_gt_1"] == v["rurk_r_near_1"] == v["rurk_smallest_gap"] == INCONCLUSIVE
+
+
+# ---------------------------------------------------------------------------------------------- variants
+def test_variant_parsing():
+    assert parse_variant("rurk:lambda_f=0:tau=0.1") == ("rurk", {"lambda_f": 0, "tau": 0.1})
+    assert parse_variant("gd") == ("gd", {})
+    for text, match in (("rurk:lambda_x=0", "unknown setting 'lambda_x'"), ("rurk:lambda_f=abc", "expected a number"),
+                        ("nope:lr=1", "unknown method 'nope'"), ("rurk:tau", "not KEY=VALUE"),
+                        ("rurk:tau=-1", "tau = -1.0")):
+        with pytest.raises(ConfigError, match=match):
+            parse_variant(text)
+
+
+def test_variant_config_applies_on_top_of_the_scenario_and_rows_are_checked_up_front():
+    s = load_scenario("digits5", {"methods": {"rurk": {"lr": 0.02, "lambda_f": 0.5}}})
+    cfg = method_config(s, "rurk:lambda_f=0:tau=0.1")
+    assert (cfg.lr, cfg.lambda_f, cfg.tau) == (0.02, 0.0, 0.1)
+    assert method_config(s, "rurk").lambda_f == 0.5
+    with pytest.raises(ConfigError, match="twice"):
+        method_names(s, RunOptions(methods=["gd", "gd"]))
+    with pytest.raises(ConfigError, match="lambda_x"):
+        method_names(s, RunOptions(methods=["gd", "rurk:lambda_x=1"]))
+
+
+def test_variant_rows_run_under_their_own_name_and_cache_key(tmp_path):
+    from rurk.cli import main
+    from rurk.store import Store
+
+    args = ["run", "digits5", "--methods", "rurk,rurk:lambda_a=0,rurk:lambda_f=0:tau=0.1", "--seeds", "131",
+            "--taus", "0,0.1", "--draws", "2", "--no-relearn", "--out", str(tmp_path), "--set", "train.epochs=3",
+            "--set", "methods.rurk.epochs=1", "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    import json
+
+    summary = json.loads((tmp_path / "digits5" / "summary.json").read_text())
+    assert {"rurk", "rurk:lambda_a=0", "rurk:lambda_f=0:tau=0.1"} <= set(summary["methods"])
+    assert summary["methods"]["rurk:lambda_a=0"]["base"] == "rurk"
+    recs = {r["key"]: r["metrics"]["config"] for r in Store(tmp_path).records("unlearned")}
+    assert len(recs) == 3
+    assert sorted((c["lambda_f"], c["lambda_a"], c["tau"]) for c in recs.values()) == sorted(
+        [(0.03, 0.03, 0.03), (0.03, 0.0, 0.03), (0.0, 0.03, 0.1)])
+    assert "| rurk:lambda_f=0:tau=0.1 |" in (tmp_path / "digits5" / "report.md").read_text()
+    assert main(args[:3] + ["rurk:bogus=1"] + args[4:]) == 2  # refused before any work
+
+
+# ---------------------------------------------------------------------------------------------- scenarios
+FMNIST_TAUS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize("name", sorted(list_scenarios()))
+def test_each_scenario_has_its_tau_grid(name):
+    s = load_scenario(name)
+    if name.startswith("fmnist5"):
+        assert s.audit.taus == FMNIST_TAUS
+    else:  # the paper's linspace(0, 8/255, 11)
+        assert s.audit.taus == list(PAPER_TAUS) and len(PAPER_TAUS) == 11
+        assert PAPER_TAUS[0] == 0.0 and PAPER_TAUS[-1] == 8 / 255 and PAPER_TAUS[3] == pytest.approx(0.3 * 8 / 255)
+
+
+def test_fmnist5_recipe_is_sgd_and_the_adam_recipe_stays_reachable():
+    for name in ("fmnist5", "fmnist5-class"):
+        t = load_scenario(name).train
+        assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule, t.batch_size, t.epochs, t.augment) == (
+            "sgd", 0.05, 0.9, 5e-4, "cosine", 128, 60, "none")
+    adam = load_scenario("fmnist5-adam")
+    assert (adam.train.optimizer, adam.train.lr, adam.train.epochs) == ("adam", 0.001, 100)
+    assert adam.data == load_scenario("fmnist5").data and adam.forget == load_scenario("fmnist5").forget
