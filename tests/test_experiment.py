@@ -143,7 +143,7 @@ def test_summarise_avg_gap_on_hand_made_table():
 
 def test_cli_unlearn_with_method_shorthand_records_the_config(tmp_path):
     assert main(["unlearn", "digits5", "--method", "gd", "--set", "method.epochs=1", "--set", "train.epochs=3",
-                 "--out", str(tmp_path), "--quiet", "--no-relearn", "--device", "cpu"]) == 0
+                 "--out", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
     recs = Store(tmp_path).records("unlearned")
     assert len(recs) == 1 and recs[0]["metrics"]["config"]["epochs"] == 1 and recs[0]["metrics"]["steps"] > 0
     assert any((tmp_path / "models").glob("*/model.safetensors"))
@@ -156,11 +156,11 @@ def test_cli_audit_writes_json_csv_png_for_a_method_and_a_checkpoint(tmp_path, c
               "--device", "cpu"]
     assert main(["audit", "digits5", "--method", "gd", *common]) == 0
     out = tmp_path / "digits5" / "seed-131" / "gd"
-    summary = json.loads((out / "audit-gaussian.json").read_text())
+    summary = json.loads((out / "residual-gaussian.json").read_text())
     assert summary["method"] == "gd" and [t["tau"] for t in summary["per_tau"]] == [0.0, 0.1]
-    assert (out / "audit-gaussian.csv").exists() and (out / "audit-gaussian.png").exists()
+    assert (out / "residual-gaussian.csv").exists() and (out / "residual-gaussian.png").exists()
     assert "r_pooled" in capsys.readouterr().out
     ckpt = next((tmp_path / "models").glob("*/model.safetensors"))
     assert main(["audit", "digits5", "--unlearned", str(ckpt), *common]) == 0
-    assert (tmp_path / "digits5" / "seed-131" / ckpt.parent.name / "audit-gaussian.json").exists()
+    assert (tmp_path / "digits5" / "seed-131" / ckpt.parent.name / "residual-gaussian.json").exists()
     assert main(["audit", "digits5", "--unlearned", str(tmp_path / "nope.safetensors"), *common]) == 2

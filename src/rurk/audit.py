@@ -28,6 +28,7 @@ import json
 import math
 import time
 from contextlib import contextmanager, nullcontext
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -437,83 +438,115 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def residual_knowledge(
-    unlearned: nn.Module,
-    retrained: nn.Module,
-    x,
-    y,
-    taus: Sequence[float] = DEFAULT_TAUS,
-    probe: str | Probe = "gaussian",
-    draws: int = 100,
-    seed: int = 0,
-    *,
-    batch_size: int | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    craft_on: str | None = None,
-    bootstrap: int = 1000,
-    bootstrap_seed: int | None = None,
-    device=None,
-    progress: bool | None = None,
-    index=None,
-    probe_params: dict | None = None,
-    max_forget: int | None = None,
-    bf16: bool = False,
-    channels_last: bool | None = None,
-    tau0_shortcut: bool = True,
-) -> AuditResult:
-    """Audit residual knowledge of ``unlearned`` (m) against ``retrained`` (a) on forget samples (x, y).
+@dataclass(frozen=True)
+class AuditSpec:
+    """The resolved settings of one residual-knowledge audit: everything that determines its numbers besides
+    the two models, the forget samples and the noise seed. Built once — by :func:`audit_spec` from a scenario's
+    ``[audit]`` table plus command-line or API overrides — and used alike by `rurk audit`, `rurk run` and
+    :func:`residual_knowledge`; :meth:`key` is the audit cell's cache key. Every field is validated here, so a
+    bad value is refused before any model is trained or evaluated."""
 
-    Any ``nn.Module`` classifiers work that take inputs in [0, 1] and return (batch, classes) logits.
-    The audit runs on the models' device (that of their first parameter; both must agree) and moves
-    x and y there; the models are not moved. Both are put in eval mode and restored afterwards.
+    probe: str | Probe = "gaussian"  # a registry name (with probe_params) or a Probe instance
+    probe_params: dict = field(default_factory=dict)
+    taus: tuple[float, ...] = DEFAULT_TAUS
+    draws: int = 100  # c, perturbed copies per sample and tau
+    bootstrap: int = 1000  # B resamples (0: no intervals)
+    bootstrap_seed: int | None = None  # None: the noise seed
+    max_forget: int | None = None  # audit a seeded subset of this many forget samples
+    noise_seed: int | None = None  # None: the run seed
+    craft_on: str | None = None  # attacks only; None: the probe's default
+    block_size: int = DEFAULT_BLOCK_SIZE
+    bf16: bool = False
+    tau0_shortcut: bool = True
 
-    Parameters
-    ----------
-    taus: perturbation strengths (default: the paper's linspace(0, 8/255, 11)).
-    probe: a registry name of :data:`rurk.perturb.PROBES` (with ``probe_params``) or a Probe instance.
-    draws: c, copies per sample and tau.
-    seed: noise seed; block b of ``block_size`` samples draws from a generator on the device seeded with
-        ``derive_seed(seed, probe.name, b)`` (BLAKE2b, stable across runs and machines). A block's
-        draws are reused at every tau (common random numbers).
-    batch_size: images per forward pass (default :func:`default_batch_size`). Does not change the
-        perturbations, only (through floating-point near-ties) possibly an argmax.
-    block_size: samples per noise block; part of the noise definition.
-    craft_on: for attacks, the crafting model: ``'m'``, ``'a'`` or ``'both'`` (each model attacked with
-        its own copies from the same random starts; ``disagreement`` is then None). Default: the
-        probe's (``'m'`` for fgsm/pgd, which allow nothing else; ``pgd-recall``'s own ``craft_on``,
-        default ``'both'``). Ignored by random probes.
-    bootstrap, bootstrap_seed: B percentile-bootstrap resamples over samples (0: no intervals), seeded
-        with ``bootstrap_seed`` (default ``seed``); one (B, n) resample matrix is used for all tau.
-    device: optional check: the device the models must be on (required only for parameter-free models).
-    index: source-dataset index of each sample (default 0..n-1), for the per-sample table.
-    max_forget: audit only a seeded random subset of this many samples.
-    bf16: evaluate the models under bfloat16 autocast (attacks still craft in fp32). The first chunk of
-        each tau is also evaluated in fp32 and the fraction of changed predictions is put in ``notes``.
-    channels_last: use channels_last inputs and conv kernels (kernels restored afterwards); default: on
-        for 4-D inputs when a model has a Conv2d.
-    progress: tqdm bar over tau x blocks; None follows the global switch (``RURK_PROGRESS=0`` / ``--quiet``).
-    tau0_shortcut: at tau = 0 evaluate each sample once (every copy equals x) and set k = c*1[pred=y].
-    """
-    t_start = time.perf_counter()
-    c = int(draws)
-    if c < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
-    block_size = int(block_size)
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    taus = [float(t) for t in taus]
-    if not taus or any(not math.isfinite(t) or t < 0 for t in taus):
-        raise ValueError(f"taus must be a non-empty list of finite values >= 0, got {taus}")
-    if craft_on is not None and craft_on not in CRAFT_ON:
-        raise ValueError(f"craft_on must be one of {CRAFT_ON} or None, got {craft_on!r}")
-    if isinstance(probe, Probe):
-        if probe_params:
-            raise ValueError("probe_params cannot be combined with a Probe instance")
-        pr = probe
-    else:
-        pr = make_probe(probe, **(probe_params or {}))
+    def __post_init__(self):
+        taus = self.taus
+        try:
+            taus = tuple(float(t) for t in taus)
+        except (TypeError, ValueError):
+            raise ValueError(f"audit.taus = {self.taus!r}: expected a list of numbers") from None
+        if not taus or any(not math.isfinite(t) or t < 0 for t in taus):
+            raise ValueError(f"audit.taus = {list(taus)}: expected a non-empty list of finite values >= 0")
+        object.__setattr__(self, "taus", taus)
+        object.__setattr__(self, "probe_params", dict(self.probe_params or {}))
+        for name, ok, expected in (
+            ("draws", _is_int(self.draws) and self.draws >= 1, "an integer >= 1"),
+            ("bootstrap", _is_int(self.bootstrap) and self.bootstrap >= 0, "an integer >= 0"),
+            ("block_size", _is_int(self.block_size) and self.block_size >= 1, "an integer >= 1"),
+            ("max_forget", self.max_forget is None or (_is_int(self.max_forget) and self.max_forget >= 1),
+             "an integer >= 1 or unset"),
+            ("craft_on", self.craft_on is None or self.craft_on in CRAFT_ON, f"one of {', '.join(CRAFT_ON)} or unset"),
+        ):
+            if not ok:
+                raise ValueError(f"audit.{name} = {getattr(self, name)!r}: expected {expected}")
+        self.make_probe()  # unknown probe names and bad probe parameters fail here, naming the value
 
-    # ---- devices ---------------------------------------------------------------------------------
+    def make_probe(self) -> Probe:
+        if isinstance(self.probe, Probe):
+            if self.probe_params:
+                raise ValueError("probe_params cannot be combined with a Probe instance")
+            return self.probe
+        try:
+            return make_probe(self.probe, **self.probe_params)
+        except TypeError as e:
+            raise ValueError(f"audit.probe_params = {self.probe_params!r} for probe {self.probe!r}: {e}") from None
+
+    def key(self) -> dict[str, Any]:
+        """A JSON-able dict of every field (the audit cell's cache key)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["taus"] = list(self.taus)
+        if isinstance(self.probe, Probe):
+            out["probe"], out["probe_params"] = self.probe.name, dict(self.probe.params)
+        return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def audit_spec(base=None, **overrides) -> AuditSpec:
+    """The :class:`AuditSpec` from a scenario's ``[audit]`` table (a :class:`rurk.config.AuditConfig`, or
+    None for the defaults) with ``overrides`` (None values ignored) — the one place CLI and API settings meet
+    the scenario's."""
+    values: dict[str, Any] = {}
+    if base is not None:
+        values.update(probe=base.probe, taus=tuple(base.taus), draws=base.draws, bootstrap=base.bootstrap,
+                      max_forget=base.max_forget)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return AuditSpec(**values)
+
+
+@dataclass
+class AuditInputs:
+    """Checked inputs of one audit: forget samples on the models' device (after ``max_forget``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: np.ndarray
+    device: torch.device
+
+
+@dataclass
+class Counts:
+    """What the counting kernel measured: per-sample correct counts (len(taus), n), disagreements (None when
+    the models saw different copies), clipped coordinates per tau, and the work done."""
+
+    k_m: np.ndarray
+    k_a: np.ndarray
+    d: np.ndarray | None
+    clipped: np.ndarray
+    craft_on: str | None
+    probe_params: dict[str, Any]
+    batch_size: int
+    forward_passes: int
+    backward_passes: int
+    bf16_mismatch: float | None
+
+
+def check_inputs(unlearned: nn.Module, retrained: nn.Module, x, y, *, index=None, device=None,
+                 max_forget: int | None = None, seed: int = 0) -> AuditInputs:
+    """Validate the models' devices and the forget samples (float in [0, 1], integer labels, matching index),
+    move them to the models' device and draw the seeded ``max_forget`` subset."""
     has_params = any(True for _ in unlearned.parameters()) or any(True for _ in unlearned.buffers())
     dev_m = module_device(unlearned, default=device)
     dev_a = module_device(retrained, default=device)
@@ -522,8 +555,6 @@ def residual_knowledge(
     dev = dev_m
     if device is not None and has_params and torch.device(device).type != dev.type:
         raise ValueError(f"device={device!r} but the models are on {dev}; move the models first")
-
-    # ---- data ------------------------------------------------------------------------------------
     x = torch.as_tensor(x)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor in [0, 1], got {x.dtype}")
@@ -552,13 +583,22 @@ def residual_knowledge(
         )
         sel = torch.as_tensor(rows, device=dev)
         x, y, idx = x[sel], y[sel], idx[rows]
-    n = x.shape[0]
-    x = x.contiguous()
+    return AuditInputs(x.contiguous(), y, idx, dev)
 
-    # ---- probe / craft_on ------------------------------------------------------------------------
+
+def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInputs, pr: Probe, spec: AuditSpec,
+                  seed: int, *, batch_size: int | None = None, channels_last: bool | None = None,
+                  progress: bool | None = None) -> Counts:
+    """The counting kernel: for every tau and sample, how many of its c perturbed copies each model classifies
+    as the true label (and how many copies the two models label differently). Both models in eval mode (restored
+    afterwards); noise from fixed-size sample blocks seeded ``derive_seed(seed, probe, block)``, reused at every
+    tau; counts stay on the device until the end."""
+    x, y, dev = inputs.x, inputs.y, inputs.device
+    n = x.shape[0]
+    c, block_size, taus, bf16 = spec.draws, spec.block_size, list(spec.taus), spec.bf16
     adversarial = pr.adversarial
     if adversarial:
-        eff = craft_on or getattr(pr, "craft_on", None) or pr.default_craft_on
+        eff = spec.craft_on or getattr(pr, "craft_on", None) or pr.default_craft_on
         if eff not in pr.allowed_craft_on:
             raise ValueError(f"probe {pr.name!r} allows craft_on in {pr.allowed_craft_on}, got {eff!r}")
     else:
@@ -580,7 +620,7 @@ def residual_knowledge(
     amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     n_tau = len(taus)
-    zero_t = [i for i, t in enumerate(taus) if t == 0.0 and tau0_shortcut]
+    zero_t = [i for i, t in enumerate(taus) if t == 0.0 and spec.tau0_shortcut]
     work_t = [i for i in range(n_tau) if i not in zero_t]
     n_blocks = -(-n // block_size)
     per_group = max(1, bs // (block_size * c))
@@ -613,19 +653,15 @@ def residual_knowledge(
             k_a = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
             k_d = None if both else torch.zeros(n_tau, n, dtype=torch.long, device=dev)
             clipped = torch.zeros(n_tau, dtype=torch.long, device=dev)
-            bf16_diff = torch.zeros((), dtype=torch.long, device=dev)
-            bf16_seen = 0
+            bf16_check = _BF16Check(dev) if bf16 else None
 
             def predict(model, xb, ref_check: bool = False):
-                nonlocal bf16_seen
                 with torch.inference_mode():
                     with amp:
                         pred = _logits(model, xb).argmax(1)
-                    if bf16 and ref_check:
-                        bf16_diff.add_((_logits(model, xb).argmax(1) != pred).sum())
-                        bf16_seen += xb.shape[0]
+                    if bf16_check is not None and ref_check:
+                        bf16_check.add(_logits(model, xb).argmax(1) != pred)
                 return pred
-
             # -- tau = 0 shortcut: every copy is x --------------------------------------------
             if zero_t:
                 pm0 = torch.empty(n, dtype=torch.long, device=dev)
@@ -702,47 +738,146 @@ def residual_knowledge(
             ka_np = k_a.cpu().numpy()
             kd_np = None if k_d is None else k_d.cpu().numpy()
             clipped_np = clipped.cpu().numpy()
-            bf16_frac = float(bf16_diff) / bf16_seen if bf16_seen else None
     finally:
         if pbar is not None:
             pbar.close()
+    return Counts(km_np, ka_np, kd_np, clipped_np, eff, params, bs, int(fwd), int(bwd),
+                  bf16_check.fraction() if bf16_check is not None else None)
 
-    # ---- statistics ------------------------------------------------------------------------------
-    bseed = int(seed if bootstrap_seed is None else bootstrap_seed)
-    B = int(bootstrap)
-    resample = bootstrap_indices(n, B, bseed) if B > 0 else None
-    d_feat = int(np.prod(x.shape[1:]))
+
+class _BF16Check:
+    """Counts, on the device, how many checked predictions bf16 autocast changed."""
+
+    def __init__(self, device):
+        self.diff = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, changed: torch.Tensor) -> None:
+        self.diff.add_(changed.sum())
+        self.seen += changed.shape[0]
+
+    def fraction(self) -> float | None:
+        return float(self.diff) / self.seen if self.seen else None
+
+
+def tau_statistics(counts: Counts, spec: AuditSpec, n_features: int, bootstrap_seed: int) -> list[TauStats]:
+    """Set-level statistics of every tau from the counts (pure numpy; one paired bootstrap matrix for all tau)."""
+    n = counts.k_m.shape[1]
+    resample = bootstrap_indices(n, spec.bootstrap, bootstrap_seed) if spec.bootstrap > 0 else None
     per_tau = []
-    for t, tau in enumerate(taus):
-        st = summarise_counts(km_np[t], ka_np[t], None if kd_np is None else kd_np[t], c, tau=tau, resample=resample)
-        if not adversarial:
-            st.clip_fraction = 0.0 if t in zero_t else float(clipped_np[t]) / (n * c * d_feat)
+    for t, tau in enumerate(spec.taus):
+        st = summarise_counts(counts.k_m[t], counts.k_a[t], None if counts.d is None else counts.d[t], spec.draws,
+                              tau=tau, resample=resample)
+        if counts.craft_on is None and counts.clipped is not None:  # random probes
+            shortcut = tau == 0.0 and spec.tau0_shortcut
+            st.clip_fraction = 0.0 if shortcut else float(counts.clipped[t]) / (n * spec.draws * n_features)
         per_tau.append(st)
+    return per_tau
+
+
+def residual_knowledge(
+    unlearned: nn.Module,
+    retrained: nn.Module,
+    x,
+    y,
+    taus: Sequence[float] = DEFAULT_TAUS,
+    probe: str | Probe = "gaussian",
+    draws: int = 100,
+    seed: int = 0,
+    *,
+    batch_size: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    craft_on: str | None = None,
+    bootstrap: int = 1000,
+    bootstrap_seed: int | None = None,
+    device=None,
+    progress: bool | None = None,
+    index=None,
+    probe_params: dict | None = None,
+    max_forget: int | None = None,
+    bf16: bool = False,
+    channels_last: bool | None = None,
+    tau0_shortcut: bool = True,
+    spec: AuditSpec | None = None,
+) -> AuditResult:
+    """Audit residual knowledge of ``unlearned`` (m) against ``retrained`` (a) on forget samples (x, y).
+
+    Any ``nn.Module`` classifiers work that take inputs in [0, 1] and return (batch, classes) logits.
+    The audit runs on the models' device (that of their first parameter; both must agree) and moves
+    x and y there; the models are not moved. Both are put in eval mode and restored afterwards.
+
+    Parameters
+    ----------
+    taus: perturbation strengths (default: the paper's linspace(0, 8/255, 11)).
+    probe: a registry name of :data:`rurk.perturb.PROBES` (with ``probe_params``) or a Probe instance.
+    draws: c, copies per sample and tau.
+    seed: noise seed; block b of ``block_size`` samples draws from a generator on the device seeded with
+        ``derive_seed(seed, probe.name, b)`` (BLAKE2b, stable across runs and machines). A block's
+        draws are reused at every tau (common random numbers).
+    batch_size: images per forward pass (default :func:`default_batch_size`). Does not change the
+        perturbations, only (through floating-point near-ties) possibly an argmax.
+    block_size: samples per noise block; part of the noise definition.
+    craft_on: for attacks, the crafting model: ``'m'``, ``'a'`` or ``'both'`` (each model attacked with
+        its own copies from the same random starts; ``disagreement`` is then None). Default: the
+        probe's (``'m'`` for fgsm/pgd, which allow nothing else; ``pgd-recall``'s own ``craft_on``,
+        default ``'both'``). Ignored by random probes.
+    bootstrap, bootstrap_seed: B percentile-bootstrap resamples over samples (0: no intervals), seeded
+        with ``bootstrap_seed`` (default ``seed``); one (B, n) resample matrix is used for all tau.
+    device: optional check: the device the models must be on (required only for parameter-free models).
+    index: source-dataset index of each sample (default 0..n-1), for the per-sample table.
+    max_forget: audit only a seeded random subset of this many samples.
+    bf16: evaluate the models under bfloat16 autocast (attacks still craft in fp32). The first chunk of
+        each tau is also evaluated in fp32 and the fraction of changed predictions is put in ``notes``.
+    channels_last: use channels_last inputs and conv kernels (kernels restored afterwards); default: on
+        for 4-D inputs when a model has a Conv2d.
+    progress: tqdm bar over tau x blocks; None follows the global switch (``RURK_PROGRESS=0`` / ``--quiet``).
+    tau0_shortcut: at tau = 0 evaluate each sample once (every copy equals x) and set k = c*1[pred=y].
+    spec: a resolved :class:`AuditSpec` (what `rurk run` and `rurk audit` pass); it replaces ``taus``, ``probe``
+        (by name), ``draws``, ``craft_on``, ``bootstrap``, ``bootstrap_seed``, ``probe_params``, ``max_forget``,
+        ``block_size``, ``bf16`` and ``tau0_shortcut``, and its ``noise_seed`` (when set) replaces ``seed``.
+
+    The work is done by three functions that can be used alone: :func:`check_inputs`, the counting kernel
+    :func:`count_correct` and the statistics :func:`tau_statistics`.
+    """
+    t_start = time.perf_counter()
+    if spec is None:
+        spec = AuditSpec(probe=probe, probe_params=dict(probe_params or {}), taus=tuple(taus), draws=draws,
+                         bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, max_forget=max_forget, craft_on=craft_on,
+                         block_size=block_size, bf16=bool(bf16), tau0_shortcut=tau0_shortcut)
+    pr = spec.make_probe()
+    seed = int(spec.noise_seed if spec.noise_seed is not None else seed)
+    inputs = check_inputs(unlearned, retrained, x, y, index=index, device=device, max_forget=spec.max_forget, seed=seed)
+    counts = count_correct(unlearned, retrained, inputs, pr, spec, seed, batch_size=batch_size,
+                           channels_last=channels_last, progress=progress)
+    bseed = int(seed if spec.bootstrap_seed is None else spec.bootstrap_seed)
+    per_tau = tau_statistics(counts, spec, int(np.prod(inputs.x.shape[1:])), bseed)
     notes = list(pr.notes)
-    if bf16:
-        notes.append(f"bf16 autocast: {bf16_frac if bf16_frac is not None else 'n/a'} of predictions differ from fp32 on the checked chunks")
+    if spec.bf16:
+        frac = counts.bf16_mismatch
+        notes.append(f"bf16 autocast: {frac if frac is not None else 'n/a'} of predictions differ from fp32 on the checked chunks")
     return AuditResult(
         probe=pr.name,
-        probe_params=params,
-        craft_on=eff,
-        c=c,
-        taus=taus,
+        probe_params=counts.probe_params,
+        craft_on=counts.craft_on,
+        c=spec.draws,
+        taus=list(spec.taus),
         per_tau=per_tau,
-        index=idx,
-        label=y.cpu().numpy(),
-        k_m=km_np,
-        k_a=ka_np,
-        d=kd_np,
-        seed=int(seed),
-        bootstrap=B,
+        index=inputs.index,
+        label=inputs.y.cpu().numpy(),
+        k_m=counts.k_m,
+        k_a=counts.k_a,
+        d=counts.d,
+        seed=seed,
+        bootstrap=spec.bootstrap,
         bootstrap_seed=bseed,
-        block_size=block_size,
-        batch_size=bs,
-        device=str(dev),
-        bf16=bool(bf16),
-        timing=Timing(seconds=time.perf_counter() - t_start, forward_passes=int(fwd), backward_passes=int(bwd)),
+        block_size=spec.block_size,
+        batch_size=counts.batch_size,
+        device=str(inputs.device),
+        bf16=spec.bf16,
+        timing=Timing(seconds=time.perf_counter() - t_start, forward_passes=counts.forward_passes,
+                      backward_passes=counts.backward_passes),
         notes=notes,
-        bf16_mismatch=bf16_frac if bf16 else None,
+        bf16_mismatch=counts.bf16_mismatch if spec.bf16 else None,
     )
 
 
@@ -750,7 +885,14 @@ __all__ = [
     "DEFAULT_TAUS",
     "DEFAULT_BLOCK_SIZE",
     "STAT_FIELDS",
+    "AuditInputs",
     "AuditResult",
+    "AuditSpec",
+    "Counts",
+    "audit_spec",
+    "check_inputs",
+    "count_correct",
+    "tau_statistics",
     "TauStats",
     "Timing",
     "bootstrap_indices",

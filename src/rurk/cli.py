@@ -77,18 +77,36 @@ def cmd_methods(args) -> None:
 
 
 def cmd_unlearn(args) -> None:
-    from .experiment import RunOptions, method_config, run_seed
-    from .pipeline import prepare
-    from .store import Store
+    """Unlearn with one method (or variant), save the checkpoint in the store and print accuracies — nothing else
+    (`rurk run` adds MIA, re-learn time and the audit)."""
+    from . import metrics as M
+    from .experiment import method_config, unlearned_model
+    from .pipeline import prepare, reference_models
+    from .store import Store, cache_key
 
     scenario = _scenario(args)
+    print(f"{args.method}: {method_config(scenario, args.method)}")
     store = Store(args.out)
     prepared = prepare(scenario, store)
-    opts = RunOptions(methods=[args.method], device=args.device, relearn=not args.no_relearn)
-    print(f"{args.method}: {method_config(scenario, args.method)}")
+    d = prepared.data
+    failed = False
     for seed in _seeds(args, scenario):
-        run_seed(scenario, prepared, seed, store, [args.method], opts, Path(args.out) / scenario.name)
-    print(f"checkpoints and records: {Path(args.out).resolve()}")
+        refs = reference_models(scenario, prepared, seed, store, device=args.device)
+        model, rec, cell = unlearned_model(args.method, scenario, prepared, refs, seed, store)
+        if model is None:
+            print(f"seed {seed}: {args.method} {'failed: ' + rec['error'] if rec.get('error') else 'diverged'}")
+            failed = True
+            continue
+        acc = M.standard_accuracies(model, d.retain, d.forget, d.test)
+        print(f"seed {seed}: {args.method} retain {acc.retain_acc:.2%} forget {1 - acc.unlearn_acc:.2%} test "
+              f"{acc.test_acc:.2%} ({rec.get('wall_s', 0):.1f} s)   checkpoint "
+              f"{store.model_dir(cache_key(kind='unlearned', **cell)) / 'model.safetensors'}")
+    if failed:
+        raise CellFailed("a method failed or diverged (see above)")
+
+
+class CellFailed(RuntimeError):
+    """Some work failed (exit code 1, distinct from usage errors)."""
 
 
 def cmd_audit(args) -> None:
@@ -98,6 +116,7 @@ def cmd_audit(args) -> None:
     from .store import Store, load_weights, read_meta
 
     scenario = _scenario(args)
+    _audit_spec(args, scenario)  # every audit setting checked before any training
     store = Store(args.out)
     prepared = prepare(scenario, store)
     seed = _seeds(args, scenario)[0]
@@ -121,22 +140,46 @@ def cmd_audit(args) -> None:
         m = model_from(args.unlearned, refs.original)
         name = _checkpoint_name(args.unlearned) if args.unlearned else "original"
     a = model_from(args.reference, refs.retrain)
-    taus = [float(t) for t in args.taus.split(",")] if args.taus else scenario.audit.taus
+    spec = _audit_spec(args, scenario)
     f = prepared.data.forget
-    res = residual_knowledge(m, a, f.x, f.y, taus=taus, probe=args.probe, draws=args.draws or scenario.audit.draws,
-                             seed=seed, index=f.index, bootstrap=scenario.audit.bootstrap)
+    res = residual_knowledge(m, a, f.x, f.y, seed=seed, index=f.index, spec=spec)
     out = Path(args.out) / scenario.name / f"seed-{seed}" / name
-    res.write_json(out / f"audit-{args.probe}.json", scenario=scenario.name, seed=seed, method=name,
+    stem = f"residual-{res.probe}"
+    res.write_json(out / f"{stem}.json", scenario=scenario.name, seed=seed, method=name,
                    reference=f"retrain@{seed}" if args.reference is None else str(args.reference))
-    res.write_csv(out / f"audit-{args.probe}.csv")
-    plot_residual_curves({name: res}, out / f"audit-{args.probe}.png", title=f"{scenario.name}: {name} vs Re-train")
+    res.write_csv(out / f"{stem}.csv")
+    plot_residual_curves({name: res}, out / f"{stem}.png",
+                         title=f"{scenario.name}: {name} vs Re-train ({res.probe} probe, c = {res.c}, seed {seed})")
     print(f"{'tau':>7s} {'r_paper':>8s} {'n_unb':>5s} {'r_pooled':>8s} {'prev':>6s} {'acc_m':>6s} {'acc_a':>6s} {'disagr':>6s}")
     for t in res.per_tau:
         fmt = lambda v: "   –" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"{t.tau:7.4f} {fmt(t.r_paper):>8s} {t.n_unbounded:5d} {fmt(t.r_pooled):>8s} {t.prevalence:6.1%} "
               f"{t.acc_m:6.3f} {t.acc_a:6.3f} {fmt(t.disagreement):>6s}")
-    print(f"wrote {out}/audit-{args.probe}.json, .csv, .png ({res.timing.seconds:.1f} s, "
+    print(f"wrote {out}/{stem}.json, .csv, .png ({res.timing.seconds:.1f} s, "
           f"{res.timing.forward_passes} forward passes)")
+
+
+def _audit_spec(args, scenario):
+    """The one AuditSpec of `rurk audit`/`run`/`demo`: the scenario's [audit] table with the command's flags."""
+    from .experiment import RunOptions, audit_settings
+
+    return audit_settings(scenario, _audit_options(args, RunOptions()))
+
+
+def _audit_options(args, opts):
+    from dataclasses import replace
+
+    def floats(text, flag):
+        try:
+            return [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"{flag} = {text!r}: expected comma-separated numbers, e.g. 0,0.01,0.03") from None
+
+    return replace(opts, probe=getattr(args, "probe", None),
+                   probe_params=parse_overrides(getattr(args, "probe_set", None)),
+                   taus=floats(args.taus, "--taus") if getattr(args, "taus", None) else None,
+                   draws=getattr(args, "draws", None), bootstrap=getattr(args, "bootstrap", None),
+                   noise_seed=getattr(args, "noise_seed", None))
 
 
 def _checkpoint_name(path: str) -> str:
@@ -148,12 +191,12 @@ def _checkpoint_name(path: str) -> str:
 def _run_options(args):
     from .experiment import RunOptions
 
-    return RunOptions(
+    opts = RunOptions(
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
         seeds=_int_list(args.seeds, "--seeds") if args.seeds else ([args.seed] if args.seed is not None else None),
-        probe=args.probe, taus=[float(t) for t in args.taus.split(",")] if args.taus else None,
-        draws=args.draws, relearn=not args.no_relearn, device=args.device,
+        relearn=not args.no_relearn, device=args.device,
     )
+    return _audit_options(args, opts)
 
 
 def cmd_run(args) -> None:
@@ -177,7 +220,8 @@ def cmd_demo(args) -> None:
     t0 = time.perf_counter()
     args.scenario = "fmnist5"
     scenario = _scenario(args)
-    opts = RunOptions(seeds=[scenario.seeds.run[0]], draws=args.draws or DEMO_DRAWS, device=args.device)
+    opts = RunOptions(seeds=[scenario.seeds.run[0]], draws=DEMO_DRAWS if args.draws is None else args.draws,
+                      device=args.device)
     summary = run_experiment(scenario, opts, args.out)
     _print_summary(summary, Path(args.out) / scenario.name)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
@@ -224,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rurk",
         description="Robust machine unlearning: train Original/Re-train, unlearn, audit residual knowledge.",
+        epilog="Add --debug anywhere to see a traceback instead of a one-line error.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -246,26 +291,32 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("methods", help="list the unlearning methods with their defaults")
     c.set_defaults(fn=cmd_methods)
 
-    c = scenario_cmd("unlearn", "unlearn the forget set from Original with one method (checkpoint + record)", cmd_unlearn)
-    c.add_argument("--method", required=True, help="a method name (see `rurk methods`)")
-    c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
+    def audit_args(c):
+        c.add_argument("--probe", default=None,
+                       help="gaussian, uniform-linf, uniform-l2, fgsm, pgd, pgd-recall (default: the scenario's, gaussian)")
+        c.add_argument("--probe-set", action="append", metavar="KEY=VALUE",
+                       help="a probe parameter, e.g. --probe pgd --probe-set steps=20 (repeatable)")
+        c.add_argument("--taus", default=None, help="comma-separated taus in pixel units (default: the scenario's grid)")
+        c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample (default: the scenario's, 100)")
+        c.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: the scenario's, 1000)")
+        c.add_argument("--noise-seed", type=int, default=None, help="the audit's noise seed (default: the run seed)")
+
+    c = scenario_cmd("unlearn", "unlearn the forget set from Original with one method; save the checkpoint and "
+                                "print accuracies", cmd_unlearn)
+    c.add_argument("--method", required=True, help="a method name or variant, e.g. rurk:lambda_f=0 (see `rurk methods`)")
     c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
 
     c = scenario_cmd("audit", "audit residual knowledge of an unlearned model against Re-train", cmd_audit)
     c.add_argument("--method", default=None, help="audit this method's cached unlearned model (run it if needed)")
     c.add_argument("--unlearned", default=None, help="a .safetensors checkpoint of the audited model (default: Original)")
     c.add_argument("--reference", default=None, help="a .safetensors checkpoint of the reference (default: Re-train)")
-    c.add_argument("--probe", default="gaussian", help="gaussian, uniform-linf, uniform-l2, fgsm, pgd, pgd-recall")
-    c.add_argument("--taus", default=None, help="comma-separated taus in pixel units (default: the scenario's grid)")
-    c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample (default 100)")
+    audit_args(c)
     c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
 
     def run_args(c):
         c.add_argument("--methods", default=None,
                        help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd (default: every method)")
-        c.add_argument("--probe", default="gaussian", help="the residual-knowledge probe")
-        c.add_argument("--taus", default=None, help="comma-separated taus (default: the scenario's grid)")
-        c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample")
+        audit_args(c)
         c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
         c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
 
@@ -302,14 +353,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 some work failed (a method, a diverging training run), 2 a usage or input error,
+    130 interrupted. Errors are one line; ``--debug`` (anywhere on the command line) shows the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
         os.environ["RURK_PROGRESS"] = "0"
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError, ImportError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
+        if debug:
+            raise
         print(f"rurk: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # CellFailed, a diverging Original/Re-train, ...
+        if debug:
+            raise
+        print(f"rurk: failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rurk: interrupted; finished work is kept in the store, rerun to continue", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
-from .audit import residual_knowledge
+from .audit import AuditSpec, audit_spec, residual_knowledge
 from .config import ConfigError, Scenario, merge, to_dict
 from .methods import load_all
 from .methods.base import MethodRecord, get_method, parse_variant, unlearn
@@ -33,11 +33,13 @@ class RunOptions:
 
     methods: list[str] | None = None  # None = the scenario's `run_methods`, else every registered method
     seeds: list[int] | None = None  # None = the scenario's run seeds
-    probe: str = "gaussian"
+    # audit overrides of the scenario's [audit] table (None = the scenario's); resolved once by audit_settings()
+    probe: str | None = None
     probe_params: dict = field(default_factory=dict)
     taus: list[float] | None = None
     draws: int | None = None
     bootstrap: int | None = None
+    noise_seed: int | None = None
     relearn: bool = True
     mia_max_per_side: int | None = None
     device: str = "auto"
@@ -82,16 +84,20 @@ def evaluate(model: nn.Module, prepared: Prepared, seed: int, original_forget_lo
     return out
 
 
-def audit(model: nn.Module, retrain: nn.Module, prepared: Prepared, seed: int, opts: RunOptions):
-    """Residual-knowledge audit of ``model`` against Re-train on the forget set (JSON summary)."""
-    a = prepared.scenario.audit
+def audit_settings(scenario: Scenario, opts: RunOptions) -> AuditSpec:
+    """The run's one :class:`AuditSpec`: the scenario's [audit] table with the run's overrides (validated)."""
+    try:
+        return audit_spec(scenario.audit, probe=opts.probe, probe_params=opts.probe_params or None, taus=opts.taus,
+                          draws=opts.draws, bootstrap=opts.bootstrap, noise_seed=opts.noise_seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def audit(model: nn.Module, retrain: nn.Module, prepared: Prepared, seed: int, spec: AuditSpec):
+    """Residual-knowledge audit of ``model`` against Re-train on the forget set (noise seed: the run seed
+    unless the spec fixes one)."""
     f = prepared.data.forget
-    res = residual_knowledge(
-        model, retrain, f.x, f.y, taus=opts.taus or a.taus, probe=opts.probe, draws=opts.draws or a.draws,
-        seed=seed, bootstrap=opts.bootstrap if opts.bootstrap is not None else a.bootstrap,
-        index=f.index, probe_params=opts.probe_params or None, max_forget=a.max_forget,
-    )
-    return res
+    return residual_knowledge(model, retrain, f.x, f.y, seed=seed, index=f.index, spec=spec)
 
 
 # ---------------------------------------------------------------------------------------------- the grid
@@ -104,7 +110,9 @@ class SeedResult:
 
 
 def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, names: list[str],
-             opts: RunOptions, out_dir: Path, *, progress: bool | None = None, log=print) -> SeedResult:
+             opts: RunOptions, out_dir: Path, *, spec: AuditSpec | None = None, progress: bool | None = None,
+             log=print) -> SeedResult:
+    spec = spec or audit_settings(scenario, opts)
     refs = reference_models(scenario, prepared, seed, store, device=opts.device, progress=progress)
     base = _base_cell(prepared, refs, seed)
     original_loss = M.mean_ce(refs.original, prepared.data.forget)
@@ -128,12 +136,11 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
         if name == "retrain":
             residual[name] = None  # a against itself: r = 1 at every tau by definition (tested in the audit)
             continue
-        audit_cell = cell | {"probe": opts.probe, "params": opts.probe_params, "taus": opts.taus or scenario.audit.taus,
-                             "draws": opts.draws or scenario.audit.draws, "audit": to_dict(scenario.audit)}
+        audit_cell = cell | {"audit": spec.key()}
 
         def run_audit():
-            res = audit(model, refs.retrain, prepared, seed, opts)
-            res.write_csv(seed_dir / name / f"residual-{opts.probe}.csv")
+            res = audit(model, refs.retrain, prepared, seed, spec)
+            res.write_csv(seed_dir / name / f"residual-{res.probe}.csv")
             return res.to_json(scenario=scenario.name, seed=seed, method=name, reference=f"retrain@{seed}")
 
         residual[name] = _cached(store, "audit", audit_cell, run_audit, scenario, seed)
@@ -226,14 +233,16 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
     from .report import write_report
 
     out_dir = Path(out) / scenario.name
-    names = method_names(scenario, opts)  # every method and variant checked before any work
+    names = method_names(scenario, opts)  # every method, variant and audit setting checked before any work
+    spec = audit_settings(scenario, opts)
     store = Store(out)
     prepared = prepare(scenario, store)
     seeds = opts.seeds or list(scenario.seeds.run)
     log(f"{scenario.name}: |S_r|={len(prepared.data.retain)} |S_f|={len(prepared.data.forget)} "
-        f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {opts.probe}")
-    results = [run_seed(scenario, prepared, s, store, names, opts, out_dir, progress=progress, log=log) for s in seeds]
-    return write_report(scenario, opts, results, out_dir, [*REFERENCE_ROWS, *names])
+        f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {spec.probe}")
+    results = [run_seed(scenario, prepared, s, store, names, opts, out_dir, spec=spec, progress=progress, log=log)
+               for s in seeds]
+    return write_report(scenario, spec, results, out_dir, [*REFERENCE_ROWS, *names])
 
 
 def scenario_with(scenario: Scenario, tuned: dict | None) -> Scenario:

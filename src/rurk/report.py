@@ -201,14 +201,15 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerows(rows)
 
 
-def write_report(scenario, opts, results: list, out_dir: Path, names: list[str]) -> dict:
+def write_report(scenario, spec, results: list, out_dir: Path, names: list[str]) -> dict:
     """Aggregate, then write summary.json, report.md, the CSV tables and residual.png."""
     from .claims import claims_markdown
     from .plots import plot_residual_curves
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(scenario.name, opts.probe, results, names)
+    probe = spec.make_probe().name
+    summary = summarise(scenario.name, probe, results, names)
     write_json(out_dir / "summary.json", summary)
     tables = {
         "table": main_table(summary),
@@ -231,7 +232,7 @@ def write_report(scenario, opts, results: list, out_dir: Path, names: list[str])
     if curves:
         bands = "one seed; bands: bootstrap 95% over forget samples" if one else f"{len(results)} seeds; bands: ± std over seeds"
         plot_residual_curves(curves, out_dir / "residual.png",
-                             title=f"{scenario.name}: residual knowledge vs Re-train ({opts.probe} probe, {bands})")
+                             title=f"{scenario.name}: residual knowledge vs Re-train ({probe} probe, {bands})")
     seeds = ", ".join(str(r.seed) for r in results)
     text = [
         f"# {scenario.name}: unlearning report",
@@ -248,7 +249,7 @@ def write_report(scenario, opts, results: list, out_dir: Path, names: list[str])
         "",
         claims_markdown(summary["claims"]),
         "",
-        f"## Residual knowledge ({opts.probe} probe)",
+        f"## Residual knowledge ({probe} probe)",
         "",
         "![r_tau vs tau](residual.png)",
         "",
