@@ -194,7 +194,7 @@ def _run_options(args):
     opts = RunOptions(
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
         seeds=_int_list(args.seeds, "--seeds") if args.seeds else ([args.seed] if args.seed is not None else None),
-        relearn=not args.no_relearn, device=args.device,
+        relearn=not args.no_relearn, device=args.device, retry_failed=args.retry_failed,
     )
     return _audit_options(args, opts)
 
@@ -205,6 +205,20 @@ def cmd_run(args) -> None:
     scenario = _scenario(args)
     summary = run_experiment(scenario, _run_options(args), args.out)
     _print_summary(summary, Path(args.out) / scenario.name)
+    _raise_on_failures(summary)
+
+
+def _raise_on_failures(summary: dict) -> None:
+    """A run in which a cell failed ends with the list of failures and exit code 1."""
+    failures = [(name, f) for name, e in summary["methods"].items() for f in e.get("failed", [])]
+    if not failures:
+        return
+    print(f"\n{len(failures)} failed cell{'s' * (len(failures) > 1)} (recorded in the store; rerun with "
+          "--retry-failed to compute them again):")
+    for name, f in failures:
+        why = f.get("error") or f"diverged at step {f.get('diverged_step')}"
+        print(f"  seed {f.get('seed', '?')} {name}: {why}")
+    raise CellFailed(f"{len(failures)} cell{'s' * (len(failures) > 1)} failed")
 
 
 #: The demo's perturbed copies per sample: 32 instead of the paper's 100 keeps 13 audits x 8 taus within
@@ -225,6 +239,7 @@ def cmd_demo(args) -> None:
     summary = run_experiment(scenario, opts, args.out)
     _print_summary(summary, Path(args.out) / scenario.name)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    _raise_on_failures(summary)
 
 
 def _print_summary(summary: dict, out_dir: Path) -> None:
@@ -318,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd (default: every method)")
         audit_args(c)
         c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
+        c.add_argument("--retry-failed", action="store_true",
+                       help="compute again the cells an earlier run recorded as failed or diverged")
         c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
 
     c = scenario_cmd("run", "the full experiment: every method x seed, metrics, audits, report", cmd_run)

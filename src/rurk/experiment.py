@@ -43,6 +43,7 @@ class RunOptions:
     relearn: bool = True
     mia_max_per_side: int | None = None
     device: str = "auto"
+    retry_failed: bool = False  # run again the cells an earlier run recorded as failed or diverged
 
 
 def method_names(scenario: Scenario, opts: RunOptions) -> list[str]:
@@ -124,7 +125,8 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
             model, cell = (refs.original if name == "original" else refs.retrain), base | {"model": name}
             records[name] = {"wall_s": (store.get("model", refs.keys[name]) or {}).get("timings", {}).get("wall_s")}
         else:
-            model, rec, cell = unlearned_model(name, scenario, prepared, refs, seed, store, log=log)
+            model, rec, cell = unlearned_model(name, scenario, prepared, refs, seed, store, log=log,
+                                               retry_failed=opts.retry_failed)
             records[name] = rec
             if model is None:
                 metrics[name] = {k: rec[k] for k in ("error", "diverged", "diverged_step") if rec.get(k)}
@@ -154,12 +156,12 @@ def _base_cell(prepared: Prepared, refs: References, seed: int) -> dict:
 
 
 def unlearned_model(name: str, scenario: Scenario, prepared: Prepared, refs: References, seed: int, store: Store,
-                    *, log=print) -> tuple[nn.Module | None, dict, dict]:
+                    *, log=print, retry_failed: bool = False) -> tuple[nn.Module | None, dict, dict]:
     """(model or None if it failed/diverged, record JSON, cell) of one (seed, method), cached in the store."""
     cfg = method_config(scenario, name)
     cell = _base_cell(prepared, refs, seed) | {"method": name, "config": to_dict(cfg)}
     model, rec = _unlearned(name, cfg, scenario, prepared, refs, prepared.unlearn_data(refs.pretrained), seed,
-                            store, cell, log)
+                            store, cell, log, retry_failed)
     return model, rec, cell
 
 
@@ -168,22 +170,39 @@ def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, se
     hit = store.get(kind, key)
     if hit is not None:
         return hit["metrics"]
-    value = compute()
-    store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value)
+    with store.claim(kind, key):
+        hit = store.get(kind, key)  # another run may have finished it while we waited
+        if hit is not None:
+            return hit["metrics"]
+        value = compute()
+        store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value)
     return value
 
 
-def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, store: Store, cell, log):
+def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, store: Store, cell, log,
+               retry_failed: bool = False):
     """The unlearned model of one (seed, method) cell: loaded from the store or computed and saved.
-    Returns (model or None, record JSON); None when the method failed or diverged."""
+    Returns (model or None, record JSON); None when the method failed or diverged (now or in an earlier run,
+    unless ``retry_failed``). A record whose checkpoint is missing or fails its hash is treated as absent."""
     key = cache_key(kind="unlearned", **cell)
-    hit = store.get("unlearned", key)
-    if hit is not None:
-        rec = hit["metrics"]
-        if rec.get("error") or rec.get("diverged"):
-            return None, rec
-        model = load_run_model(store, key, scenario, prepared, device=_device(refs.original))
-        return model, rec
+    with store.claim("unlearned", key):
+        hit = store.get("unlearned", key)
+        if hit is not None:
+            rec = hit["metrics"]
+            if rec.get("error") or rec.get("diverged"):
+                if not retry_failed:
+                    why = rec.get("error") or f"diverged at step {rec.get('diverged_step')}"
+                    log(f"  seed {seed} {name}: failed in an earlier run ({why}); --retry-failed runs it again")
+                    return None, rec
+            elif store.load_meta(key) is not None:
+                return load_run_model(store, key, scenario, prepared, device=_device(refs.original)), rec
+            else:
+                log(f"  seed {seed} {name}: its checkpoint is missing or damaged; recomputing")
+            store.delete("unlearned", key)
+        return _compute_unlearned(name, cfg, scenario, prepared, refs, udata, seed, store, cell, key, log)
+
+
+def _compute_unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, store: Store, cell, key, log):
     try:
         model, record = unlearn(parse_variant(name)[0], refs.original, udata, seed, cfg=cfg)
         rec = record.to_json()

@@ -143,20 +143,24 @@ def reference_models(
             model = copy.deepcopy(pretrained)
         else:
             model = new_model(scenario, prepared.num_classes, prepared.in_shape, mean, std, seed, device)
-        if store.load_model(key, model) is None:
-            rec = fit(model, train_set, recipe, seed, loader_seed=scenario.seeds.loader,
-                      desc=f"{kind} seed {seed}", progress=progress)
-            if rec.diverged:
-                raise RuntimeError(f"{kind} training diverged at step {rec.diverged_step}; lower train.lr")
-            acc = _accuracies(model, data)
-            store.save_model(key, model, {"kind": kind, "scenario": scenario.name, "seed": seed,
-                                          "arch": scenario.model.arch, "num_classes": prepared.num_classes,
-                                          "in_shape": list(prepared.in_shape), "mean": mean, "std": std,
-                                          "recipe": to_dict(recipe), "split": prepared.split.digest(),
-                                          "accuracy": acc, "train": rec.to_json()})
-            store.put("model", key, scenario=scenario.name, seed=seed, config=to_dict(recipe),
-                      metrics=acc, timings={"wall_s": rec.wall_s, "steps": rec.steps})
+        with store.claim("model", key):  # a concurrent run on the same store waits, then loads ours
+            if store.load_model(key, model) is None:
+                _train_reference(kind, key, model, train_set, recipe)
         return model.eval(), key
+
+    def _train_reference(kind, key, model, train_set, recipe):
+        rec = fit(model, train_set, recipe, seed, loader_seed=scenario.seeds.loader,
+                  desc=f"{kind} seed {seed}", progress=progress)
+        if rec.diverged:
+            raise RuntimeError(f"{kind} training diverged at step {rec.diverged_step}; lower train.lr")
+        acc = _accuracies(model, data)
+        store.save_model(key, model, {"kind": kind, "scenario": scenario.name, "seed": seed,
+                                      "arch": scenario.model.arch, "num_classes": prepared.num_classes,
+                                      "in_shape": list(prepared.in_shape), "mean": mean, "std": std,
+                                      "recipe": to_dict(recipe), "split": prepared.split.digest(),
+                                      "accuracy": acc, "train": rec.to_json()})
+        store.put("model", key, scenario=scenario.name, seed=seed, config=to_dict(recipe),
+                  metrics=acc, timings={"wall_s": rec.wall_s, "steps": rec.steps})
 
     original, ok = make("original", data.train, scenario.train)
     retrain, rk = make("retrain", data.retain, scenario.retrain_optim())

@@ -24,6 +24,8 @@ from .metrics import GAP_KEYS, aggregate, avg_gap
 from .store import write_json
 
 REFERENCE_ROWS = ("original", "retrain")
+#: A row whose retain accuracy is this many points below Re-train's is marked degenerate (decision).
+DEGENERATE_RETAIN_DROP = 20.0
 PCT_KEYS = ("retain_acc", "unlearn_acc", "test_acc", "mia")
 LABELS = {"retain_acc": "Retain", "unlearn_acc": "Unlearn", "test_acc": "Test", "mia": "MIA"}
 CURVE_FIELDS = ("r_paper", "r_pooled", "prevalence", "ties", "acc_m", "acc_a", "disagreement")
@@ -66,7 +68,8 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
         base, kind = _kind(name)
         entry: dict = {"base": base, "kind": kind, "n_seeds": len(per_seed) - len(failed)}
         if failed:
-            entry["failed"] = [{k: v for k, v in m.items() if k != "traceback"} for m in failed]
+            entry["failed"] = [{"seed": r.seed, **{k: v for k, v in m.items() if k != "traceback"}}
+                               for r, m in zip(results, per_seed) if "retain_acc" not in m]
         ok = [m for m in per_seed if "retain_acc" in m]
         for k in PCT_KEYS:
             agg = aggregate([100.0 * m[k] for m in ok]) if ok else {"mean": None, "std": None}
@@ -107,6 +110,11 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
                          else None for r in results]
         agg = aggregate([g for g in per_seed_gaps if g is not None])
         entry["avg_gap_per_seed"] = {"mean": agg["mean"], "std": agg["std"], "values": per_seed_gaps}
+    rt = out["methods"].get("retrain", {}).get("retain_acc", {}).get("mean")
+    for name, entry in out["methods"].items():
+        m = entry["retain_acc"]["mean"]
+        if rt is not None and m is not None and rt - m > DEGENERATE_RETAIN_DROP:
+            entry["degenerate"] = f"retain accuracy {m:.1f}% is {rt - m:.1f} points below Re-train's {rt:.1f}%"
     from .claims import check_claims
 
     out["claims"] = check_claims(out)
@@ -149,7 +157,12 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
             why = "; ".join(f.get("error") or f"diverged at step {f.get('diverged_step')}" for f in e.get("failed", []))
             rows.append([name, *(["–"] * (len(header) - 2)), f"failed: {why}"[:80]])
             continue
-        cells = [name]
+        marks = []
+        if e.get("failed"):
+            marks.append(f"failed on {len(e['failed'])} of {len(e['failed']) + e['n_seeds']} seeds")
+        if e.get("degenerate"):
+            marks.append("degenerate")
+        cells = [name + (f" ({'; '.join(marks)})" if marks else "")]
         for k in PCT_KEYS:
             m, s = e[k]["mean"], e[k]["std"]
             gap = "" if name == "retrain" or ref.get(k, {}).get("mean") is None else f" ({abs(m - ref[k]['mean']):.2f})"
@@ -201,6 +214,85 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerows(rows)
 
 
+def run_info(scenario, spec, results: list, names: list[str]) -> dict:
+    """What was run, for the report: versions, device, seeds, the audit settings, the reference recipe and every
+    method's resolved config (after presets, tuning, ``--set`` and variants)."""
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .config import to_dict
+
+    audits = [a for r in results for a in r.residual.values() if a]
+    configs = {}
+    for name in names:
+        rec = next((r.records.get(name) for r in results if isinstance(r.records.get(name), dict)
+                    and r.records[name].get("config")), None)
+        if rec:
+            configs[name] = rec["config"]
+    return {"versions": {"rurk": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "device": audits[0].get("device") if audits else None, "seeds": [r.seed for r in results],
+            "audit": spec.key(), "original_recipe": to_dict(scenario.train), "retrain_recipe": to_dict(scenario.retrain_optim()),
+            "pretrain": to_dict(scenario.pretrain) if scenario.pretrain.dataset else None, "tuned": scenario.tuned,
+            "methods": configs}
+
+
+def numeric_table(summary: dict) -> tuple[list[str], list[list]]:
+    """The main table as numbers (metrics.csv): means and stds in %, gaps in points, empty where undefined."""
+    taus = _taus_of(summary)
+    ki = key_taus(taus)
+    header = ["method", "n_seeds"]
+    for k in PCT_KEYS:
+        header += [f"{k}_mean", f"{k}_std", f"{k}_gap"]
+    header += ["avg_gap", "avg_gap_per_seed_mean", "avg_gap_per_seed_std", "relearn_mean", "relearn_std",
+               "relearn_censored", *[f"r_pooled_tau{taus[i]:g}" for i in ki], *[f"r_paper_tau{taus[i]:g}" for i in ki]]
+    if taus:
+        header += [f"prevalence_tau{taus[ki[-1]]:g}", f"ties_tau{taus[ki[-1]]:g}"]
+    header += ["wall_s", "failed_seeds", "degenerate"]
+    ref = summary["methods"].get("retrain", {})
+    rows = []
+    for name, e in summary["methods"].items():
+        row: list = [name, e["n_seeds"]]
+        for k in PCT_KEYS:
+            m, r = e[k]["mean"], ref.get(k, {}).get("mean")
+            row += [m, e[k]["std"], None if m is None or r is None or name == "retrain" else abs(m - r)]
+        rl = e["relearn_epochs"]
+        row += [e["avg_gap"], e["avg_gap_per_seed"]["mean"], e["avg_gap_per_seed"]["std"], rl["mean"], rl["std"],
+                rl.get("censored", 0)]
+        res = e.get("residual") or {}
+        for f in ("r_pooled", "r_paper"):
+            vals = res.get(f) or [None] * len(taus)
+            row += [vals[i] for i in ki]
+        if taus:
+            row += [(res.get("prevalence") or [None] * len(taus))[ki[-1]], (res.get("ties") or [None] * len(taus))[ki[-1]]]
+        row += [e["wall_s"], len(e.get("failed", [])), e.get("degenerate", "")]
+        rows.append(["" if v is None else v for v in row])
+    return header, rows
+
+
+def _run_markdown(summary: dict) -> list[str]:
+    run = summary["run"]
+    a = run["audit"]
+    v = run["versions"]
+    lines = ["## What was run", "",
+             f"rurk {v['rurk']}, torch {v['torch']}, Python {v['python']}, device {run['device']}; seeds "
+             f"{', '.join(map(str, run['seeds']))}.", "",
+             f"Audit: probe `{a['probe']}` with parameters {a['probe_params'] or 'default'}, c = {a['draws']} perturbed "
+             f"copies per sample, τ grid {[round(t, 4) for t in a['taus']]}, {a['bootstrap']} bootstrap resamples, "
+             f"noise seed {'the run seed' if a['noise_seed'] is None else a['noise_seed']}"
+             + (f", {a['max_forget']} forget samples" if a["max_forget"] else "") + ".", "",
+             f"Original recipe: `{_compact(run['original_recipe'])}`; Re-train: `{_compact(run['retrain_recipe'])}`"
+             + (f"; pre-training: `{_compact(run['pretrain'])}`" if run.get("pretrain") else "") + ".", "",
+             f"Method settings as run (presets, then tuned values from `{run['tuned']}`, then overrides and variants):", ""]
+    lines += [f"- **{n}**: `{_compact(c)}`" for n, c in run["methods"].items()]
+    return lines + [""]
+
+
+def _compact(d: dict) -> str:
+    return ", ".join(f"{k}={round(v, 6) if isinstance(v, float) else v}" for k, v in d.items())
+
+
 def write_report(scenario, spec, results: list, out_dir: Path, names: list[str]) -> dict:
     """Aggregate, then write summary.json, report.md, the CSV tables and residual.png."""
     from .claims import claims_markdown
@@ -210,7 +302,9 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
     out_dir.mkdir(parents=True, exist_ok=True)
     probe = spec.make_probe().name
     summary = summarise(scenario.name, probe, results, names)
+    summary["run"] = run_info(scenario, spec, results, names)
     write_json(out_dir / "summary.json", summary)
+    write_csv(out_dir / "metrics.csv", *numeric_table(summary))
     tables = {
         "table": main_table(summary),
         "prevalence": curve_table(summary, "prevalence", lambda v: 100 * v, 1),
@@ -245,6 +339,7 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
         "",
         markdown(*tables["table"]),
         "",
+        *_marks_markdown(summary),
         "## Claims check (computed from the numbers above; see `rurk.claims` for the rules)",
         "",
         claims_markdown(summary["claims"]),
@@ -278,8 +373,20 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
         markdown(*tables["disagreement"]),
         "",
     ]
+    text += _run_markdown(summary)
     (out_dir / "report.md").write_text("\n".join(text))
     return summary
+
+
+def _marks_markdown(summary: dict) -> list[str]:
+    """Notes under the main table for failed and degenerate rows (they are never hidden)."""
+    out = []
+    for name, e in summary["methods"].items():
+        for f in e.get("failed", []):
+            out.append(f"- **{name}** failed on seed {f.get('seed')}: {f.get('error') or 'diverged at step ' + str(f.get('diverged_step'))}")
+        if e.get("degenerate"):
+            out.append(f"- **{name}** is degenerate: {e['degenerate']}")
+    return out + [""] if out else []
 
 
 def _band(res: dict, f: str) -> list:

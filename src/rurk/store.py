@@ -13,11 +13,14 @@ Nothing is ever unpickled: weights are safetensors, everything else JSON.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,24 @@ class Store:
             return None
         return {"kind": kind, "key": key, "scenario": row[0], "seed": row[1], "config": json.loads(row[2]),
                 "metrics": json.loads(row[3]), "timings": json.loads(row[4]), "created": row[5]}
+
+    def delete(self, kind: str, key: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM records WHERE kind=? AND key=?", (kind, key))
+
+    @contextmanager
+    def claim(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the cell (kind, key) for this process or thread: an exclusive ``flock`` on
+        ``locks/<kind>-<key>.lock``. Two runs sharing a store never compute the same cell at once; whoever
+        waits re-reads the record after the claim and finds the other's result."""
+        path = self.root / "locks" / f"{kind}-{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def records(self, kind: str | None = None) -> list[dict]:
         with self._connect() as db:
