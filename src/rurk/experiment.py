@@ -20,7 +20,7 @@ from . import metrics as M
 from .audit import AuditSpec, audit_spec, residual_knowledge
 from .config import ConfigError, Scenario, merge, to_dict
 from .methods import load_all
-from .methods.base import MethodRecord, get_method, parse_variant, unlearn
+from .methods.base import FinetuneConfig, MethodRecord, get_method, parse_variant, unlearn
 from .report import REFERENCE_ROWS
 from .pipeline import Prepared, References, load_run_model, prepare, reference_models
 from .store import Store, cache_key
@@ -63,7 +63,13 @@ def method_config(scenario: Scenario, name: str):
     table (tuned values and `--set methods.NAME.key=value` overrides), then the variant's own values."""
     base, variant = parse_variant(name)
     try:
-        return get_method(base).config(scenario.preset, merge(scenario.methods.get(base, {}), variant))
+        cfg = get_method(base).config(scenario.preset, merge(scenario.methods.get(base, {}), variant))
+        if isinstance(cfg, FinetuneConfig):
+            try:
+                cfg.optim()  # the optimiser fields (lr >= 0, ...) are checked now, not when the method starts
+            except ValueError as e:
+                raise ConfigError(f"methods.{base}: {e}") from None
+        return cfg
     except ConfigError as e:
         if not variant:
             raise
@@ -261,7 +267,8 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
         f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {spec.probe}")
     results = [run_seed(scenario, prepared, s, store, names, opts, out_dir, spec=spec, progress=progress, log=log)
                for s in seeds]
-    return write_report(scenario, spec, results, out_dir, [*REFERENCE_ROWS, *names])
+    with store.claim("report", scenario.name):  # two runs sharing a store write their reports one after the other
+        return write_report(scenario, spec, results, out_dir, [*REFERENCE_ROWS, *names])
 
 
 def scenario_with(scenario: Scenario, tuned: dict | None) -> Scenario:

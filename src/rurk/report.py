@@ -155,7 +155,8 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     for name, e in methods.items():
         if e["n_seeds"] == 0:
             why = "; ".join(f.get("error") or f"diverged at step {f.get('diverged_step')}" for f in e.get("failed", []))
-            rows.append([name, *(["–"] * (len(header) - 2)), f"failed: {why}"[:80]])
+            n = len(e.get("failed", []))
+            rows.append([f"{name} (failed on {n} of {n} seeds)", *(["–"] * (len(header) - 2)), f"failed: {why}"[:80]])
             continue
         marks = []
         if e.get("failed"):

@@ -1,0 +1,133 @@
+"""Faults a user meets: damaged checkpoints heal, concurrent runs share a store, failures are visible, bad input
+is refused before any training, one-line errors."""
+
+import json
+import threading
+
+import pytest
+
+import rurk.experiment as experiment
+import rurk.pipeline as pipeline
+from rurk.cli import main
+from rurk.config import load_scenario, parse_overrides
+from rurk.experiment import RunOptions, run_experiment
+from rurk.store import Store
+
+FAST = ["--set", "train.epochs=3", "--set", "methods.gd.epochs=1", "--draws", "2", "--taus", "0,0.1",
+        "--no-relearn", "--quiet", "--device", "cpu"]
+
+
+def gd_checkpoint(store: Store):
+    (rec,) = [r for r in store.records("unlearned")]
+    return rec["key"], store.model_dir(rec["key"]) / "model.safetensors"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_folder"])
+def test_a_damaged_unlearned_checkpoint_is_recomputed(tmp_path, capsys, damage):
+    args = ["run", "digits5", "--methods", "gd", "--seeds", "131", "--out", str(tmp_path), *FAST]
+    assert main(args) == 0
+    store = Store(tmp_path)
+    key, path = gd_checkpoint(store)
+    good = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(good[: len(good) // 2])
+    else:
+        import shutil
+
+        shutil.rmtree(path.parent)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "missing or damaged; recomputing" in capsys.readouterr().out
+    assert store.load_meta(key) is not None and path.read_bytes() == good  # the same weights again
+    assert len(store.records("unlearned")) == 1
+
+
+def test_two_runs_on_one_store_compute_each_cell_once(tmp_path, monkeypatch):
+    calls = {"fit": 0, "unlearn": 0}
+    lock = threading.Lock()
+    real_fit, real_unlearn = pipeline.fit, experiment.unlearn
+
+    def counting(name, real):
+        def f(*a, **k):
+            with lock:
+                calls[name] += 1
+            return real(*a, **k)
+        return f
+
+    monkeypatch.setattr(pipeline, "fit", counting("fit", real_fit))
+    monkeypatch.setattr(experiment, "unlearn", counting("unlearn", real_unlearn))
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=3", "methods.gd.epochs=1"]))
+    opts = RunOptions(methods=["gd", "ga"], seeds=[131], taus=[0.0, 0.1], draws=2, bootstrap=0, relearn=False,
+                      device="cpu")
+    results, errors = [], []
+
+    def go():
+        try:
+            results.append(run_experiment(scenario, opts, tmp_path, log=lambda *a: None))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert calls == {"fit": 2, "unlearn": 2}  # Original + Re-train, gd + ga: once each, whoever came first
+    strip = lambda s: {m: {k: v for k, v in e.items() if k != "wall_s"} for m, e in s["methods"].items()}  # noqa: E731
+    assert strip(results[0]) == strip(results[1])
+
+
+def test_a_failed_cell_ends_the_run_with_exit_1_and_is_reported_again(tmp_path, capsys):
+    args = ["run", "digits5", "--methods", "gd,ga", "--seeds", "131", "--out", str(tmp_path), *FAST,
+            "--set", "methods.ga.lr=1e6", "--set", "methods.ga.clip_grad_norm=1e9", "--set", "methods.ga.epochs=20"]
+    assert main(args) == 1
+    out = capsys.readouterr()
+    assert "1 failed cell" in out.out and "seed 131 ga: diverged" in out.out and "rurk: failed:" in out.err
+    report = (tmp_path / "digits5" / "report.md").read_text()
+    assert "| ga (failed on 1 of 1 seeds) |" in report and "**ga** failed on seed 131" in report
+    assert main(args) == 1  # the rerun reports the recorded failure again
+    out = capsys.readouterr().out
+    assert "failed in an earlier run" in out and "seed 131 ga: diverged" in out
+    calls = []
+    real = experiment.unlearn
+    experiment.unlearn = lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    try:
+        assert main(args + ["--retry-failed"]) == 1
+    finally:
+        experiment.unlearn = real
+    assert calls == ["ga"]  # recomputed, and only it
+
+
+def test_bad_method_settings_are_refused_before_any_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("trained before validating"))
+    for extra, match in ((["--set", "methods.gd.lr=-1"], "methods.gd: optim.lr = -1.0: expected a number >= 0"),
+                         (["--set", "methods.rurk.tau=-1"], "tau = -1.0"),
+                         (["--methods", "gd,nope"], "unknown method 'nope'"),
+                         (["--set", "train.epochz=1"], "unknown setting 'train.epochz'")):
+        args = ["run", "digits5", "--out", str(tmp_path), "--quiet"]
+        if "--methods" not in extra:
+            args += ["--methods", "gd,rurk"]
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rurk: error:") and match in err and "Traceback" not in err
+
+
+def test_a_diverging_original_is_one_line_with_exit_1_and_debug_shows_the_traceback(tmp_path, capsys):
+    args = ["train", "digits5", "--set", "train.lr=1e12", "--set", "train.optimizer='sgd'", "--out", str(tmp_path),
+            "--quiet", "--device", "cpu"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "original training diverged" in err
+    with pytest.raises(RuntimeError, match="diverged"):
+        main(args + ["--debug"])
+
+
+def test_the_summary_lists_failures_with_their_seed(tmp_path):
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=3", "methods.ga.lr=1e6",
+                                                         "methods.ga.clip_grad_norm=1e9", "methods.ga.epochs=20"]))
+    opts = RunOptions(methods=["ga"], seeds=[131, 42], taus=[0.0], draws=2, bootstrap=0, relearn=False, device="cpu")
+    summary = run_experiment(scenario, opts, tmp_path, log=lambda *a: None)
+    assert [f["seed"] for f in summary["methods"]["ga"]["failed"]] == [131, 42]
+    on_disk = json.loads((tmp_path / "digits5" / "summary.json").read_text())
+    assert on_disk["run"]["methods"]["ga"]["lr"] == 1e6 and on_disk["run"]["audit"]["draws"] == 2
