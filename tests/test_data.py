@@ -271,14 +271,45 @@ def test_cifar_refuses_forbidden_global(tmp_path):
     b = fake_batch(2, 0)
     b["labels"] = _Evil(marker)
     dump(tmp_path / "data_batch_3", b)
-    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load global (posix|os|nt)\.system"):
+    with pytest.raises(loaders.UnsafePickleError, match=r"refusing to load global (posix|os|nt)\.system"):
         load_source("cifar10", tmp_path)
     assert not marker.exists()
     # the plain restricted loader, too, and also for a harmless-looking non-numpy global
-    with pytest.raises(pickle.UnpicklingError, match="builtins.dict"):
+    with pytest.raises(loaders.UnsafePickleError, match="builtins.dict"):
         loaders.restricted_pickle_load(pickle.dumps(dict), "x")
-    with pytest.raises(pickle.UnpicklingError, match="collections.OrderedDict"):
+    with pytest.raises(loaders.UnsafePickleError, match="collections.OrderedDict"):
         loaders.restricted_pickle_load(pickle.dumps({"a": __import__("collections").OrderedDict()}), "x")
+
+
+def test_cifar_batch_repickled_under_python3_protocol2_loads(tmp_path):
+    """Protocol 2 stores bytes as _codecs.encode(str, 'latin1'): allowed, and gives the same arrays."""
+    write_fake_cifar10(tmp_path)
+    b = fake_batch(2, 0)
+    b[b"batch_label"] = b"training batch 2 of 5"  # a bytes value, pickled through _codecs.encode
+    blob = pickle.dumps(b, protocol=2)
+    assert b"_codecs" in blob and b"encode" in blob
+    (tmp_path / "data_batch_2").write_bytes(blob)
+    s = load_source("cifar10", tmp_path)
+    assert len(s.train) == 2 + 2 + 4 + 5 + 6  # batches 1..5 hold 2, 3, 4, 5, 6 images; batch 2 now 2
+
+
+def test_cli_refuses_bad_cifar_files_in_one_line(tmp_path, capsys):
+    from rurk.cli import main
+
+    write_fake_cifar10(tmp_path)
+    full = (tmp_path / "data_batch_2").read_bytes()
+    (tmp_path / "data_batch_2").write_bytes(full[: len(full) // 2])  # truncated
+    args = ["train", "cifar5", "--data-dir", str(tmp_path), "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_2" in err and "truncated" in err and "Traceback" not in err
+    marker = tmp_path / "pwned"
+    b = fake_batch(2, 0)
+    b["labels"] = _Evil(marker)
+    dump(tmp_path / "data_batch_2", b)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load global" in err and "Traceback" not in err and not marker.exists()
 
 
 @pytest.mark.parametrize(

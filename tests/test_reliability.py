@@ -131,3 +131,53 @@ def test_the_summary_lists_failures_with_their_seed(tmp_path):
     assert [f["seed"] for f in summary["methods"]["ga"]["failed"]] == [131, 42]
     on_disk = json.loads((tmp_path / "digits5" / "summary.json").read_text())
     assert on_disk["run"]["methods"]["ga"]["lr"] == 1e6 and on_disk["run"]["audit"]["draws"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- user checkpoints
+def test_audit_accepts_plain_safetensors_and_names_what_is_wrong_with_bad_files(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from rurk.pipeline import load_run_model, prepare, reference_models
+
+    common = ["--out", str(tmp_path), "--set", "train.epochs=2", "--draws", "2", "--taus", "0,0.1", "--quiet",
+              "--device", "cpu"]
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
+    store = Store(tmp_path)
+    prepared = prepare(scenario, store)
+    refs = reference_models(scenario, prepared, 131, store, device="cpu")
+    model = load_run_model(store, refs.keys["original"], scenario, prepared)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    plain = tmp_path / "mine.safetensors"
+    save_file(state, str(plain))  # what a user saves: no sidecar
+    assert main(["audit", "digits5", "--unlearned", str(plain), *common]) == 0
+    summary = json.loads((tmp_path / "digits5" / "seed-131" / "mine" / "residual-gaussian.json").read_text())
+    assert main(["audit", "digits5", *common]) == 0  # Original itself, from the store
+    original = json.loads((tmp_path / "digits5" / "seed-131" / "original" / "residual-gaussian.json").read_text())
+    assert summary["per_tau"] == original["per_tau"]  # the plain file holds Original's weights: the same audit
+
+    def refused(path, *needles):
+        capsys.readouterr()
+        assert main(["audit", "digits5", "--unlearned", str(path), *common]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and all(n in err for n in needles), err
+
+    refused(tmp_path / "absent.safetensors", "no such file")
+    blob = plain.read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(blob[:-50])
+    refused(tmp_path / "short.safetensors", "truncated")
+    (tmp_path / "random.safetensors").write_bytes(bytes(range(256)) * 4)
+    refused(tmp_path / "random.safetensors", "not a safetensors file")
+    keys = dict(state)
+    keys["extra.weight"] = torch.zeros(2)
+    keys.pop(next(iter(state)))
+    save_file(keys, str(tmp_path / "keys.safetensors"))
+    refused(tmp_path / "keys.safetensors", "missing keys " + next(iter(state)), "unexpected keys extra.weight")
+    shapes = {k: (torch.zeros(3, 3) if v.dim() == 2 else v) for k, v in state.items()}
+    save_file(shapes, str(tmp_path / "shapes.safetensors"))
+    refused(tmp_path / "shapes.safetensors", "wrong shapes", "file [3, 3] vs model")
+    ckpt = next((tmp_path / "models").glob("*/model.safetensors"))  # rurk's own, with its sidecar
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(ckpt.read_bytes()[:-4] + b"\0\0\0\0")
+    damaged.with_suffix(".json").write_text(ckpt.with_suffix(".json").read_text())
+    refused(damaged, "damaged")

@@ -113,7 +113,7 @@ def cmd_audit(args) -> None:
     from .audit import residual_knowledge
     from .pipeline import load_run_model, prepare, reference_models
     from .plots import plot_residual_curves
-    from .store import Store, load_weights, read_meta
+    from .store import Store, load_checkpoint
 
     scenario = _scenario(args)
     _audit_spec(args, scenario)  # every audit setting checked before any training
@@ -125,9 +125,8 @@ def cmd_audit(args) -> None:
     def model_from(path: str | None, fallback):
         if path is None:
             return fallback
-        if read_meta(path) is None:
-            raise FileNotFoundError(f"{path}: no complete checkpoint (expected a .safetensors with its .json)")
-        return load_weights(load_run_model(store, refs.keys["original"], scenario, prepared, args.device), path).eval()
+        model = load_run_model(store, refs.keys["original"], scenario, prepared, args.device)
+        return load_checkpoint(model, path).eval()  # rurk's checkpoints or a plain safetensors of this architecture
 
     if args.method:
         from .experiment import unlearned_model
@@ -323,8 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = scenario_cmd("audit", "audit residual knowledge of an unlearned model against Re-train", cmd_audit)
     c.add_argument("--method", default=None, help="audit this method's cached unlearned model (run it if needed)")
-    c.add_argument("--unlearned", default=None, help="a .safetensors checkpoint of the audited model (default: Original)")
-    c.add_argument("--reference", default=None, help="a .safetensors checkpoint of the reference (default: Re-train)")
+    c.add_argument("--unlearned", default=None,
+                   help="a .safetensors file of the audited model, the scenario's architecture (default: Original)")
+    c.add_argument("--reference", default=None,
+                   help="a .safetensors file of the reference, the scenario's architecture (default: Re-train)")
     audit_args(c)
     c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
 

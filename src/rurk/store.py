@@ -189,6 +189,70 @@ def read_meta(path: str | Path) -> dict | None:
     return meta
 
 
+def check_safetensors(path: str | Path) -> dict:
+    """The tensor table (name -> dtype/shape/offsets) of a safetensors file, or a ValueError/FileNotFoundError that
+    says what is wrong: missing, not a safetensors file, truncated, or (when rurk's ``.json`` sidecar is beside it)
+    bytes that no longer match the sidecar's sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, 100 << 20):
+            raise ValueError(f"{path}: not a safetensors file, or truncated (its header claims {n} bytes; the file "
+                             f"has {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path}: not a safetensors file (no JSON header)") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (its header is not a table)")
+    header.pop("__metadata__", None)
+    try:
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ValueError(f"{path}: not a safetensors file (malformed tensor table)") from None
+    if 8 + n + end > size:
+        raise ValueError(f"{path}: truncated (expected {8 + n + end} bytes, the file has {size})")
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except json.JSONDecodeError:
+            meta = {}
+        if "sha256" in meta and _sha256(path) != meta["sha256"]:
+            raise ValueError(f"{path}: damaged (its bytes do not match the sha256 recorded in {sidecar.name})")
+    return header
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load any safetensors file into ``model`` — rurk's own (with its ``.json`` sidecar, whose hash is checked) or
+    a plain one a user saved with ``safetensors.torch.save_file(model.state_dict(), ...)``. Errors name the problem:
+    missing, not safetensors, truncated, damaged, wrong keys (listed), wrong shapes (listed)."""
+    header = check_safetensors(path)
+    state = model.state_dict()
+    missing = sorted(set(state) - set(header))
+    unexpected = sorted(set(header) - set(state))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit the model: missing keys {_listing(missing)}; unexpected keys "
+                         f"{_listing(unexpected)}")
+    wrong = [f"{k}: file {list(header[k]['shape'])} vs model {list(state[k].shape)}" for k in state
+             if list(header[k]["shape"]) != list(state[k].shape)]
+    if wrong:
+        raise ValueError(f"{path} does not fit the model: wrong shapes: {_listing(wrong)}")
+    return load_weights(model, path)
+
+
+def _listing(items: list[str], n: int = 12) -> str:
+    if not items:
+        return "none"
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Strictly load a safetensors file into ``model`` (every key must match; no silent partial loads)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +251,14 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         allowed[(f"{mod}.multiarray", "_reconstruct")] = _reconstruct
         # pickle protocol 5 (Python >= 3.14's default) rebuilds arrays via _frombuffer(buf, dtype, shape, order)
         allowed[(f"{mod}.numeric", "_frombuffer")] = _frombuffer
+    # batches re-pickled under Python 3 with protocol 2 store bytes as _codecs.encode(str, "latin1"); encoding a
+    # string is harmless (torch's weights-only unpickler allows it too)
+    allowed[("_codecs", "encode")] = codecs.encode
     return allowed
+
+
+class UnsafePickleError(ValueError):
+    """A data file asked for a global the restricted unpickler does not allow (it is refused, never run)."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -261,7 +269,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         obj = self._allowed.get((module, name))
         if obj is None:
-            raise pickle.UnpicklingError(
+            raise UnsafePickleError(
                 f"refusing to load global {module}.{name}: data files may only contain dicts, lists, bytes "
                 "and numpy arrays"
             )
@@ -272,10 +280,11 @@ def restricted_pickle_load(data: bytes, what: str = "pickle"):
     """Unpickle ``data`` (``encoding="bytes"``) allowing only plain containers and numpy arrays."""
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(f"{what}: {e}") from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise ValueError(f"{what}: not a valid pickle ({type(e).__name__}: {e})") from e
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{what}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError) as e:
+        raise ValueError(f"{what}: not a valid pickle, or truncated ({type(e).__name__}: {e})") from None
 
 
 def _str_keys(d, what: str) -> dict:
