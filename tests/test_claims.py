@@ -157,3 +157,27 @@ def test_fmnist5_recipe_is_sgd_and_the_adam_recipe_stays_reachable():
     adam = load_scenario("fmnist5-adam")
     assert (adam.train.optimizer, adam.train.lr, adam.train.epochs) == ("adam", 0.001, 100)
     assert adam.data == load_scenario("fmnist5").data and adam.forget == load_scenario("fmnist5").forget
+
+
+# ---------------------------------------------------------------------------------------------- README blocks
+def test_readme_block_is_written_from_the_summary_and_checked(tmp_path, capsys):
+    import json
+
+    from rurk.cli import main
+
+    out = tmp_path / "runs"
+    assert main(["run", "digits5", "--methods", "gd", "--seeds", "131", "--taus", "0,0.1", "--draws", "2",
+                 "--no-relearn", "--out", str(out), "--set", "train.epochs=2", "--set", "methods.gd.epochs=1",
+                 "--quiet", "--device", "cpu"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- BEGIN rurk:demo -->\nstale numbers\n<!-- END rurk:demo -->\noutro\n")
+    summary = out / "digits5"
+    assert main(["readme", str(summary), "--block", "demo", "--readme", str(readme), "--check"]) == 1
+    assert main(["readme", str(summary), "--block", "demo", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- BEGIN rurk:demo -->\n") and text.endswith("<!-- END rurk:demo -->\noutro\n")
+    assert "stale numbers" not in text and "| gd |" in text and "wall (s)" not in text
+    gd = json.loads((summary / "summary.json").read_text())["methods"]["gd"]
+    assert f"{gd['avg_gap']:.2f}" in text and "Claims check" in text
+    assert main(["readme", str(summary), "--block", "demo", "--readme", str(readme), "--check"]) == 0
+    assert main(["readme", str(summary), "--block", "other", "--readme", str(readme)]) == 2

@@ -271,6 +271,31 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag} = {text!r}: expected comma-separated integers, e.g. 1,2") from None
 
 
+def cmd_readme(args) -> None:
+    """Write (or, with --check, compare) a README results block from a run's summary.json."""
+    import json
+    import shutil
+
+    from .readme import render, update
+
+    summary_path = Path(args.summary)
+    if summary_path.is_dir():
+        summary_path = summary_path / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path}: no summary.json (run `rurk run` or `rurk demo` first)")
+    summary = json.loads(summary_path.read_text())
+    text = render(summary, rows=args.rows.split(",") if args.rows else None,
+                  columns=args.columns.split(",") if args.columns else None)
+    changed, diff = update(args.readme, args.block, text, check=args.check)
+    if args.png and not args.check:
+        shutil.copyfile(summary_path.parent / "residual.png", args.png)
+    if args.check and changed:
+        print(diff)
+        raise CellFailed(f"{args.readme}: block {args.block!r} differs from {summary_path} (regenerate it with "
+                         f"`rurk readme {args.summary} --block {args.block}`)")
+    print(f"{args.readme}: block {args.block!r} {'is up to date' if not changed else 'updated'}")
+
+
 def cmd_iris_figure(args) -> None:
     from .toy import iris_figure
 
@@ -362,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler [default: 0]")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     c.set_defaults(tuned="none")
+
+    c = sub.add_parser("readme", help="write a README results block from a run's summary.json (or --check it)")
+    c.add_argument("summary", help="a summary.json, or the run directory holding it (e.g. runs/fmnist5)")
+    c.add_argument("--block", required=True, help="the block's name: <!-- BEGIN rurk:NAME --> ... <!-- END rurk:NAME -->")
+    c.add_argument("--readme", default="README.md", help="the file holding the block [default: README.md]")
+    c.add_argument("--rows", default=None, help="only these methods (comma-separated)")
+    c.add_argument("--columns", default=None, help="only columns whose header starts with one of these")
+    c.add_argument("--png", default=None, help="also copy the run's residual.png here")
+    c.add_argument("--check", action="store_true", help="only compare; exit 1 when the block differs")
+    c.set_defaults(fn=cmd_readme)
 
     c = sub.add_parser("iris-figure", help="the toy 2-D illustration (paper Fig. 1 spirit) as a PNG")
     c.add_argument("--png", default="iris-figure.png")
