@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rurk.config import RelearnConfig
+
 import copy
 import math
 
@@ -199,7 +201,7 @@ def test_relearn_counts_fractional_epochs(k):
     threshold = (losses[k - 1] + losses[k]) / 2  # met first after exactly k steps
     model = BiasOnly(b0)
     before = copy.deepcopy(model.state_dict())
-    r = relearn_time(model, forget, threshold / 1.05, seed=0, lr=0.5, batch_size=4)
+    r = relearn_time(model, forget, threshold / 1.05, seed=0, cfg=RelearnConfig(lr=0.5, batch_size=4))
     assert isinstance(r, Relearn)
     assert not r.censored and r.steps == k and r.steps_per_epoch == 3
     assert r.epochs == pytest.approx(k / 3)
@@ -230,7 +232,7 @@ def test_relearn_trains_in_train_mode_and_checks_in_eval_mode(monkeypatch):
         return out
 
     monkeypatch.setattr(M.copy, "deepcopy", spy_deepcopy)
-    r = relearn_time(BiasOnly((0.0, 2.0)).eval(), forget, 0.3, seed=0, lr=0.5, batch_size=4)
+    r = relearn_time(BiasOnly((0.0, 2.0)).eval(), forget, 0.3, seed=0, cfg=RelearnConfig(lr=0.5, batch_size=4))
     assert not r.censored and r.steps >= 2
     modes = seen[0].modes
     # 1 eval check before any step, then per step: a train-mode forward followed by an eval-mode check
@@ -240,13 +242,13 @@ def test_relearn_trains_in_train_mode_and_checks_in_eval_mode(monkeypatch):
 def test_relearn_censored_at_cap():
     forget = td(torch.zeros(10), torch.zeros(10, dtype=torch.long))
     model = BiasOnly((0.0, 2.0))
-    r = relearn_time(model, forget, 0.01, seed=0, lr=0.0, batch_size=4)  # lr 0: the threshold is unreachable
+    r = relearn_time(model, forget, 0.01, seed=0, cfg=RelearnConfig(lr=0.0, batch_size=4))  # lr 0: the threshold is unreachable
     assert r.censored and r.epochs is None
     assert r.steps == 30 * 3 and r.max_epochs == 30  # ran exactly the 30-epoch cap
     assert r.final_loss == pytest.approx(r.initial_loss)
     j = r.to_json()
     assert j["epochs"] is None and j["censored"] is True
-    r2 = relearn_time(model, forget, 0.01, seed=0, lr=0.0, batch_size=4, max_epochs=2)
+    r2 = relearn_time(model, forget, 0.01, seed=0, cfg=RelearnConfig(lr=0.0, batch_size=4, max_epochs=2))
     assert r2.censored and r2.steps == 6
 
 
@@ -257,8 +259,8 @@ def test_relearn_on_a_real_mlp_is_deterministic_and_reaches_original_level():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 3))
     orig_loss = mean_ce(model, forget) / 3  # "Original" fits S_f three times better
-    a = relearn_time(model, forget, orig_loss, seed=1, lr=0.05, batch_size=16)
-    b = relearn_time(model, forget, orig_loss, seed=1, lr=0.05, batch_size=16)
+    a = relearn_time(model, forget, orig_loss, seed=1, cfg=RelearnConfig(lr=0.05, batch_size=16))
+    b = relearn_time(model, forget, orig_loss, seed=1, cfg=RelearnConfig(lr=0.05, batch_size=16))
     assert a == b and not a.censored and 0 < a.epochs <= 30
     assert a.steps_per_epoch == 3 and a.epochs == pytest.approx(a.steps / 3)
 

@@ -230,21 +230,21 @@ def test_attack_restores_modes_and_flags(name, batch):
     assert not out.x.requires_grad
 
 
-def test_rurk_calling_convention(batch):
+def test_sample_calling_convention(batch):
     x, y = batch
     model = linear_model()
     for name in sorted(PROBES):
         p = make_probe(name, steps=1) if "pgd" in name else make_probe(name)
-        x_adv, y_used = p(model, x, y, 0.03, gen(0))
-        assert x_adv.shape == x.shape and y_used.shape == y.shape
+        out = p.sample(model, x, y, 0.03, gen(0))
+        assert out.x.shape == x.shape
         if p.targeted:
-            assert (y_used != y).all()
+            assert out.target.shape == y.shape and (out.target != y).all()
         else:
-            assert torch.equal(y_used, y)
+            assert out.target is None
         tiled = p.sample(model, x, y, 0.03, gen(0), copies=3)
         assert tiled.x.shape == (3 * len(x),) + x.shape[1:]
         # one fresh draw per call
-        assert not torch.equal(p(model, x, y, 0.03, gen(0))[0], p(model, x, y, 0.03, gen(1))[0])
+        assert not torch.equal(p.sample(model, x, y, 0.03, gen(0)).x, p.sample(model, x, y, 0.03, gen(1)).x)
 
 
 def test_targets_are_uniform_over_wrong_labels():

@@ -41,12 +41,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arm in typing.get_args(tp):
             try:
                 return _check_type(value, arm, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key} = {value!r}: expected {_type_name(tp)}")
     if tp is type(None):
         if value is None:
@@ -210,6 +209,25 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class RelearnConfig:
+    """The re-learn-time metric (spec evaluation.md §1): fine-tune a copy on S_f with SGD until its loss is back to
+    (1 + eta) x Original's."""
+
+    lr: float = 0.01  # paper
+    momentum: float = 0.9  # paper
+    weight_decay: float = 0.0  # decision
+    batch_size: int = 128  # paper
+    max_epochs: int = 30  # paper (cap; beyond it the value is censored, ">30")
+    eta: float = 0.05  # paper
+
+    def __post_init__(self):
+        for name, ok, expected in (("lr", self.lr >= 0, "a number >= 0"), ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+                                   ("max_epochs", self.max_epochs >= 0, "an integer >= 0"), ("eta", self.eta >= 0, "a number >= 0")):
+            if not ok:
+                raise ValueError(f"relearn.{name} = {getattr(self, name)!r}: expected {expected}")
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str = "unnamed"
     description: str = ""
@@ -222,6 +240,7 @@ class Scenario:
     retrain: dict = field(default_factory=dict)  # overrides of `train` for Re-train (e.g. more epochs)
     seeds: SeedConfig = field(default_factory=SeedConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
     methods: dict = field(default_factory=dict)  # per-method config overrides: {name: {key: value}}
     run_methods: list[str] | None = None  # methods `rurk run` uses by default (None = every registered one)
     tuned: str | None = None  # TOML of tuned per-method values (from `rurk tune`), relative to the package

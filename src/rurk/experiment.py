@@ -86,7 +86,8 @@ def evaluate(model: nn.Module, prepared: Prepared, seed: int, original_forget_lo
            "mia": M.mia(model, d.retain, d.forget, d.test, seed, class_unlearning=prepared.class_unlearning,
                         max_per_side=mia_max_per_side)}
     if relearn and original_forget_loss is not None:
-        r = M.relearn_time(model, d.forget, original_forget_loss, seed, loader_seed=prepared.scenario.seeds.loader)
+        r = M.relearn_time(model, d.forget, original_forget_loss, seed, prepared.scenario.relearn,
+                           loader_seed=prepared.scenario.seeds.loader)
         out["relearn_epochs"], out["relearn_censored"] = r.epochs, r.censored
     return out
 
@@ -137,7 +138,8 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
             if model is None:
                 metrics[name] = {k: rec[k] for k in ("error", "diverged", "diverged_step") if rec.get(k)}
                 continue
-        metrics[name] = _cached(store, "eval", cell | {"relearn": opts.relearn, "mia_cap": opts.mia_max_per_side},
+        metrics[name] = _cached(store, "eval", cell | {"relearn": to_dict(scenario.relearn) if opts.relearn else False,
+                                                       "mia_cap": opts.mia_max_per_side},
                                 lambda: evaluate(model, prepared, seed, original_loss, relearn=opts.relearn
                                                  and name != "original", mia_max_per_side=opts.mia_max_per_side),
                                 scenario, seed)

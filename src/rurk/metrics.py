@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from sklearn.svm import SVC
 from torch import nn
 
+from .config import RelearnConfig
 from .data.tensordata import TensorData
 from .train import (BatchStream, OptimConfig, accuracy, cross_entropy_loss, model_device, predict, prepare_model,
                     run_loop)
@@ -208,16 +209,12 @@ def relearn_time(
     forget: TensorData,
     original_forget_loss: float,
     seed: int,
+    cfg: RelearnConfig | None = None,
     *,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    batch_size: int = 128,
-    max_epochs: int = 30,
-    eta: float = 0.05,
     loader_seed: int = 7,
 ) -> Relearn:
-    """Re-learn time of ``model`` on ``forget`` (evaluation.md §1; paper: η = 0.05, cap 30 epochs).
+    """Re-learn time of ``model`` on ``forget`` (evaluation.md §1; paper: η = 0.05, cap 30 epochs; the settings
+    are a :class:`rurk.config.RelearnConfig`, a scenario's ``[relearn]`` table).
 
     A deep copy of ``model`` (all parameters trainable) is fine-tuned on S_f in train mode with SGD
     (``lr``, ``momentum``, ``weight_decay``), batches of ``batch_size`` shuffled with ``loader_seed``,
@@ -227,6 +224,9 @@ def relearn_time(
     which L ≤ L* gives ``epochs = k / steps_per_epoch`` (0 when already below). Not reached within
     ``max_epochs`` epochs -> ``epochs=None, censored=True``. ``seed`` seeds torch's global RNG (e.g. for
     dropout) inside a forked RNG state, so the caller's RNG is untouched. ``model`` is not modified."""
+    cfg = cfg or RelearnConfig()
+    lr, momentum, weight_decay, batch_size = cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size
+    max_epochs, eta = cfg.max_epochs, cfg.eta
     if len(forget) == 0:
         raise ValueError("relearn_time: the forget set is empty")
     if not math.isfinite(original_forget_loss) or original_forget_loss < 0:

@@ -79,18 +79,10 @@ class FisherConfig:
 # ---------------------------------------------------------------------------------------------- helpers
 # (shared by the second-order baselines: cr.py and ntk.py import them from here)
 def feature_head_of(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Linear]:
-    """``(features_fn, classifier_layer)`` by module reference: ``rurk.models.feature_head`` when importable,
-    else the Classifier contract (a callable ``.features`` and an nn.Linear ``.head``)."""
-    try:
-        from ..models import feature_head
-    except ImportError:  # pragma: no cover - models package not importable
-        feature_head = None
-    if feature_head is not None:
-        return feature_head(model)
-    features, head = getattr(model, "features", None), getattr(model, "head", None)
-    if callable(features) and isinstance(head, nn.Linear):
-        return features, head
-    raise TypeError(f"need a model with .features(x) and an nn.Linear .head; got {type(model).__name__}")
+    """``(features_fn, classifier_layer)`` by module reference (:func:`rurk.models.feature_head`)."""
+    from ..models import feature_head
+
+    return feature_head(model)
 
 
 def classifier_layer(model: nn.Module) -> nn.Linear:

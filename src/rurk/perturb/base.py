@@ -11,11 +11,10 @@ implementation serves two callers:
 * **RURK training** (rurk.md §2-3) calls the probe once per step on the current model::
 
       probe = make_probe("pgd", steps=10, alpha=2/255)
-      x_adv, y_used = probe(model, x, y, tau, generator)      # == probe.perturb(...)
       p = probe.sample(model, x, y, tau, generator)           # Perturbed(x=..., target=...)
 
-  ``y_used`` is the random wrong target y' the model is trained towards for targeted probes
-  (``fgsm``, ``pgd``) and ``y`` otherwise.
+  ``p.target`` is the random wrong target y' the model is trained towards for targeted probes
+  (``fgsm``, ``pgd``) and None otherwise.
 
 The base class owns device handling, input checks, model-mode and ``requires_grad`` save/restore,
 the tau = 0 rule (x' = x exactly) and clipping to [0, 1]; subclasses implement only
@@ -254,15 +253,6 @@ class Probe:
         with torch.no_grad():
             d = self.draw(x, y, generator, num_classes)
         return self.apply(model, x, y, tau, d)
-
-    def perturb(self, model, x, y, tau, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """RURK's ``perturb(model, x, y, tau, generator) -> (x_adv, y_used)``: ``y_used`` is the target
-        y' for targeted probes, else ``y``."""
-        p = self.sample(model, x, y, tau, generator)
-        y = torch.as_tensor(y, device=p.x.device).long()
-        return p.x, (p.target if p.target is not None else y)
-
-    __call__ = perturb
 
     @staticmethod
     def _infer_num_classes(model: nn.Module, x: torch.Tensor) -> int:
