@@ -19,7 +19,7 @@ from rurk.methods._tail import reinit_tail
 from rurk.methods.bad_teacher import bad_teacher_loss, distillation_set
 from rurk.methods.jit import lipschitz_loss
 from rurk.methods.l1_sparse import l1_coefficient
-from rurk.methods.rurk import make_generator
+from rurk.torchutil import make_generator
 from rurk.methods.salun import saliency_mask
 from rurk.train import BatchStream, accuracy
 

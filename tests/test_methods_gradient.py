@@ -15,8 +15,8 @@ from torch import nn
 
 from rurk.data.tensordata import TensorData
 from rurk.methods import UnlearnData, get_method, unlearn
-from rurk.methods.rurk import (PerturbedBatch, Weights, bn_stats_frozen, make_generator, objective,
-                               perturb_forget)
+from rurk.methods._forget import PerturbedBatch, Weights, bn_stats_frozen, objective, perturb_forget
+from rurk.torchutil import make_generator
 from rurk.perturb import PROBES, make_probe
 from rurk.train import BatchStream, OptimConfig, accuracy, fit
 

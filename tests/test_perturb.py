@@ -7,7 +7,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from rurk.perturb import PROBES, Perturbed, block_generator, derive_seed, make_probe
+from rurk.perturb import PROBES, Perturbed, block_generator, make_probe
+from rurk.torchutil import derive_seed
 
 ADVERSARIAL = ["fgsm", "pgd", "pgd-recall"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rurk.toy import FORGET_PER_CLASS, correct_copies, gaussian_copies, iris_figure, iris_models, iris_toy_data
-from rurk.train import predict
+from rurk.torchutil import predict
 
 
 @pytest.fixture(scope="module")

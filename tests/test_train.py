@@ -8,7 +8,8 @@ from torch import nn
 
 from rurk.data import TensorData, load_source, make_split
 from rurk.models import build_model
-from rurk.train import BatchStream, OptimConfig, accuracy, crop_flip, fit, lr_at, predict, run_loop
+from rurk.train import BatchStream, OptimConfig, accuracy, crop_flip, fit, lr_at, run_loop
+from rurk.torchutil import predict
 
 
 def _toy(n=200, d=8, seed=0):

@@ -32,8 +32,8 @@ from torch import nn
 
 from .config import RelearnConfig
 from .data.tensordata import TensorData
-from .train import (BatchStream, OptimConfig, accuracy, cross_entropy_loss, model_device, predict, prepare_model,
-                    run_loop)
+from .torchutil import model_device, predict
+from .train import BatchStream, OptimConfig, accuracy, cross_entropy_loss, prepare_model, run_loop
 
 __all__ = [
     "Accuracies",

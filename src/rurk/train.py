@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data.tensordata import TensorData
+from .torchutil import model_device, predict, to_layout
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -124,17 +125,6 @@ def progress_enabled(progress: bool | None = None) -> bool:
     if progress is not None:
         return progress
     return os.environ.get("RURK_PROGRESS", "1") != "0"
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def to_layout(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    """channels_last for 4-D image batches (5x faster convs on CPU here; harmless for MLPs)."""
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def autocast_for(device: torch.device, amp: str):
@@ -325,19 +315,6 @@ def fit(
 def prepare_model(model: nn.Module) -> nn.Module:
     """Put the model's conv weights in channels_last, matching :class:`BatchStream`'s batches."""
     return model.to(memory_format=torch.channels_last)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode (mode restored afterwards), batched, on the model's device."""
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        outs = [model(to_layout(x[i : i + batch_size].to(device))).float() for i in range(0, x.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def accuracy(model: nn.Module, data: TensorData, batch_size: int = 256) -> float:

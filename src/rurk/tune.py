@@ -39,7 +39,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .metrics import GAP_KEYS, avg_gap
 from .methods.base import get_method, unlearn
-from .perturb import derive_seed
+from .torchutil import derive_seed
 
 #: TPE's random start-up trials before it models the objective (decision: Optuna's default is 10; 8 leaves
 #: more model-based trials in a CPU budget of ~24).

@@ -28,10 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..perturb import derive_seed, random_wrong_labels
-from ..train import Batch, BatchStream, model_device, prepare_model, run_loop
+from ..perturb import random_wrong_labels
+from ..torchutil import derive_seed
+from ..train import Batch, BatchStream, prepare_model, run_loop
+from ..torchutil import model_device
 from .base import FinetuneConfig, MethodRecord, UnlearnData
-from .rurk import make_generator
+from ..torchutil import make_generator
 
 LABEL_TAG = "random-labels"  # the label generator's tag (derive_seed(seed, LABEL_TAG))
 

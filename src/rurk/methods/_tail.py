@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy
-from .gd import finetune_on_retain
+from ._retain import finetune_on_retain
 
 
 @dataclass(frozen=True)

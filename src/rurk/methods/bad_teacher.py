@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..perturb import derive_seed
-from ..train import Batch, BatchStream, OptimConfig, model_device, prepare_model, run_loop
+from ..torchutil import derive_seed
+from ..train import Batch, BatchStream, OptimConfig, prepare_model, run_loop
+from ..torchutil import model_device
 from ._tail import reinit_tail
 from .base import FinetuneConfig, MethodRecord, Param, UnlearnData, fresh_copy, integer, log_uniform, register
-from .rurk import make_generator
+from ..torchutil import make_generator
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,9 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from ..models import feature_head
+from ._persample import batched_features
 from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
-from .fisher import batched_features, feature_head_of
 
 GAMMA_LOGISTIC = 1.0 / (6.0 * math.sqrt(3.0))  # sup |ℓ'''| of ℓ(u) = log(1 + e^{−u})
 
@@ -176,7 +177,7 @@ class CertifiedRemoval:
 def unlearn(original: nn.Module, data: UnlearnData, cfg: CRConfig, seed: int):
     model = fresh_copy(original)
     record = MethodRecord("cr", {}, seed)
-    _, head = feature_head_of(model)
+    _, head = feature_head(model)
     c = data.num_classes
     if head.out_features != c:
         raise ValueError(f"cr: the classifier layer has {head.out_features} outputs but data.num_classes = {c}")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import Batch, BatchStream, accuracy, model_device, prepare_model, run_loop
+from ..train import Batch, BatchStream, accuracy, prepare_model, run_loop
+from ..torchutil import model_device
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 
 

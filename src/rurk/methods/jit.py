@@ -44,10 +44,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..perturb import derive_seed, make_probe
-from ..train import Batch, BatchStream, model_device, prepare_model, run_loop, to_layout
+from ..perturb import make_probe
+from ..torchutil import derive_seed
+from ..train import Batch, BatchStream, prepare_model, run_loop
+from ..torchutil import model_device, to_layout
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
-from .rurk import make_generator
+from ..torchutil import make_generator
 
 
 @dataclass(frozen=True)

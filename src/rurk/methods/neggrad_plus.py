@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
-from .rurk import Weights, train_with_forget
+from ._forget import Weights, train_with_forget
 
 
 @dataclass(frozen=True)

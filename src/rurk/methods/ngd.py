@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..train import model_device
+from ..torchutil import model_device
 from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, log_uniform, register
-from .gd import finetune_on_retain
-from .rurk import derive_seed, make_generator
+from ._retain import finetune_on_retain
+from ..torchutil import derive_seed, make_generator
 
 NOISE_FORMS = ("sgd", "langevin")
 

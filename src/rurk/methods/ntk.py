@@ -56,10 +56,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from ..train import model_device, to_layout
+from ..models import feature_head
+from ..torchutil import eval_mode, model_device, to_layout
+from ._persample import (batched_features, batched_logits, constants_of, conv_mode, plan_factored, probed_logits,
+                         trainable_params)
 from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
-from .fisher import EvalMode, batched_features, batched_logits, constants_of, conv_mode, feature_head_of, \
-    plan_factored, probed_logits, trainable_params
 
 GiB = 2**30
 
@@ -170,7 +171,7 @@ class NTKForgetting:
     # ---- entry point
     def solve(self, model: nn.Module, x_r: Tensor, y_r: Tensor, x_f: Tensor, y_f: Tensor, *,
               form: str = "auto") -> NTKResult:
-        with EvalMode(model):
+        with eval_mode(model):
             if self.cfg.variant == "last_layer":
                 return self._last_layer(model, x_r, y_r, x_f, y_f, form)
             return self._full(model, x_r, y_r, x_f, y_f)
@@ -318,7 +319,7 @@ class NTKForgetting:
     # ---- last-layer variant
     def _last_layer(self, model, x_r, y_r, x_f, y_f, form: str) -> NTKResult:
         cfg = self.cfg
-        _, head = feature_head_of(model)
+        _, head = feature_head(model)
         names = _param_names(model, head)
         x = torch.cat([x_r, x_f])
         y = torch.cat([y_r, y_f])
@@ -354,7 +355,7 @@ class NTKForgetting:
         fit = int(math.sqrt(max(budget - mem["jacobian_blocks"], 0) / (16 * c * c)))  # K + retain copy ≤ 2K
         hint = []
         try:
-            _, head = feature_head_of(model)
+            _, head = feature_head(model)
             ll = last_layer_memory(n, n_r, c, head.in_features)["total"]
             hint.append(f"variant='last_layer' (exact over the classifier layer, about {_gib(ll)})")
         except TypeError:

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..perturb import eval_mode
-from ..train import BatchStream, model_device, prepare_model
+from ..torchutil import eval_mode
+from ..train import BatchStream, prepare_model
+from ..torchutil import model_device
 from ._relabel import RelabelConfig, train_relabel
 from .base import FINETUNE_SPACE, MethodRecord, Param, UnlearnData, fresh_copy, register
 

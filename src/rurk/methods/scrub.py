@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import BatchStream, model_device, prepare_model, run_loop
+from ..train import BatchStream, prepare_model, run_loop
+from ..torchutil import model_device
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 
 MAX, MIN = "max", "min"

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..train import BatchStream, model_device, prepare_model
+from ..train import BatchStream, prepare_model
+from ..torchutil import model_device
 from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 
 

@@ -23,14 +23,14 @@ the tau = 0 rule (x' = x exactly) and clipping to [0, 1]; subclasses implement o
 
 from __future__ import annotations
 
-import hashlib
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Iterator, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from ..torchutil import derive_seed, eval_mode, frozen_eval, module_device  # noqa: F401 (re-exported)
 
 CRAFT_ON = ("m", "a", "both")
 
@@ -56,34 +56,12 @@ class Draw(NamedTuple):
 # seeding and devices
 
 
-def derive_seed(*parts) -> int:
-    """A stable 63-bit seed from ``parts`` (e.g. run seed, probe name, block index).
-
-    Uses BLAKE2b of the parts' ``repr`` joined by '|', so it is identical across processes and
-    machines (unlike Python's salted ``hash()``)."""
-    h = hashlib.blake2b("|".join(repr(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
 def block_generator(seed: int, probe_name: str, block: int, device) -> torch.Generator:
     """The generator of one fixed-size sample block of the audit (residual-knowledge.md §5, §8):
     on ``device``, seeded with ``derive_seed(seed, probe_name, block)``."""
     g = torch.Generator(device=torch.device(device))
     g.manual_seed(derive_seed(int(seed), str(probe_name), int(block)))
     return g
-
-
-def module_device(*modules: nn.Module | None, default=None) -> torch.device:
-    """Device of the first parameter (else buffer) of the first module that has one; ``default``
-    (or CPU) for parameter-free modules."""
-    for mod in modules:
-        if mod is None:
-            continue
-        for t in mod.parameters():
-            return t.device
-        for t in mod.buffers():
-            return t.device
-    return torch.device(default) if default is not None else torch.device("cpu")
 
 
 def _randn(shape, generator, device, dtype) -> torch.Tensor:
@@ -107,36 +85,6 @@ def random_wrong_labels(y: torch.Tensor, num_classes: int, generator=None) -> to
 
 # --------------------------------------------------------------------------------------------------
 # model state save/restore
-
-
-@contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Put every module of ``models`` in eval mode; restore each submodule's own flag afterwards
-    (so a model with, e.g., frozen-BN submodules comes back exactly as it was)."""
-    saved = [(mod, mod.training) for model in models for mod in model.modules()]
-    try:
-        for model in models:
-            model.eval()
-        yield
-    finally:
-        for mod, flag in saved:
-            mod.training = flag
-
-
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` on every parameter, so an attack takes gradients with
-    respect to its input only; both restored afterwards (parameters that were already frozen stay
-    frozen)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    with eval_mode(model):
-        try:
-            for p, _ in flags:
-                p.requires_grad_(False)
-            yield
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
 
 
 # --------------------------------------------------------------------------------------------------
