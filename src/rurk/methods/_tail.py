@@ -20,11 +20,6 @@ from ._retain import finetune_on_retain
 class TailConfig(FinetuneConfig):
     """Hyperparameters of EU-k and CF-k (the same for both, and for every scenario)."""
 
-    lr: float = 0.01  # paper
-    momentum: float = 0.9  # paper
-    weight_decay: float = 1e-4  # paper (trainable = tail parameters only)
-    epochs: int = 10  # paper
-    batch_size: int = 128  # paper
     k: int | None = None  # None: the architecture's tail (model.tail_modules(), decision); int: last_k_layers rule
 
     def __post_init__(self):

@@ -35,7 +35,6 @@ from ..torchutil import make_generator
 class BadTeacherConfig(FinetuneConfig):
     optimizer: str = "adam"  # reference code
     lr: float = 1e-4  # reference code
-    momentum: float = 0.9  # decision: unused by Adam; the "sgd" variant's momentum (spec §0)
     weight_decay: float = 0.0  # reference code (Adam's default)
     epochs: int = 1  # reference code
     batch_size: int = 256  # reference code

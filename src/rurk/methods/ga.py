@@ -29,10 +29,7 @@ from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer
 @dataclass(frozen=True)
 class GAConfig(FinetuneConfig):
     lr: float = 1e-5  # paper (reference code: 1e-4) — see the discrepancy note above
-    momentum: float = 0.9  # paper
-    weight_decay: float = 1e-4  # paper
     epochs: int = 1  # paper (3 for CIFAR-10 class unlearning: preset "cifar10-class"; reference code: 5)
-    batch_size: int = 128  # paper
     clip_grad_norm: float | None = 1.0  # paper
     target_forget_acc: float | None = None  # decision: optional early stop, off by default
 

@@ -16,11 +16,8 @@ from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fre
 
 @dataclass(frozen=True)
 class GDConfig(FinetuneConfig):
-    lr: float = 0.01  # paper
-    momentum: float = 0.9  # paper
-    weight_decay: float = 1e-4  # paper
-    epochs: int = 10  # paper
-    batch_size: int = 128  # paper
+    """GD uses the shared fine-tuning defaults unchanged (paper: SGD lr 0.01, momentum 0.9, weight decay 1e-4,
+    10 epochs, batch 128)."""
 
 
 @register("gd", GDConfig, "fine-tune Original on the retain set (Neel et al. 2021)", space=FINETUNE_SPACE)

@@ -58,7 +58,6 @@ class JiTConfig(FinetuneConfig):
     momentum: float = 0.0  # reference code: plain SGD
     weight_decay: float = 0.0  # reference code
     epochs: int = 1  # reference code: one pass over S_f
-    batch_size: int = 128  # reference code (forget loader)
     sigma: float = 0.01  # reference code (VGG, sample forgetting); preset cifar10-class: 0.5
     copies: int = 25  # reference code (N perturbed copies per forget sample)
     detach_perturbed: bool = True  # reference code: f(x′) is computed without gradient

@@ -32,11 +32,10 @@ from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fre
 
 @dataclass(frozen=True)
 class L1SparseConfig(FinetuneConfig):
-    lr: float = 0.01  # reference code (spec §12)
-    momentum: float = 0.9  # paper (spec §0; also the reference code)
+    """lr 0.01 and 10 epochs (reference code, spec §12), momentum 0.9 and batch 128 (paper, spec §0; the reference
+    code uses 256) are FinetuneConfig's."""
+
     weight_decay: float = 5e-4  # reference code
-    epochs: int = 10  # reference code
-    batch_size: int = 128  # paper (spec §0; the reference code uses 256)
     gamma: float = 1e-4  # decision: inside the spec's search range [1e-5, 5e-4] (reference code 0.2, implausible)
 
     def __post_init__(self):

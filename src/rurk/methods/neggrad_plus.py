@@ -23,11 +23,7 @@ from ._forget import Weights, train_with_forget
 
 @dataclass(frozen=True)
 class NegGradPlusConfig(FinetuneConfig):
-    lr: float = 0.01  # paper
-    momentum: float = 0.9  # paper
-    weight_decay: float = 1e-4  # paper
     epochs: int = 1  # paper (3 for CIFAR-10 class unlearning: preset "cifar10-class")
-    batch_size: int = 128  # paper
     clip_grad_norm: float | None = 1.0  # paper
     beta: float = 0.001  # paper (forget weight; retain weight 1 − β)
     bn_update_on_forget: bool = True  # decision: as RURK (rurk.md §6)

@@ -33,11 +33,6 @@ NOISE_FORMS = ("sgd", "langevin")
 
 @dataclass(frozen=True)
 class NGDConfig(FinetuneConfig):
-    lr: float = 0.01  # paper (GD's)
-    momentum: float = 0.9  # paper (GD's)
-    weight_decay: float = 1e-4  # paper (GD's)
-    epochs: int = 10  # paper (small scale); preset cifar10: 2 (paper)
-    batch_size: int = 128  # paper
     sigma: float = 0.03  # paper
     eta: float = 0.1  # paper (step size of the langevin form)
     noise_form: str = "sgd"  # decision

@@ -44,14 +44,13 @@ from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer
 # ---------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class RURKConfig(FinetuneConfig):
-    lr: float = 0.01  # paper
-    momentum: float = 0.9  # paper
+    """lr 0.01, momentum 0.9 and batch 128 (retain and forget loaders) are the paper's, as in FinetuneConfig.
+    ``cosine_t_max=200`` / ``max_steps=200`` select readings 1 / 2 of the paper's "200 iterations" (rurk.md §5);
+    the default is neither (cosine over the planned iterations, no cap)."""
+
     weight_decay: float = 5e-4  # paper
     epochs: int = 2  # paper (N; the ablation's "# epoch = 1" label is read as N = 2, rurk.md §5)
-    batch_size: int = 128  # paper (retain and forget loaders)
     schedule: str = "cosine"  # paper: cosine annealing; to 0 over the planned iterations, per iteration (decision)
-    cosine_t_max: int | None = None  # decision: None = planned iterations; 200 = reading 1 of rurk.md §5
-    max_steps: int | None = None  # decision: no cap; 200 = reading 2 of rurk.md §5 (hard stop)
     clip_grad_norm: float | None = 1.0  # paper
     tau: float = 0.03  # paper
     copies: int = 1  # paper (v)

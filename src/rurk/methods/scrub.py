@@ -41,9 +41,7 @@ MAX, MIN = "max", "min"
 @dataclass(frozen=True)
 class SCRUBConfig(FinetuneConfig):
     lr: float = 5e-4  # paper
-    momentum: float = 0.9  # paper
     weight_decay: float = 5e-4  # paper
-    batch_size: int = 128  # paper
     epochs: int = 3  # reference code (E)
     msteps: int = 2  # reference code: max-steps only in epochs 1..msteps
     alpha: float = 0.001  # paper: weight of the retain KL term
