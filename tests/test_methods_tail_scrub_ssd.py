@@ -387,3 +387,41 @@ def test_ssd_uses_full_training_set(digits, original):
     retain_only = manual(digits.retain)
     assert any(not torch.equal(v, retain_only[k]) for k, v in snapshot(out).items())
     assert rec.steps == 0
+
+
+def test_ssd_reference_order_matches_a_hand_computed_ssd_on_fixed_batches():
+    """Default order (reference code): the full set as retain then forget, unshuffled, in batches of B. A
+    softmax-regression model gives closed-form batch gradients (p − onehot)ᵀx / |batch|, from which I_D, I_f and
+    the dampened weights are computed by hand here."""
+    from rurk.methods import unlearn
+    from rurk.methods.base import UnlearnData
+
+    torch.manual_seed(3)
+    lin = nn.Linear(4, 3)
+    xr, yr = torch.rand(7, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    xf, yf = torch.rand(3, 4) * 3, torch.tensor([1, 1, 1])
+    data = UnlearnData(retain=tensordata(xr, yr), forget=tensordata(xf, yf), num_classes=3)
+    B, alpha, lam = 4, 1.5, 0.8
+
+    def importance(x, y):
+        w, b = torch.zeros(3, 4), torch.zeros(3)
+        batches = [(x[i:i + B], y[i:i + B]) for i in range(0, len(x), B)]
+        for xb, yb in batches:
+            with torch.no_grad():
+                r = (torch.softmax(lin(xb), 1) - F.one_hot(yb, 3).float()) / len(xb)
+            w += (r.T @ xb).square()
+            b += r.sum(0).square()
+        return w / len(batches), b / len(batches)
+
+    (dw, db), (fw, fb) = importance(torch.cat([xr, xf]), torch.cat([yr, yf])), importance(xf, yf)
+    expect = {}
+    for name, p, i_d, i_f in (("weight", lin.weight, dw, fw), ("bias", lin.bias, db, fb)):
+        beta = torch.where(i_f > alpha * i_d, (lam * i_d / i_f).clamp(max=1.0), torch.ones_like(i_d))
+        expect[name] = p.detach() * beta
+    out, rec = unlearn("ssd", lin, data, seed=0, overrides=dict(alpha=alpha, lam=lam, batch_size=B))
+    assert rec.extra["dampened"] > 0
+    for name, v in out.state_dict().items():
+        assert torch.allclose(v, expect[name], atol=1e-6), name
+    # the shuffled order is another method: different batches, different dampening here
+    shuf, _ = unlearn("ssd", lin, data, seed=0, overrides=dict(alpha=alpha, lam=lam, batch_size=B, shuffle=True))
+    assert not torch.allclose(shuf.weight, expect["weight"], atol=1e-6)

@@ -3,8 +3,10 @@ Through Selective Synaptic Dampening*, AAAI 2024; spec: baselines.md §8). Train
 
 1. Importances, model in eval mode (BatchNorm uses and keeps its running statistics), mean-reduction CE, the same
    batch size for both passes: I = mean over batches of (∂CE_batch/∂θ)² (float32, no autocast). I_D over the FULL training set
-   S = S_r ∪ S_f (``data.train``), I_f over S_f. Batches are shuffled with the loader seed, each pass with its own
-   generator (spec §0), because with batch-mean gradients the batch composition matters.
+   S = S_r ∪ S_f (``data.train``), I_f over S_f. With batch-mean gradients the batch composition matters, so the
+   default follows the reference code's order: unshuffled, the full set as retain then forget
+   (``shuffle=False``); ``shuffle=True`` shuffles each pass with the loader seed and its own generator (spec §0).
+   On digits at α = 10 the two orders dampen 3,818 vs 6,082 parameters — the order is part of the method.
 2. Every scalar parameter (weights, biases, BatchNorm affine) with I_f > α·I_D is multiplied by
    β = min((λ·I_D/I_f)^exponent, upper_bound); with the reference values exponent = upper_bound = 1 this is
    min(λ·I_D/I_f, 1).
@@ -35,6 +37,7 @@ class SSDConfig:
     batch_size: int = 128  # paper; the same for both importance passes
     exponent: float = 1.0  # reference code
     upper_bound: float = 1.0  # reference code: β is capped here
+    shuffle: bool = False  # reference code: importance batches in data order (full set = retain, then forget)
 
     def __post_init__(self):
         if self.alpha < 0 or self.lam < 0:
@@ -51,22 +54,23 @@ class SynapticDampener:
     """
 
     def __init__(self, model: nn.Module, *, alpha: float, lam: float = 1.0, batch_size: int = 128,
-                 exponent: float = 1.0, upper_bound: float = 1.0, loader_seed: int = 7):
+                 exponent: float = 1.0, upper_bound: float = 1.0, loader_seed: int = 7, shuffle: bool = False):
         self.model = model
         self.alpha, self.lam = float(alpha), float(lam)
         self.batch_size = int(batch_size)
         self.exponent, self.upper_bound = float(exponent), float(upper_bound)
         self.loader_seed = int(loader_seed)
+        self.shuffle = bool(shuffle)
         self.batches_seen: dict[str, int] = {}
 
     def importance(self, data: TensorData, name: str = "") -> dict[str, torch.Tensor]:
-        """Mean over the (shuffled) batches of ``data`` of the squared gradient of the batch-mean CE, per
+        """Mean over the batches of ``data`` (in order, or shuffled with ``shuffle``) of the squared gradient of the batch-mean CE, per
         parameter (float32), with the model in eval mode; the model's mode and parameters are left as they were."""
         model = self.model
         named = list(model.named_parameters())
         params = [p for _, p in named]
         imp = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
-        stream = BatchStream(data, self.batch_size, self.loader_seed, device=model_device(model))
+        stream = BatchStream(data, self.batch_size, self.loader_seed, shuffle=self.shuffle, device=model_device(model))
         was_training = model.training
         flags = [p.requires_grad for p in params]
         model.eval()
@@ -114,7 +118,8 @@ class SynapticDampener:
 def unlearn(original: nn.Module, data: UnlearnData, cfg: SSDConfig, seed: int):
     model = prepare_model(fresh_copy(original))
     dampener = SynapticDampener(model, alpha=cfg.alpha, lam=cfg.lam, batch_size=cfg.batch_size,
-                                exponent=cfg.exponent, upper_bound=cfg.upper_bound, loader_seed=data.loader_seed)
+                                exponent=cfg.exponent, upper_bound=cfg.upper_bound, loader_seed=data.loader_seed,
+                                shuffle=cfg.shuffle)
     imp_full = dampener.importance(data.train, "full")  # S = S_r ∪ S_f, not S_r
     imp_forget = dampener.importance(data.forget, "forget")
     counts = dampener.dampen(imp_full, imp_forget)
