@@ -324,14 +324,27 @@ def test_report_outputs(digits, tmp_path):
 
 
 def test_plot(digits, tmp_path):
-    from rurk.plots import plot_residual_curves
+    from matplotlib.image import imread
+
+    from rurk.plots import plot_residual_curves, residual_figure
 
     r = audit(digits, taus=[0.0, 0.05, 0.15], draws=5)
     dict_curve = {"taus": [0, 0.05, 0.15], "r_paper": [1.0, None, 1.2], "r_pooled": [1, 1.1, 1.3],
                   "ci": {"r_pooled": [(0.9, 1.1), (1.0, 1.2), (1.1, 1.5)]}}
-    out = plot_residual_curves({"ga": r, "json": r.to_json(), "mean": dict_curve}, tmp_path / "p" / "rk.png",
-                               title="digits")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = {"ga": r, "json": r.to_json(), "mean": dict_curve}
+    out = plot_residual_curves(curves, tmp_path / "p" / "rk.png", title="digits", dpi=100)
+    img = imread(out)
+    assert img.shape[:2] == (400, 1150)  # figsize 11.5 x 4 in at 100 dpi
+    dark = img[..., :3].min(-1) < 0.5
+    assert dark.mean() > 0.01  # not blank: lines, markers and text
+    assert dark[:, -150:].any()  # the legend, outside the right panel, is drawn
+    fig = residual_figure(curves)
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert labels == ["ga", "json", "mean", "Re-train (r = 1)"]
+    lines = fig.axes[1].get_lines()[:3]
+    # "ga" and "json" are the same audit: the curves coincide, their styles must not
+    assert len({(ln.get_color(), ln.get_marker(), ln.get_linestyle(), ln.get_markerfacecolor()) for ln in lines}) == 3
+    assert list(lines[0].get_ydata()) == list(lines[1].get_ydata())
 
 
 def test_bf16_autocast_is_validated(digits):

@@ -55,18 +55,10 @@ def _COLORS(i: int):
     return colormaps["tab20"]((2 * i) % 20 + (i >= 10))
 
 
-def plot_residual_curves(
-    curves: Mapping[str, Any],
-    path,
-    title: str | None = None,
-    *,
-    dpi: int = 120,
-) -> Path:
-    """r_tau versus tau, two panels (``r_paper`` left, ``r_pooled`` right), one line per method with
-    its bootstrap band and a dashed line at r = 1 (spec §7). ``curves`` maps a method name to an
-    :class:`~rurk.audit.AuditResult`, its ``to_json()`` summary or a dict
-    ``{"taus", "r_paper", "r_pooled", "ci": {"r_paper": [(lo, hi), ...], "r_pooled": [...]}}``.
-    Writes a PNG to ``path`` and returns the path."""
+def residual_figure(curves: Mapping[str, Any], title: str | None = None):
+    """The r_tau-versus-tau figure (matplotlib Figure on an Agg canvas): two panels (``r_paper`` left,
+    ``r_pooled`` right), one line per method with its band, each with its own colour, line style and marker so
+    that coinciding curves stay distinguishable, and Re-train as the dashed line at r = 1 (in the legend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -94,10 +86,21 @@ def plot_residual_curves(
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_residual_curves(
+    curves: Mapping[str, Any],
+    path,
+    title: str | None = None,
+    *,
+    dpi: int = 120,
+) -> Path:
+    """Write :func:`residual_figure` as a PNG to ``path`` and return the path. ``curves`` maps a method name to
+    an :class:`~rurk.audit.AuditResult`, its ``to_json()`` summary or a dict
+    ``{"taus", "r_paper", "r_pooled", "ci": {"r_paper": [(lo, hi), ...], "r_pooled": [...]}}``."""
+    fig = residual_figure(curves, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return path
-
-
-__all__ = ["plot_residual_curves"]
