@@ -66,28 +66,6 @@ def test_randomness_comes_from_the_run_seed(name, originals, data):
     assert same_state(state(outs[0]), state(outs[1]))
 
 
-def test_defaults_and_presets():
-    rl = get_method("rl").config()
-    assert (rl.lr, rl.momentum, rl.weight_decay, rl.epochs, rl.batch_size, rl.allow_true_label, rl.joint) == (
-        0.01, 0.9, 5e-4, 10, 128, False, False)
-    sal = get_method("salun").config()
-    assert (sal.lr, sal.epochs, sal.mask_fraction, sal.allow_true_label) == (0.013, 10, 0.5, False)
-    l1 = get_method("l1_sparse").config()
-    assert (l1.lr, l1.epochs, l1.weight_decay) == (0.01, 10, 5e-4) and 1e-5 <= l1.gamma <= 5e-4
-    bt = get_method("bad_teacher").config()
-    assert (bt.optimizer, bt.lr, bt.epochs, bt.batch_size, bt.temperature, bt.retain_fraction) == (
-        "adam", 1e-4, 1, 256, 1.0, 0.3)
-    assert bt.optim().optimizer == "adam" and bt.optim().weight_decay == 0.0
-    jit = get_method("jit").config()
-    assert (jit.lr, jit.momentum, jit.weight_decay, jit.epochs, jit.sigma, jit.copies) == (3e-4, 0.0, 0.0, 1, 0.01, 25)
-    assert get_method("jit").config("cifar10-class").sigma == 0.5 and get_method("jit").config("cifar10").sigma == 0.01
-    for name in MINE:
-        assert "cifar10" in get_method(name).presets
-    assert set(get_method("l1_sparse").space) == {"lr", "epochs", "gamma"}
-    assert get_method("l1_sparse").space["gamma"].to_json() == {"kind": "log", "low": 1e-5, "high": 5e-4}
-
-
-# ---------------------------------------------------------------------------------------------- RL
 def test_random_labels_are_never_the_true_label_and_cover_every_other_class():
     c = 10
     y = torch.arange(c).repeat_interleave(20000)

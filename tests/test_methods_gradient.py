@@ -101,27 +101,6 @@ def test_noise_depends_on_seed(originals, data):
         assert max_param_diff(a, b) > 0, name
 
 
-def test_defaults_and_presets_are_the_papers():
-    rurk = get_method("rurk")
-    cfg = rurk.config()
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (2, 128, 0.01, 0.9, 5e-4)
-    assert (cfg.schedule, cfg.clip_grad_norm, cfg.tau, cfg.copies, cfg.probe) == ("cosine", 1.0, 0.03, 1, "gaussian")
-    assert (cfg.lambda_f, cfg.lambda_a, cfg.max_steps, cfg.cosine_t_max, cfg.bn_update_on_forget) == (
-        0.03, 0.03, None, None, True)
-    assert rurk.config("cifar10").lambda_a == 0.00045 and rurk.config("cifar10").lambda_f == 0.03
-    ga = get_method("ga").config()
-    assert (ga.lr, ga.momentum, ga.weight_decay, ga.clip_grad_norm, ga.epochs, ga.target_forget_acc) == (
-        1e-5, 0.9, 1e-4, 1.0, 1, None)
-    assert get_method("ga").config("cifar10-class").epochs == 3
-    ng = get_method("ngd").config()
-    assert (ng.sigma, ng.eta, ng.noise_form, ng.epochs, ng.lr) == (0.03, 0.1, "sgd", 10, 0.01)
-    assert get_method("ngd").config("cifar10").epochs == 2
-    npl = get_method("neggrad_plus").config()
-    assert (npl.beta, npl.lr, npl.weight_decay, npl.clip_grad_norm, npl.epochs) == (0.001, 0.01, 1e-4, 1.0, 1)
-    assert get_method("neggrad_plus").config("cifar10-class").epochs == 3
-
-
-# ---------------------------------------------------------------------------------------------- GA
 def test_ga_lowers_forget_accuracy_and_can_stop_early(originals, data):
     original = originals["mlp"]
     assert accuracy(original, data.forget) > 0.95

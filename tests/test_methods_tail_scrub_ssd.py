@@ -77,22 +77,6 @@ def in_tail(name: str, tail: list[str]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- configs
-def test_defaults_and_presets():
-    for name in ("euk", "cfk"):
-        cfg = get_method(name).config()
-        assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.k) == (
-            0.01, 0.9, 1e-4, 128, 10, None)
-    s = get_method("scrub")
-    cfg = s.config()
-    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (5e-4, 0.9, 5e-4, 128)
-    assert (cfg.alpha, cfg.gamma, cfg.epochs, cfg.msteps, cfg.temperature) == (0.001, 1.0, 3, 2, 4.0)
-    assert s.config("cifar10").gamma == 0.6
-    assert s.config("cifar10-class").gamma == 75.0
-    ssd = get_method("ssd")
-    assert (ssd.config().alpha, ssd.config().lam, ssd.config().batch_size) == (100.0, 1.0, 128)
-    assert ssd.config("cifar10").alpha == 10.0
-
-
 def test_tail_selection():
     model = build_model("tinycnn8", 10, (1, 8, 8))
     assert select_tail(model) == ["body.fc1", "head"]

@@ -169,3 +169,19 @@ def test_tune_refuses_bad_settings_before_any_work():
                       (dict(timeout=-1), "--timeout")):
         with pytest.raises(ConfigError, match=match):
             tune(s, ["gd"], "/nonexistent", **kw)
+
+
+def test_presets_change_only_what_they_name_and_compose():
+    """"small" is the dataclass defaults; a preset changes exactly the fields it names; "cifar10-class" applies
+    "cifar10" then "cifar10-class"; overrides win over presets."""
+    for name, spec in load_all().items():
+        base = dataclasses.asdict(spec.config("small"))
+        assert base == dataclasses.asdict(spec.config_cls())
+        for preset, values in spec.presets.items():
+            got = dataclasses.asdict(spec.config(preset))
+            parent = spec.presets.get(preset.split("-")[0], {}) if "-" in preset else {}
+            expected = {**base, **parent, **values}
+            assert got == expected, (name, preset)
+            if values:
+                key = next(iter(values))
+                assert dataclasses.asdict(spec.config(preset, {key: base[key]}))[key] == base[key]
