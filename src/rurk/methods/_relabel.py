@@ -29,11 +29,9 @@ from torch import nn
 
 from ..data.tensordata import TensorData
 from ..perturb import random_wrong_labels
-from ..torchutil import derive_seed
+from ..torchutil import derive_seed, make_generator, model_device
 from ..train import Batch, BatchStream, prepare_model, run_loop
-from ..torchutil import model_device
 from .base import FinetuneConfig, MethodRecord, UnlearnData
-from ..torchutil import make_generator
 
 LABEL_TAG = "random-labels"  # the label generator's tag (derive_seed(seed, LABEL_TAG))
 

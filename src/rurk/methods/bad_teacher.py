@@ -23,12 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..torchutil import derive_seed
+from ..torchutil import derive_seed, make_generator, model_device
 from ..train import Batch, BatchStream, OptimConfig, prepare_model, run_loop
-from ..torchutil import model_device
 from ._tail import reinit_tail
 from .base import FinetuneConfig, MethodRecord, Param, UnlearnData, fresh_copy, integer, log_uniform, register
-from ..torchutil import make_generator
 
 
 @dataclass(frozen=True)

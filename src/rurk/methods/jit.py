@@ -45,11 +45,9 @@ import torch
 from torch import nn
 
 from ..perturb import make_probe
-from ..torchutil import derive_seed
+from ..torchutil import derive_seed, make_generator, model_device, to_layout
 from ..train import Batch, BatchStream, prepare_model, run_loop
-from ..torchutil import model_device, to_layout
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
-from ..torchutil import make_generator
 
 
 @dataclass(frozen=True)

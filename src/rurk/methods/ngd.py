@@ -23,10 +23,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..torchutil import model_device
+from ..torchutil import derive_seed, make_generator, model_device
 from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 from ._retain import finetune_on_retain
-from ..torchutil import derive_seed, make_generator
 
 NOISE_FORMS = ("sgd", "langevin")
 

@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..torchutil import eval_mode
+from ..torchutil import eval_mode, model_device
 from ..train import BatchStream, prepare_model
-from ..torchutil import model_device
 from ._relabel import RelabelConfig, train_relabel
 from .base import FINETUNE_SPACE, MethodRecord, Param, UnlearnData, fresh_copy, register
 
