@@ -15,7 +15,7 @@ from rurk.store import Store
 
 FAST = parse_overrides(["train.epochs=15", "methods.gd.epochs=2", "methods.rurk.epochs=1"])
 OPTS = RunOptions(methods=["gd", "rurk"], seeds=[131, 42], taus=[0.0, 0.1, 0.3], draws=8, bootstrap=50,
-                  device="cpu")
+                  device="cpu", robust=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,12 @@ def test_summary_has_the_documented_shape(run):
     for f in ("report.md", "table.csv", "prevalence.csv", "disagreement.csv", "perturbed_unlearn.csv", "residual.png"):
         assert (out / "digits5" / f).exists(), f
     assert (out / "digits5" / "seed-131" / "rurk" / "residual-gaussian.csv").exists()
+    for f in ("residual-gaussian.npz", "leaks-gaussian.png"):  # per-sample scores and the leak gallery
+        assert (out / "digits5" / "seed-131" / "rurk" / f).exists(), f
+    for f in ("relearn_curve.csv", "relearn_curve.png", "robust.csv", "robust.png"):  # the attack curves
+        assert (out / "digits5" / f).exists(), f
+    report = (out / "digits5" / "report.md").read_text()
+    assert "seed-131/rurk/leaks-gaussian.png" in report and "## Relearning attack" in report and "## Robust" in report
 
 
 def test_report_numbers_equal_recomputation_from_stored_predictions(run):

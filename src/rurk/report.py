@@ -296,6 +296,7 @@ def _compact(d: dict) -> str:
 
 def write_report(scenario, spec, results: list, out_dir: Path, names: list[str]) -> dict:
     """Aggregate, then write summary.json, report.md, the CSV tables and residual.png."""
+    from .attack_report import attack_sections
     from .claims import claims_markdown
     from .plots import plot_residual_curves
 
@@ -373,6 +374,7 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
         "",
         markdown(*tables["disagreement"]),
         "",
+        *attack_sections(results, out_dir, names, probe, scenario.name),
     ]
     text += _run_markdown(summary)
     (out_dir / "report.md").write_text("\n".join(text))

@@ -1,0 +1,30 @@
+"""The two lines every rurk figure starts and ends with: a matplotlib Figure on its own Agg canvas (pyplot and the
+global backend are never touched) and saving it as a PNG (parent folders created)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def agg_figure(width_in: float, height_in: float, **kw):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), **kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def line_style(i: int) -> dict:
+    """Colour, line style and marker of the i-th curve (as in :func:`rurk.plots.residual_figure`), so coinciding
+    curves stay distinguishable."""
+    from .plots import _COLORS
+
+    return {"color": _COLORS(i % 20), "linestyle": ("-", "--", "-.", ":")[(i // 10) % 4], "marker": "osD^vP*Xph<>"[i % 12]}

@@ -1,0 +1,205 @@
+"""Per-sample residual knowledge: the leak ranking, the per-sample ``.npz`` and the leak gallery PNG.
+
+**Ranking** (:func:`leak_ranking`): the forget samples at the largest tau by score = k_m - k_a, descending; ties by
+larger k_m, then by position. Its first samples with a positive score are exactly
+:meth:`rurk.audit.AuditResult.top_leaks` at that tau.
+
+**Scores** (:func:`write_scores`): ``residual-<probe>.npz`` beside the per-sample CSV, keyed by the source index:
+``index`` (n,), ``label`` (n,), ``taus`` (T,), ``k_m`` and ``k_a`` (T, n), ``d`` (T, n; absent when the models saw
+different copies), ``score`` = k_m - k_a at the largest tau (n,), ``rank`` (n; 0 = the top leak), ``c`` and
+``probe``. Read it with ``numpy.load(path)`` (no pickles).
+
+**Gallery** (:func:`write_gallery`, ``leaks-<probe>.png``): two groups of tiles, ``cols`` per row (default 8; fewer
+when the top group is smaller).
+The first group holds the top-k samples of the ranking (default k = 16), the second the bottom ones (the end of
+the same ranking read backwards: the most over-forgotten sample first), at most n - k of them so that no sample
+appears twice. A tile shows the clean image and, right of it, perturbed copy 0 at the largest tau exactly as the
+audit made it (:func:`perturbed_copies`), titled with the source index, the label and k_m / k_a (red: k_m > k_a,
+blue: k_m < k_a). The PNG is ``cols x 200`` px wide and ``50 + sum over non-empty groups of (25 + rows x 150)`` px
+high, rows = ceil(group size / cols) (:data:`TILE_PX`, :data:`HEADER_PX`, :data:`TITLE_PX`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .figures import agg_figure, save_png
+from .perturb import Draw, Probe, block_generator, module_device
+
+DPI = 100
+TILE_PX = (200, 150)  # width, height of one sample's tile
+HEADER_PX = 25  # the line above each group
+TITLE_PX = 50  # the figure title
+
+
+# ---------------------------------------------------------------------------------------------- ranking, scores
+def leak_ranking(k_m, k_a, taus) -> tuple[np.ndarray, int]:
+    """(order of the sample positions, row of the largest tau): score k_m - k_a at the largest tau descending,
+    ties by larger k_m, then by position (the order of :meth:`AuditResult.top_leaks`)."""
+    k_m, k_a = np.asarray(k_m), np.asarray(k_a)
+    t = int(np.argmax(np.asarray(taus, dtype=float)))
+    km, gap = k_m[t], k_m[t] - k_a[t]
+    return np.lexsort((-km, -gap)), t
+
+
+def write_scores(res, path) -> Path:
+    """The per-sample ``.npz`` of an :class:`~rurk.audit.AuditResult` (keys in the module docstring)."""
+    order, t = leak_ranking(res.k_m, res.k_a, res.taus)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    arrays = dict(index=np.asarray(res.index, dtype=np.int64), label=np.asarray(res.label, dtype=np.int64),
+                  taus=np.asarray(res.taus, dtype=np.float64), k_m=res.k_m.astype(np.int64),
+                  k_a=res.k_a.astype(np.int64), score=(res.k_m[t] - res.k_a[t]).astype(np.int64), rank=rank,
+                  c=np.int64(res.c), probe=np.str_(res.probe))
+    if res.d is not None:
+        arrays["d"] = res.d.astype(np.int64)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
+
+
+def audited_rows(res, x: torch.Tensor, y: torch.Tensor, index) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples in the audit's order: ``x``/``y`` rows whose source ``index`` equals ``res.index`` (the audit may
+    have drawn a ``max_forget`` subset)."""
+    index = np.asarray(torch.as_tensor(index).cpu())
+    if np.array_equal(index, res.index):
+        return x, y
+    where = {int(v): i for i, v in enumerate(index)}
+    rows = torch.as_tensor([where[int(v)] for v in res.index], dtype=torch.long)
+    return x[rows], y[rows]
+
+
+# ---------------------------------------------------------------------------------------------- the audit's copies
+def perturbed_copies(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, rows, m: nn.Module,
+                     a: nn.Module | None = None, *, tau: float | None = None, copies: int = 1,
+                     num_classes: int | None = None) -> torch.Tensor:
+    """Copies 0..copies-1 of the samples at positions ``rows`` of the audited ``x``/``y`` (in the audit's order) at
+    ``tau`` (default the largest), regenerated as :func:`rurk.audit.count_correct` made them: the sample's noise
+    block (``res.block_size`` samples, ``res.c`` copies each, copy-major via ``repeat_interleave``) drawn from
+    ``block_generator(res.seed, probe.name, block)`` on the models' device, then ``probe.apply``. Attacks are
+    crafted on the audited model m (on a when the audit crafted on a only). Returns (len(rows), copies, ...)."""
+    tau = float(max(res.taus) if tau is None else tau)
+    dev = module_device(m)
+    dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
+    x, y = x.to(dev, dtype=dtype), torch.as_tensor(y).to(dev).long()
+    c, bs, n = res.c, res.block_size, x.shape[0]
+    crafter = (a if res.craft_on == "a" else m) if probe.adversarial else None
+    blocks: dict[int, tuple[torch.Tensor, torch.Tensor, Draw]] = {}
+    out = []
+    for i in (int(r) for r in rows):
+        b = i // bs
+        if b not in blocks:
+            lo, hi = b * bs, min(n, (b + 1) * bs)
+            x_rep, y_rep = x[lo:hi].repeat_interleave(c, 0), y[lo:hi].repeat_interleave(c, 0)
+            with torch.no_grad():
+                blocks[b] = (x_rep, y_rep, probe.draw(x_rep, y_rep, block_generator(res.seed, probe.name, b, dev),
+                                                      num_classes))
+        x_rep, y_rep, d = blocks[b]
+        sel = slice((i - b * bs) * c, (i - b * bs) * c + copies)
+        draw = Draw(*(None if v is None else v[sel] for v in d))
+        with torch.no_grad():
+            out.append(probe.apply(crafter, x_rep[sel], y_rep[sel], tau, draw).x)
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------- the gallery
+@dataclass
+class Gallery:
+    """What :func:`write_gallery` drew: sample positions of each group in tile order, the grid and the PNG size."""
+
+    path: Path
+    tau: float
+    top: list[int]
+    bottom: list[int]
+    cols: int
+    rows: tuple[int, int]  # tile rows of the top and bottom groups
+    size: tuple[int, int]  # (width, height) in pixels
+
+
+def gallery_groups(res, k: int = 16) -> tuple[list[int], list[int]]:
+    """(top, bottom) sample positions: the first k of :func:`leak_ranking`, and up to k from its end (read
+    backwards), never the same sample twice."""
+    order, _ = leak_ranking(res.k_m, res.k_a, res.taus)
+    top = order[: max(int(k), 0)]
+    bottom = order[len(top):][::-1][: max(int(k), 0)]
+    return [int(i) for i in top], [int(i) for i in bottom]
+
+
+def gallery_size(n_top: int, n_bottom: int, cols: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((rows of the top group, rows of the bottom group), (width, height) in pixels) of a gallery."""
+    rows = (math.ceil(n_top / cols), math.ceil(n_bottom / cols))
+    height = TITLE_PX + sum(HEADER_PX + r * TILE_PX[1] for r in rows if r)
+    return rows, (cols * TILE_PX[0], height)
+
+
+def _as_image(v: torch.Tensor) -> np.ndarray:
+    """(H, W) or (H, W, 3) in [0, 1] for imshow: images as they are, feature vectors as a square (or a strip)."""
+    a = v.detach().float().cpu().numpy()
+    if a.ndim == 1:
+        s = math.isqrt(a.size)
+        a = a.reshape(s, s) if s * s == a.size else a.reshape(1, -1)
+    elif a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a[:3], 0, -1)
+    return np.clip(a, 0.0, 1.0)
+
+
+def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Module, path,
+                  a: nn.Module | None = None, *, k: int = 16, cols: int = 8, title: str | None = None,
+                  num_classes: int | None = None) -> Gallery:
+    """Draw the leak gallery of ``res`` (``x``/``y`` in the audit's order, see :func:`audited_rows`; m and a the
+    audited models, needed to craft attack copies) and write it to ``path`` (layout in the module docstring)."""
+    top, bottom = gallery_groups(res, k)
+    cols = max(1, min(int(cols), max(len(top), 1)))
+    rows, (w_px, h_px) = gallery_size(len(top), len(bottom), cols)
+    t = leak_ranking(res.k_m, res.k_a, res.taus)[1]
+    tau = float(res.taus[t])
+    shown = top + bottom
+    copies = perturbed_copies(res, probe, x, y, shown, m, a, tau=tau, num_classes=num_classes)[:, 0] if shown else []
+    fig = agg_figure(w_px / DPI, h_px / DPI)
+    fig.text(0.5, 1 - (TITLE_PX / 2) / h_px, title or f"{res.probe} probe, tau = {tau:.4g}, c = {res.c}: clean | "
+             "perturbed copy 0", ha="center", va="center", fontsize=10)
+    heads = (f"largest k_m - k_a (residual knowledge) at tau = {tau:.4g}",
+             "smallest k_m - k_a (over-forgotten), most negative first")
+    y_px, j = TITLE_PX, 0
+    for head, group, n_rows in zip(heads, (top, bottom), rows):
+        if not group:
+            continue
+        fig.text(0.01, 1 - (y_px + HEADER_PX / 2) / h_px, head, ha="left", va="center", fontsize=9, weight="bold")
+        y_px += HEADER_PX
+        for g, i in enumerate(group):
+            r, col = divmod(g, cols)
+            km, ka = int(res.k_m[t, i]), int(res.k_a[t, i])
+            left, top_px = col * TILE_PX[0], y_px + r * TILE_PX[1]
+            ax = fig.add_axes([(left + 6) / w_px, 1 - (top_px + TILE_PX[1] - 4) / h_px, (TILE_PX[0] - 12) / w_px,
+                               (TILE_PX[1] - 38) / h_px])
+            clean, pert = _as_image(x[i]), _as_image(copies[j])
+            sep = np.ones(clean.shape[:1] + (max(1, clean.shape[1] // 16),) + clean.shape[2:])
+            ax.imshow(np.concatenate([clean, sep, pert], axis=1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            color = "tab:red" if km > ka else "tab:blue" if km < ka else "black"
+            ax.set_title(f"#{int(res.index[i])}  y = {int(res.label[i])}\nk_m {km} / k_a {ka} of {res.c}", fontsize=7,
+                         color=color)
+            j += 1
+        y_px += n_rows * TILE_PX[1]
+    save_png(fig, path, dpi=DPI)
+    return Gallery(Path(path), tau, top, bottom, cols, rows, (w_px, h_px))
+
+
+def write_per_sample(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, index, m: nn.Module, a: nn.Module,
+                     out_dir, *, k: int = 16, title: str | None = None, num_classes: int | None = None) -> Gallery:
+    """Beside the audit's CSV in ``out_dir``: ``residual-<probe>.npz`` (:func:`write_scores`) and
+    ``leaks-<probe>.png`` (:func:`write_gallery`); ``x``/``y``/``index`` the audited samples (any order)."""
+    out_dir = Path(out_dir)
+    write_scores(res, out_dir / f"residual-{res.probe}.npz")
+    xs, ys = audited_rows(res, x, y, index)
+    return write_gallery(res, probe, xs, ys, m, out_dir / f"leaks-{res.probe}.png", a, k=k, title=title,
+                         num_classes=num_classes)
