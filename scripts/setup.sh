@@ -3,6 +3,7 @@
 #   - CPU machines: installs torch==2.13.0 (the CPU wheel; a local wheel directory is used when present).
 #   - GPU machines: install your own CUDA torch into .venv first (or set RURK_TORCH=skip); it is kept.
 #   - Fashion-MNIST: installs the Debian package dataset-fashion-mnist when apt is available.
+#   - Ray (`--executor ray`, the extra rurk[ray]): only with RURK_RAY=1, or when CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,11 @@ if [ "${RURK_TORCH:-}" != "skip" ] && ! .venv/bin/python -c "import torch" 2>/de
 fi
 if ! .venv/bin/python -c "import rurk, pytest, optuna" 2>/dev/null; then
   pip install -e ".[test]"
+fi
+# Ray (`--executor ray`) is optional: installed with RURK_RAY=1, and always in CI (CI=true) so its tests run.
+if { [ "${RURK_RAY:-}" = 1 ] || [ "${CI:-}" = true ]; } && ! .venv/bin/python -c "import ray" 2>/dev/null; then
+  echo "setup: installing Ray (rurk[ray])"
+  pip install -e ".[test,ray]"
 fi
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

@@ -110,13 +110,24 @@ class CellFailed(RuntimeError):
 
 
 def cmd_audit(args) -> None:
-    from .audit import residual_knowledge
+    """`rurk audit SCENARIO ...` (a method's model or a checkpoint of the scenario's architecture against Re-train)
+    or `rurk audit --arch MODULE:FUNCTION --unlearned M --reference A --forget F` (any model, no scenario)."""
+    if args.gallery < 0:
+        raise ConfigError(f"--gallery = {args.gallery}: expected an integer >= 0 (samples per group)")
+    if args.arch:
+        return _audit_user_model(args)
     from .pipeline import load_run_model, prepare, reference_models
-    from .plots import plot_residual_curves
     from .store import Store, load_checkpoint
 
+    if args.scenario is None:
+        raise ConfigError("audit needs a scenario (e.g. `rurk audit fmnist5 --method rurk`) or --arch MODULE:FUNCTION "
+                          "with --unlearned, --reference and --forget")
+    for flag in ("forget", "normalize", "retain", "test"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag} is for auditing your own model: use it with --arch MODULE:FUNCTION")
     scenario = _scenario(args)
-    _audit_spec(args, scenario)  # every audit setting checked before any training
+    spec = _audit_spec(args, scenario)  # every audit setting checked before any training
+    robust = _robust_settings(args)
     store = Store(args.out)
     prepared = prepare(scenario, store)
     seed = _seeds(args, scenario)[0]
@@ -139,23 +150,124 @@ def cmd_audit(args) -> None:
         m = model_from(args.unlearned, refs.original)
         name = _checkpoint_name(args.unlearned) if args.unlearned else "original"
     a = model_from(args.reference, refs.retrain)
-    spec = _audit_spec(args, scenario)
-    f = prepared.data.forget
-    res = residual_knowledge(m, a, f.x, f.y, seed=seed, index=f.index, spec=spec)
-    out = Path(args.out) / scenario.name / f"seed-{seed}" / name
+    d = prepared.data
+    sets = None
+    if robust is not None:
+        from .attacks import subsample
+
+        sets = {"forget": d.forget, **{k: subsample(getattr(d, k), robust.max_samples, seed, k)
+                                       for k in ("retain", "test") if len(getattr(d, k))}}
+    _audit_and_write(args, spec, m, a, d.forget, Path(args.out) / scenario.name / f"seed-{seed}" / name, seed,
+                     name=name, ref_name="retrain" if args.reference is None else _checkpoint_name(args.reference),
+                     reference=f"retrain@{seed}" if args.reference is None else str(args.reference),
+                     scenario=scenario.name, num_classes=prepared.num_classes, robust=robust, robust_sets=sets)
+
+
+def _audit_user_model(args) -> None:
+    """`rurk audit --arch`: the user's factory, two plain safetensors files and a forget set; no scenario."""
+    from .experiment import RunOptions, audit_settings
+    from .config import Scenario
+    from .pipeline import pick_device
+    from .store import load_checkpoint
+    from .usermodel import build_user_model, check_model_fits, load_samples, parse_normalize, with_normalization
+
+    if args.scenario is not None:
+        raise ConfigError(f"give a scenario ({args.scenario!r}) or --arch, not both")
+    needs = [f"--{f}" for f in ("unlearned", "reference", "forget") if not getattr(args, f)]
+    if needs:
+        raise ConfigError(f"--arch needs {', '.join(needs)} (e.g. --unlearned m.safetensors --reference "
+                          "a.safetensors --forget forget.npz)")
+    for flag in ("method", "set", "data_dir", "tuned", "seed"):
+        if getattr(args, flag, None) not in (None, []):
+            raise ConfigError(f"--{flag.replace('_', '-')} needs a scenario; with --arch the audit settings come "
+                              "from --probe, --taus, --draws, --bootstrap and --noise-seed")
+    if (args.retain or args.test) and not args.robust:
+        raise ConfigError("--retain and --test are used by --robust only; add --robust")
+    spec = audit_settings(Scenario(), _audit_options(args, RunOptions()))  # the defaults of an empty scenario
+    robust = _robust_settings(args)
+    norm = parse_normalize(args.normalize) if args.normalize else None
+    forget = load_samples(args.forget, "--forget")
+    sets = {"forget": forget, **{k: load_samples(getattr(args, k), f"--{k}") for k in ("retain", "test")
+                                 if getattr(args, k)}}
+    device = pick_device(args.device)
+
+    def load(path: str, what: str):
+        model = load_checkpoint(build_user_model(args.arch), path).to(device)
+        model = with_normalization(model, forget.x.shape[1:], *norm) if norm else model
+        for k, data in sets.items():
+            n_out = check_model_fits(model, data, f"the {what} model", f"--{k}")
+        return model.eval(), n_out
+
+    (m, n_m), (a, n_a) = load(args.unlearned, "unlearned"), load(args.reference, "reference")
+    if n_m != n_a:
+        raise ValueError(f"the unlearned model has {n_m} outputs but the reference has {n_a}")
+    seed = spec.noise_seed if spec.noise_seed is not None else 0
+    name, ref_name = _checkpoint_name(args.unlearned), _checkpoint_name(args.reference)
+    if ref_name == name:
+        name, ref_name = f"unlearned ({name})", f"reference ({ref_name})"
+    _audit_and_write(args, spec, m, a, forget, Path(args.out), seed, name=name, ref_name=ref_name,
+                     reference=str(args.reference), scenario=None, num_classes=n_m, robust=robust,
+                     robust_sets=sets, arch=args.arch, forget_file=str(args.forget))
+
+
+def _robust_settings(args):
+    """`--robust` (with `--robust-eps`): the robust-accuracy settings, or None."""
+    if not args.robust:
+        if args.robust_eps:
+            raise ConfigError("--robust-eps needs --robust")
+        return None
+    from .attacks import RobustSettings
+
+    try:
+        return RobustSettings(eps=_eps_list(args.robust_eps)) if args.robust_eps else RobustSettings()
+    except ValueError as e:
+        raise ConfigError(f"--robust-eps: {e}") from None
+
+
+def _audit_and_write(args, spec, m, a, forget, out: Path, seed: int, *, name: str, ref_name: str, reference: str,
+                     scenario: str | None, num_classes: int, robust=None, robust_sets=None, **extra) -> None:
+    """Audit m against a on the forget set and write, under ``out``: residual-<probe>.json, .csv, .png and .npz,
+    leaks-<probe>.png and, with ``robust``, robust.csv and robust.png (m and a side by side); print the table."""
+    from .attack_report import write_robust
+    from .attacks import robust_curves
+    from .audit import residual_knowledge
+    from .gallery import write_per_sample
+    from .plots import plot_residual_curves
+
+    res = residual_knowledge(m, a, forget.x, forget.y, seed=seed, index=forget.index, spec=spec)
     stem = f"residual-{res.probe}"
-    res.write_json(out / f"{stem}.json", scenario=scenario.name, seed=seed, method=name,
-                   reference=f"retrain@{seed}" if args.reference is None else str(args.reference))
+    where = f"{scenario}: " if scenario else ""
+    res.write_json(out / f"{stem}.json", scenario=scenario, seed=seed, method=name, reference=reference, **extra)
     res.write_csv(out / f"{stem}.csv")
     plot_residual_curves({name: res}, out / f"{stem}.png",
-                         title=f"{scenario.name}: {name} vs Re-train ({res.probe} probe, c = {res.c}, seed {seed})")
+                         title=f"{where}{name} vs {ref_name} ({res.probe} probe, c = {res.c}, seed {seed})")
+    gallery = write_per_sample(res, spec.make_probe(), forget.x, forget.y, forget.index, m, a, out, k=args.gallery,
+                               num_classes=num_classes,
+                               title=f"{where}{name} vs {ref_name}: {res.probe} probe, tau = {max(res.taus):.4g}")
     print(f"{'tau':>7s} {'r_paper':>8s} {'n_unb':>5s} {'r_pooled':>8s} {'prev':>6s} {'acc_m':>6s} {'acc_a':>6s} {'disagr':>6s}")
     for t in res.per_tau:
         fmt = lambda v: "   –" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"{t.tau:7.4f} {fmt(t.r_paper):>8s} {t.n_unbounded:5d} {fmt(t.r_pooled):>8s} {t.prevalence:6.1%} "
               f"{t.acc_m:6.3f} {t.acc_a:6.3f} {fmt(t.disagreement):>6s}")
-    print(f"wrote {out}/{stem}.json, .csv, .png ({res.timing.seconds:.1f} s, "
+    print(f"wrote {out}/{stem}.json, .csv, .png, .npz and {gallery.path.name} ({res.timing.seconds:.1f} s, "
           f"{res.timing.forward_passes} forward passes)")
+    if robust is not None:
+        curves = {n: robust_curves(model, robust_sets, seed, num_classes, robust) for n, model in ((name, m), (ref_name, a))}
+        lines = write_robust([(seed, curves)], out, f"{where}{name} vs {ref_name}: robust accuracy under L∞ PGD")
+        print("\n".join(line for line in lines if line.startswith(("|", "###"))))
+        print(f"wrote {out}/robust.csv, robust.png")
+
+
+def _eps_list(text: str) -> list[float]:
+    """``0,2/255,0.03`` -> [0.0, 0.00784..., 0.03] (``--robust-eps``; ``k/255`` allowed)."""
+    def value(item: str) -> float:
+        num, _, den = item.partition("/")
+        return float(num) / float(den or 1)
+
+    try:
+        return [value(t.strip()) for t in text.split(",") if t.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--robust-eps = {text!r}: expected comma-separated numbers, e.g. 0,2/255,4/255") from None
 
 
 def _audit_spec(args, scenario):
@@ -193,7 +305,8 @@ def _run_options(args):
     opts = RunOptions(
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
         seeds=_int_list(args.seeds, "--seeds") if args.seeds else ([args.seed] if args.seed is not None else None),
-        relearn=not args.no_relearn, device=args.device, retry_failed=args.retry_failed,
+        relearn=not args.no_relearn, attacks=not args.no_attacks, robust=args.robust, device=args.device,
+        retry_failed=args.retry_failed,
     )
     return _audit_options(args, opts)
 
@@ -202,7 +315,8 @@ def cmd_run(args) -> None:
     from .experiment import run_experiment
 
     scenario = _scenario(args)
-    summary = run_experiment(scenario, _run_options(args), args.out)
+    opts, executor = _run_options(args), _executor(args)
+    summary = run_experiment(scenario, opts, args.out, executor=executor)
     _print_summary(summary, Path(args.out) / scenario.name)
     _raise_on_failures(summary)
 
@@ -233,8 +347,9 @@ def cmd_demo(args) -> None:
     t0 = time.perf_counter()
     args.scenario = "fmnist5"
     scenario = _scenario(args)
+    # the demo keeps to its 3-minute budget: no attack curves (`rurk run` has them)
     opts = RunOptions(seeds=[scenario.seeds.run[0]], draws=DEMO_DRAWS if args.draws is None else args.draws,
-                      device=args.device)
+                      device=args.device, attacks=False)
     summary = run_experiment(scenario, opts, args.out)
     _print_summary(summary, Path(args.out) / scenario.name)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
@@ -258,10 +373,67 @@ def cmd_tune(args) -> None:
     from .tune import tune
 
     scenario = _scenario(args)
+    executor = _executor(args)
     path = tune(scenario, [m for m in args.method.split(",") if m], args.out, trials=args.trials,
                 timeout=args.timeout, jobs=args.jobs, seed=args.seed, split_seeds=_int_list(args.split_seeds, "--split-seeds"),
-                sampler_seed=args.sampler_seed, write=args.write, device=args.device)
+                sampler_seed=args.sampler_seed, write=args.write, device=args.device, executor=executor)
     print(f"wrote {path}")
+
+
+def _executor_args(c) -> None:
+    """`--executor` and its Ray settings (`rurk run`, `rurk tune`)."""
+    c.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process [default]; ray: Ray tasks on this machine's cores/GPUs or a cluster "
+                        "(pip install 'rurk[ray]')")
+    c.add_argument("--address", default=None,
+                   help="with --executor ray: join a running Ray cluster (auto, or ray://HOST:10001); default: start a "
+                        "local Ray instance")
+    c.add_argument("--cpus-per-task", type=float, default=None, metavar="N",
+                   help="with --executor ray: CPUs each cell/trial reserves (and its torch threads) [default: 1]")
+    c.add_argument("--gpus-per-task", type=float, default=None, metavar="G",
+                   help="with --executor ray: GPUs each cell/trial reserves, fractions allowed (0.25 = four per GPU) "
+                        "[default: 0]")
+    c.add_argument("--max-retries", type=int, default=None, metavar="N",
+                   help="with --executor ray: times a task is resubmitted when its worker dies [default: 3]")
+
+
+def _executor(args):
+    """None (local) or the RayExecutor of `--executor ray` (Ray's presence checked now, before any work)."""
+    ray_flags = {"--address": args.address, "--cpus-per-task": args.cpus_per_task,
+                 "--gpus-per-task": args.gpus_per_task, "--max-retries": args.max_retries}
+    if args.executor == "local":
+        given = [k for k, v in ray_flags.items() if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]} needs --executor ray")
+        return None
+    from .ray_exec import RayExecutor, import_ray
+
+    import_ray()
+    ex = RayExecutor(address=args.address,
+                     cpus_per_task=1.0 if args.cpus_per_task is None else args.cpus_per_task,
+                     gpus_per_task=0.0 if args.gpus_per_task is None else args.gpus_per_task,
+                     max_retries=3 if args.max_retries is None else args.max_retries)
+    ex.check_device(args.device)
+    return ex
+
+
+def cmd_plan(args) -> None:
+    """The cell graph of a `rurk run`, the cost of each kind of cell and the wall time on K workers."""
+    from .plan import plan, plan_lines
+
+    scenario = _scenario(args)
+    workers = _int_list(args.workers, "--workers")
+    if not workers or min(workers) < 1:
+        raise ConfigError(f"--workers = {args.workers!r}: expected integers >= 1, e.g. 8 or 1,2,4,8")
+    device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
+    p = plan(scenario, _run_options(args), args.out, workers, device=device)
+    print("\n".join(plan_lines(p)))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -301,6 +473,46 @@ def cmd_iris_figure(args) -> None:
 
     res = iris_figure(args.png, seed=args.seed)
     print(f"wrote {args.png}; correct perturbed copies per model: {res['totals']}")
+
+
+AUDIT_EPILOG = """\
+Your own model, no scenario: give --arch instead of the scenario.
+  rurk audit --arch mypkg.nets:make_net --unlearned m.safetensors --reference a.safetensors \\
+             --forget forget.npz --out audit/
+--arch MODULE:FUNCTION names a factory (MODULE a dotted import path, searched on PYTHONPATH and in the
+working directory, or a path ending in .py) called with no arguments; it must return the nn.Module whose
+state_dict the two safetensors files hold (safetensors.torch.save_file(model.state_dict(), path)). The model
+takes inputs in [0, 1] and returns logits; if it expects normalised inputs, --normalize MEAN,STD (all channels)
+or M1,M2,M3:S1,S2,S3 (per channel) puts (x - mean) / std in front, so the audit still perturbs pixels.
+--forget is an .npz (x: N,C,H,W or N,F, float in [0, 1] or uint8; y: int labels; optional index: unique ints,
+default 0..n-1) or a directory of class folders of PNG/JPEG images (label = sorted folder position, index =
+position in sorted order). Settings: --probe (gaussian), --taus (linspace(0, 8/255, 11)), --draws (100),
+--bootstrap (1000), --noise-seed (0). Results go straight into --out: residual-<probe>.json/.csv/.png/.npz,
+leaks-<probe>.png and, with --robust, robust.csv/.png (forget set, plus --retain/--test files if given).
+"""
+
+
+def _audit_parser(c) -> None:
+    """The audit subparser's own parts: the scenario positional made optional (`--arch` replaces it), the
+    own-model flags, the gallery size and the robust-accuracy switch."""
+    (pos,) = [a for a in c._actions if a.dest == "scenario"]
+    pos.nargs, pos.required, pos.default = "?", False, None
+    pos.help = "a shipped scenario name or a .toml path; omit it when auditing your own model with --arch"
+    c.epilog, c.formatter_class = AUDIT_EPILOG, argparse.RawDescriptionHelpFormatter
+    c.add_argument("--arch", default=None, metavar="MODULE:FUNCTION",
+                   help="your model's factory, e.g. mypkg.nets:make_net or nets.py:make_net (see below)")
+    c.add_argument("--forget", default=None, metavar="FILE.npz|DIR", help="with --arch: the forget set (see below)")
+    c.add_argument("--normalize", default=None, metavar="MEAN,STD",
+                   help="with --arch: normalise [0, 1] inputs for the model, e.g. 0.5,0.25 or 0.49,0.48,0.45:0.25,0.24,0.26")
+    c.add_argument("--retain", default=None, metavar="FILE.npz|DIR", help="with --arch --robust: retain samples")
+    c.add_argument("--test", default=None, metavar="FILE.npz|DIR", help="with --arch --robust: test samples")
+    c.add_argument("--gallery", type=int, default=16, metavar="K",
+                   help="samples in each group of the leak gallery leaks-<probe>.png [default: 16]")
+    c.add_argument("--robust", action="store_true",
+                   help="also the accuracy under untargeted and targeted L-inf PGD (10 steps, alpha = eps/4) of both "
+                        "models (robust.csv, robust.png); with a scenario on forget, retain and test (at most 500 each)")
+    c.add_argument("--robust-eps", default=None, metavar="LIST",
+                   help="the eps grid of --robust, e.g. 0,2/255,4/255,8/255 [default]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,11 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
 
     c = scenario_cmd("audit", "audit residual knowledge of an unlearned model against Re-train", cmd_audit)
+    _audit_parser(c)
     c.add_argument("--method", default=None, help="audit this method's cached unlearned model (run it if needed)")
     c.add_argument("--unlearned", default=None,
-                   help="a .safetensors file of the audited model, the scenario's architecture (default: Original)")
+                   help="a .safetensors file of the audited model: the scenario's architecture (default: Original), "
+                        "or with --arch the factory's")
     c.add_argument("--reference", default=None,
-                   help="a .safetensors file of the reference, the scenario's architecture (default: Re-train)")
+                   help="a .safetensors file of the reference: the scenario's architecture (default: Re-train), "
+                        "or with --arch the factory's (required)")
     audit_args(c)
     c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
 
@@ -359,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd (default: every method)")
         audit_args(c)
         c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
+        c.add_argument("--no-attacks", action="store_true",
+                       help="skip the relearning-attack curve (relearn_curve.*) and the robust-accuracy curves")
+        c.add_argument("--robust", action="store_true",
+                       help="also the robust-accuracy curves under PGD (robust.*; minutes per model on a CPU)")
         c.add_argument("--retry-failed", action="store_true",
                        help="compute again the cells an earlier run recorded as failed or diverged")
         c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
@@ -366,6 +585,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = scenario_cmd("run", "the full experiment: every method x seed, metrics, audits, report", cmd_run)
     c.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scenario's, 131,42,7)")
     run_args(c)
+    _executor_args(c)
+
+    c = scenario_cmd("plan", "print the cell graph of a `rurk run`, the cost of each kind of cell (measured from the "
+                             "store, else estimated) and the wall time on K workers", cmd_plan)
+    c.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scenario's, 131,42,7)")
+    run_args(c)
+    c.add_argument("--workers", default="1,2,4,8", metavar="K",
+                   help="worker counts to estimate the wall time for, e.g. 8 or 1,2,4,8 [default: 1,2,4,8]")
 
     c = sub.add_parser("demo", help="the default main job: `rurk run fmnist5` sized for a CPU, one seed")
     c.add_argument("--out", default="runs", help="run directory [default: runs]")
@@ -382,10 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--method", required=True, help="method name(s), comma-separated, or 'all'")
     c.add_argument("--trials", type=int, default=24, help="finished trials per method the study should hold [default: 24]")
     c.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds per method")
-    c.add_argument("--jobs", type=int, default=1, help="trials evaluated at once (threads) [default: 1]")
+    c.add_argument("--jobs", type=int, default=1,
+                   help="trials evaluated at once (threads; with --executor ray, Ray tasks) [default: 1]")
     c.add_argument("--split-seeds", default="1,2", help="split seeds of the tuning forget sets [default: 1,2]")
     c.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler [default: 0]")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
+    _executor_args(c)
     c.set_defaults(tuned="none")
 
     c = sub.add_parser("readme", help="write a README results block from a run's summary.json (or --check it)")

@@ -23,6 +23,7 @@ from .methods import load_all
 from .methods.base import FinetuneConfig, MethodRecord, get_method, parse_variant, unlearn
 from .report import REFERENCE_ROWS
 from .pipeline import Prepared, References, load_run_model, prepare, reference_models
+from .gallery import write_per_sample
 from .store import Store, cache_key
 
 
@@ -41,6 +42,8 @@ class RunOptions:
     bootstrap: int | None = None
     noise_seed: int | None = None
     relearn: bool = True
+    attacks: bool = True  # the relearning-attack curve (rurk.attacks, seconds per model); --no-attacks
+    robust: bool = False  # also the robust-accuracy curves (PGD at several eps; minutes per model on a CPU); --robust
     mia_max_per_side: int | None = None
     device: str = "auto"
     retry_failed: bool = False  # run again the cells an earlier run recorded as failed or diverged
@@ -115,6 +118,8 @@ class SeedResult:
     metrics: dict[str, dict]  # method -> evaluate() output (or {"error"/"diverged"})
     residual: dict[str, dict]  # method -> audit JSON summary
     records: dict[str, dict]  # method -> MethodRecord JSON (wall time etc.)
+    relearn_curves: dict[str, dict] = field(default_factory=dict)  # row -> attacks.relearn_curve() JSON
+    robust: dict[str, dict] = field(default_factory=dict)  # row -> attacks.robust_curves() JSON (with --robust)
 
 
 def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, names: list[str],
@@ -125,6 +130,7 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
     base = _base_cell(prepared, refs, seed)
     original_loss = M.mean_ce(refs.original, prepared.data.forget)
     metrics, residual, records = {}, {}, {}
+    relearn_curves, robust = {}, {}
     seed_dir = out_dir / f"seed-{seed}"
 
     for name in [*REFERENCE_ROWS, *names]:
@@ -143,6 +149,9 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
                                 lambda: evaluate(model, prepared, seed, original_loss, relearn=opts.relearn
                                                  and name != "original", mia_max_per_side=opts.mia_max_per_side),
                                 scenario, seed)
+        if opts.attacks:
+            relearn_curves[name], robust[name] = attack_cells(model, cell, scenario, prepared, seed, store,
+                                                              robust=opts.robust)
         if name == "retrain":
             residual[name] = None  # a against itself: r = 1 at every tau by definition (tested in the audit)
             continue
@@ -151,11 +160,36 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
         def run_audit():
             res = audit(model, refs.retrain, prepared, seed, spec)
             res.write_csv(seed_dir / name / f"residual-{res.probe}.csv")
+            f = prepared.data.forget
+            write_per_sample(res, spec.make_probe(), f.x, f.y, f.index, model, refs.retrain, seed_dir / name,
+                             num_classes=prepared.num_classes,
+                             title=f"{scenario.name}, seed {seed}: {name} vs Re-train ({res.probe}, c = {res.c})")
             return res.to_json(scenario=scenario.name, seed=seed, method=name, reference=f"retrain@{seed}")
 
         residual[name] = _cached(store, "audit", audit_cell, run_audit, scenario, seed)
         log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
-    return SeedResult(seed, metrics, residual, records)
+    return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v})
+
+
+def attack_cells(model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, seed: int,
+                 store: Store, *, robust: bool = False) -> tuple[dict, dict | None]:
+    """The relearning-attack curve and the robust-accuracy curves of one model (Original, Re-train or a method's),
+    each a cached cell keyed by the model's cell and its settings. Robust: the forget set, and retain and test
+    subsampled (seeded) to at most ``RobustSettings.max_samples`` each."""
+    from .attacks import RelearnCurveSettings, RobustSettings, relearn_curve, robust_curves, subsample
+
+    d, curve, rob = prepared.data, RelearnCurveSettings(), RobustSettings()
+    relearn = _cached(store, "relearn_curve", cell | {"relearn_curve": to_dict(curve), "relearn": to_dict(scenario.relearn),
+                                                      "loader": scenario.seeds.loader},
+                      lambda: relearn_curve(model, d.forget, scenario.relearn, seed, settings=curve,
+                                            loader_seed=scenario.seeds.loader), scenario, seed)
+    if not robust:
+        return relearn, None
+    sets = {"forget": d.forget, **{k: subsample(getattr(d, k), rob.max_samples, seed, k) for k in ("retain", "test")}}
+    robust = _cached(store, "robust", cell | {"robust": rob.key()},
+                     lambda: robust_curves(model, {k: v for k, v in sets.items() if len(v)}, seed,
+                                           prepared.num_classes, rob), scenario, seed)
+    return relearn, robust
 
 
 def _base_cell(prepared: Prepared, refs: References, seed: int) -> dict:
@@ -171,6 +205,14 @@ def unlearned_model(name: str, scenario: Scenario, prepared: Prepared, refs: Ref
     model, rec = _unlearned(name, cfg, scenario, prepared, refs, prepared.unlearn_data(refs.pretrained), seed,
                             store, cell, log, retry_failed)
     return model, rec, cell
+
+
+def unlearned_key(name: str, scenario: Scenario, prepared: Prepared, ref_keys: dict[str, str], seed: int) -> str:
+    """The store key of the (seed, method) unlearning cell from the reference models' keys alone (the key
+    :func:`unlearned_model` uses; no model is needed)."""
+    refs = References(None, None, None, ref_keys, {})
+    cell = _base_cell(prepared, refs, seed) | {"method": name, "config": to_dict(method_config(scenario, name))}
+    return cache_key(kind="unlearned", **cell)
 
 
 def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, seed: int) -> dict:
@@ -254,9 +296,15 @@ def _line(m: dict, r: dict | None) -> str:
 
 
 def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, progress: bool | None = None,
-                   log=print) -> dict:
+                   log=print, executor=None) -> dict:
     """Run the whole grid and write summary.json, report.md, CSV tables and plots under
-    ``out/<scenario>/``; returns the summary."""
+    ``out/<scenario>/``; returns the summary.
+
+    ``executor`` (None = local, in this process) is an object whose ``fill(...)`` computes the grid's missing
+    cells elsewhere and commits them to the store (:class:`rurk.ray_exec.RayExecutor`); the summary is then
+    assembled here by the same code as a local rerun, from the store alone."""
+    from dataclasses import replace
+
     from .report import write_report
 
     out_dir = Path(out) / scenario.name
@@ -267,7 +315,15 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
     seeds = opts.seeds or list(scenario.seeds.run)
     log(f"{scenario.name}: |S_r|={len(prepared.data.retain)} |S_f|={len(prepared.data.forget)} "
         f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {spec.probe}")
-    results = [run_seed(scenario, prepared, s, store, names, opts, out_dir, spec=spec, progress=progress, log=log)
+    cells = store
+    if executor is not None:
+        from .grid import ProbeStore
+
+        executor.fill(scenario, opts, store, prepared, seeds, names, spec, out_dir, progress=progress, log=log)
+        # every cell is in the store now: the results are assembled from it by the local code, through a view
+        # that refuses to compute anything (a missing cell would be an executor bug, never silently recomputed)
+        cells, opts = ProbeStore(store), replace(opts, retry_failed=False, device="cpu")
+    results = [run_seed(scenario, prepared, s, cells, names, opts, out_dir, spec=spec, progress=progress, log=log)
                for s in seeds]
     with store.claim("report", scenario.name):  # two runs sharing a store write their reports one after the other
         return write_report(scenario, spec, results, out_dir, [*REFERENCE_ROWS, *names])

@@ -115,6 +115,82 @@ class References:
     accuracies: dict[str, dict[str, float]]
 
 
+def _reference_common(scenario: Scenario, prepared: Prepared, seed: int) -> tuple[list, list, dict]:
+    """(mean, std, the key parts shared by every reference model of the seed)."""
+    mean, std = normalisation(scenario, prepared.data.train.x)
+    common = dict(
+        data=to_dict(scenario.data), fingerprint=prepared.source.fingerprint, split=prepared.split.digest(),
+        model=to_dict(scenario.model), mean=mean, std=std, seed=seed, loader_seed=scenario.seeds.loader,
+    )
+    return mean, std, common
+
+
+def _reference_recipe(kind: str, scenario: Scenario, data: SplitData):
+    """(training set, recipe) of Original (S) or Re-train (S_r, same recipe and seed)."""
+    if kind == "original":
+        return data.train, scenario.train
+    if kind == "retrain":
+        return data.retain, scenario.retrain_optim()
+    raise ValueError(f"reference kind {kind!r}: expected original or retrain")
+
+
+def reference_keys(scenario: Scenario, prepared: Prepared, seed: int) -> dict[str, str]:
+    """The store keys of the seed's reference models — ``pretrained`` (when the scenario pre-trains),
+    ``original`` and ``retrain`` — computed without training anything (the keys :func:`reference_models` uses)."""
+    _, _, common = _reference_common(scenario, prepared, seed)
+    keys, pre_key = {}, None
+    if scenario.pretrain.dataset:
+        pre_key = keys["pretrained"] = _pretrained_key(scenario, prepared, common)[0]
+    for kind in ("original", "retrain"):
+        keys[kind] = cache_key(kind=kind, recipe=to_dict(_reference_recipe(kind, scenario, prepared.data)[1]),
+                               pretrained=pre_key, **common)
+    return keys
+
+
+def reference_model(kind: str, scenario: Scenario, prepared: Prepared, seed: int, store: Store, *,
+                    device: str | torch.device = "auto", progress: bool | None = None,
+                    pretrained: tuple[nn.Module | None, str | None] = (None, None)) -> tuple[nn.Module, str]:
+    """Train or reuse one reference model (``kind`` = original or retrain; ``pretrained`` = the
+    (network, key) of :func:`pretrained_model` when the scenario pre-trains). Returns (model, key)."""
+    device = pick_device(device) if isinstance(device, str) else device
+    mean, std, common = _reference_common(scenario, prepared, seed)
+    train_set, recipe = _reference_recipe(kind, scenario, prepared.data)
+    pre_model, pre_key = pretrained
+    key = cache_key(kind=kind, recipe=to_dict(recipe), pretrained=pre_key, **common)
+    if pre_model is not None:
+        model = copy.deepcopy(pre_model)
+    else:
+        model = new_model(scenario, prepared.num_classes, prepared.in_shape, mean, std, seed, device)
+    with store.claim("model", key):  # a concurrent run on the same store waits, then loads ours
+        if store.load_model(key, model) is None:
+            _train_reference(kind, key, model, train_set, recipe, scenario, prepared, seed, store, mean, std,
+                             progress)
+    return model.eval(), key
+
+
+def _train_reference(kind, key, model, train_set, recipe, scenario, prepared, seed, store, mean, std, progress):
+    rec = fit(model, train_set, recipe, seed, loader_seed=scenario.seeds.loader,
+              desc=f"{kind} seed {seed}", progress=progress)
+    if rec.diverged:
+        raise RuntimeError(f"{kind} training diverged at step {rec.diverged_step}; lower train.lr")
+    acc = _accuracies(model, prepared.data)
+    store.save_model(key, model, {"kind": kind, "scenario": scenario.name, "seed": seed,
+                                  "arch": scenario.model.arch, "num_classes": prepared.num_classes,
+                                  "in_shape": list(prepared.in_shape), "mean": mean, "std": std,
+                                  "recipe": to_dict(recipe), "split": prepared.split.digest(),
+                                  "accuracy": acc, "train": rec.to_json()})
+    store.put("model", key, scenario=scenario.name, seed=seed, config=to_dict(recipe),
+              metrics=acc, timings={"wall_s": rec.wall_s, "steps": rec.steps})
+
+
+def pretrained_model(scenario: Scenario, prepared: Prepared, seed: int, store: Store, *,
+                     device: str | torch.device = "auto", progress: bool | None = None) -> tuple[nn.Module, str]:
+    """Train or reuse the scenario's pre-trained network (with its fresh head); (model, key)."""
+    device = pick_device(device) if isinstance(device, str) else device
+    mean, std, common = _reference_common(scenario, prepared, seed)
+    return _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress)
+
+
 def reference_models(
     scenario: Scenario,
     prepared: Prepared,
@@ -126,44 +202,12 @@ def reference_models(
 ) -> References:
     """Train or reuse the pre-trained network (if the scenario has one), Original and Re-train."""
     device = pick_device(device) if isinstance(device, str) else device
-    data = prepared.data
-    mean, std = normalisation(scenario, data.train.x)
-    common = dict(
-        data=to_dict(scenario.data), fingerprint=prepared.source.fingerprint, split=prepared.split.digest(),
-        model=to_dict(scenario.model), mean=mean, std=std, seed=seed, loader_seed=scenario.seeds.loader,
-    )
-
     pretrained, pre_key = None, None
     if scenario.pretrain.dataset:
-        pretrained, pre_key = _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress)
-
-    def make(kind: str, train_set, recipe: OptimConfig) -> tuple[nn.Module, str]:
-        key = cache_key(kind=kind, recipe=to_dict(recipe), pretrained=pre_key, **common)
-        if pretrained is not None:
-            model = copy.deepcopy(pretrained)
-        else:
-            model = new_model(scenario, prepared.num_classes, prepared.in_shape, mean, std, seed, device)
-        with store.claim("model", key):  # a concurrent run on the same store waits, then loads ours
-            if store.load_model(key, model) is None:
-                _train_reference(kind, key, model, train_set, recipe)
-        return model.eval(), key
-
-    def _train_reference(kind, key, model, train_set, recipe):
-        rec = fit(model, train_set, recipe, seed, loader_seed=scenario.seeds.loader,
-                  desc=f"{kind} seed {seed}", progress=progress)
-        if rec.diverged:
-            raise RuntimeError(f"{kind} training diverged at step {rec.diverged_step}; lower train.lr")
-        acc = _accuracies(model, data)
-        store.save_model(key, model, {"kind": kind, "scenario": scenario.name, "seed": seed,
-                                      "arch": scenario.model.arch, "num_classes": prepared.num_classes,
-                                      "in_shape": list(prepared.in_shape), "mean": mean, "std": std,
-                                      "recipe": to_dict(recipe), "split": prepared.split.digest(),
-                                      "accuracy": acc, "train": rec.to_json()})
-        store.put("model", key, scenario=scenario.name, seed=seed, config=to_dict(recipe),
-                  metrics=acc, timings={"wall_s": rec.wall_s, "steps": rec.steps})
-
-    original, ok = make("original", data.train, scenario.train)
-    retrain, rk = make("retrain", data.retain, scenario.retrain_optim())
+        pretrained, pre_key = pretrained_model(scenario, prepared, seed, store, device=device, progress=progress)
+    kw = dict(device=device, progress=progress, pretrained=(pretrained, pre_key))
+    original, ok = reference_model("original", scenario, prepared, seed, store, **kw)
+    retrain, rk = reference_model("retrain", scenario, prepared, seed, store, **kw)
     keys = {"original": ok, "retrain": rk}
     if pre_key:
         keys["pretrained"] = pre_key
@@ -185,12 +229,11 @@ def _pretrained(scenario, prepared, seed, store, device, mean, std, common, prog
     scenario's classes (Small CIFAR-5 protocol). ``exclude_forget`` removes S_f from pre-training
     when the pre-training source is the scenario's own source."""
     pre = scenario.pretrain
-    source = prepared.source if pre.dataset == scenario.data.dataset else load_source(pre.dataset, scenario.data.data_dir)
+    key, source = _pretrained_key(scenario, prepared, common)
     train = source.train
     if pre.exclude_forget and pre.dataset == scenario.data.dataset:
         keep = ~torch.isin(train.index, prepared.data.forget.index)
         train = train.subset(torch.nonzero(keep).squeeze(1))
-    key = cache_key(kind="pretrained", pretrain=to_dict(pre), source=source.fingerprint, **common)
     n_classes = source.num_classes
     model = new_model(scenario, n_classes, prepared.in_shape, mean, std, seed, device)
     if store.load_model(key, model) is None:
@@ -203,6 +246,13 @@ def _pretrained(scenario, prepared, seed, store, device, mean, std, common, prog
     torch.manual_seed(seed + 1)
     model.head = nn.Linear(model.head.in_features, prepared.num_classes).to(device)
     return model.eval(), key
+
+
+def _pretrained_key(scenario: Scenario, prepared: Prepared, common: dict) -> tuple[str, Source]:
+    """(the pre-trained network's store key, its pre-training source)."""
+    pre = scenario.pretrain
+    source = prepared.source if pre.dataset == scenario.data.dataset else load_source(pre.dataset, scenario.data.data_dir)
+    return cache_key(kind="pretrained", pretrain=to_dict(pre), source=source.fingerprint, **common), source
 
 
 def load_run_model(store: Store, key: str, scenario: Scenario, prepared: Prepared, device="cpu") -> nn.Module:

@@ -65,7 +65,9 @@ def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_see
     """The study's name: method plus a hash of everything a trial's score depends on (scenario data, model,
     recipes, the method's base config and space, seeds). A changed setting starts a new study."""
     spec = get_method(method)
-    ident = {"scenario": {k: v for k, v in to_dict(scenario).items() if k not in ("methods", "tuned", "description")},
+    # the re-learn metric is not part of the objective (trials skip it), so its settings stay out of the identity
+    ident = {"scenario": {k: v for k, v in to_dict(scenario).items()
+                          if k not in ("methods", "tuned", "description", "relearn")},
              "method": method, "base": base, "space": {k: p.to_json() for k, p in spec.space.items()},
              "seed": seed, "split_seeds": list(split_seeds), "sampler_seed": sampler_seed,
              "n_startup": N_STARTUP_TRIALS}
@@ -243,8 +245,15 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
 
 def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int = 24, timeout: float | None = None,
          jobs: int = 1, seed: int | None = None, split_seeds=DEFAULT_SPLIT_SEEDS, sampler_seed: int = 0,
-         write: str | Path | None = None, device: str = "auto", log=print) -> Path:
-    """Tune each method in ``methods`` ("all" = every method with a search space) and write the TOML."""
+         write: str | Path | None = None, device: str = "auto", log=print, executor=None) -> Path:
+    """Tune each method in ``methods`` ("all" = every method with a search space) and write the TOML.
+
+    ``executor`` (None = local threads) is a :class:`rurk.ray_exec.RayExecutor`: the tuning references are
+    trained as Ray tasks and each trial is one Ray task (``jobs`` of them at once); trials are still asked and
+    told here, under the same lock and with the same per-trial seeded sampler, so the study and its provenance
+    are those of the local path."""
+    from contextlib import nullcontext
+
     from .experiment import evaluate
     from .methods import load_all
     from .pipeline import prepare, reference_models
@@ -271,35 +280,46 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
     for m in methods:
         if not get_method(m).space:
             raise ConfigError(f"method = {m!r}: declares no search space")
-    store = Store(out)
-    splits = []
-    for s in split_seeds:
-        tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
-        prepared = prepare(tuning, store)
-        refs = reference_models(tuning, prepared, seed, store, device=device)
-        ref = evaluate(refs.retrain, prepared, seed, None, relearn=False)
-        splits.append((prepared, refs, prepared.unlearn_data(refs.pretrained), ref))
-    storage = f"sqlite:///{(Path(out) / 'tune.db').resolve()}"
-    path = Path(write) if write else Path(out) / f"tuned-{scenario.name}.toml"
-    existing = _read(path) if path.exists() else {}
-    for method in methods:
-        spec = get_method(method)
-        base = scenario.methods.get(method, {})
-        name = study_name(scenario, method, base, seed, split_seeds, sampler_seed)
-        log(f"{method}: study {name} ({trials} trials, {jobs} job{'s' * (jobs > 1)})")
-        t0 = time.perf_counter()
-        objective = _Objective(scenario, method, base, seed, splits)
-        study = run_study(objective, spec.space, storage, name, trials=trials, timeout=timeout, jobs=jobs,
-                          sampler_seed=sampler_seed, log=log)
-        prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
-                          preset=scenario.preset, wall_s=time.perf_counter() - t0)
-        if prov["best"] is None:
-            log(f"{method}: every trial failed; nothing written")
-            continue
-        log(f"{method}: best trial {prov['best']['number']} avg gap {prov['best']['avg_gap']:.2f}: "
-            f"{_fmt_params(prov['best']['values'])}")
-        existing[method] = {"values": prov["best"]["values"], "provenance": prov}
-        _write(path, scenario.name, existing)
+    session = executor.session() if executor is not None else nullcontext()
+    with session:  # one Ray session for the references and every method's trials
+        store = Store(out)
+        splits = []
+        for s in split_seeds:
+            tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
+            prepared = prepare(tuning, store)
+            here = device
+            if executor is not None:  # the references as Ray tasks; the driver then only loads them (on its CPU)
+                from .experiment import RunOptions
+
+                executor.fill(tuning, RunOptions(device=device), store, prepared, [seed], [], None,
+                              Path(out) / tuning.name, log=log, references_only=True)
+                here = "cpu"
+            refs = reference_models(tuning, prepared, seed, store, device=here)
+            ref = evaluate(refs.retrain, prepared, seed, None, relearn=False)
+            splits.append((prepared, refs, prepared.unlearn_data(refs.pretrained), ref))
+        storage = f"sqlite:///{(Path(out) / 'tune.db').resolve()}"
+        path = Path(write) if write else Path(out) / f"tuned-{scenario.name}.toml"
+        existing = _read(path) if path.exists() else {}
+        for method in methods:
+            spec = get_method(method)
+            base = scenario.methods.get(method, {})
+            name = study_name(scenario, method, base, seed, split_seeds, sampler_seed)
+            log(f"{method}: study {name} ({trials} trials, {jobs} job{'s' * (jobs > 1)})")
+            t0 = time.perf_counter()
+            objective = _Objective(scenario, method, base, seed, splits)
+            remote = executor.objective(objective, store, device=device) if executor is not None else nullcontext(objective)
+            with remote as evaluate_params:
+                study = run_study(evaluate_params, spec.space, storage, name, trials=trials, timeout=timeout, jobs=jobs,
+                                  sampler_seed=sampler_seed, log=log)
+            prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
+                              preset=scenario.preset, wall_s=time.perf_counter() - t0)
+            if prov["best"] is None:
+                log(f"{method}: every trial failed; nothing written")
+                continue
+            log(f"{method}: best trial {prov['best']['number']} avg gap {prov['best']['avg_gap']:.2f}: "
+                f"{_fmt_params(prov['best']['values'])}")
+            existing[method] = {"values": prov["best"]["values"], "provenance": prov}
+            _write(path, scenario.name, existing)
     return path
 
 
