@@ -110,6 +110,11 @@ def test_variant_config_applies_on_top_of_the_scenario_and_rows_are_checked_up_f
     assert method_config(s, "rurk").lambda_f == 0.5
     with pytest.raises(ConfigError, match="twice"):
         method_names(s, RunOptions(methods=["gd", "gd"]))
+    from rurk.methods import load_all
+
+    rows = method_names(s, RunOptions(methods=["all", "rurk:lambda_f=0"]))
+    assert rows == [*sorted(load_all()), "rurk:lambda_f=0"]  # every method once, then the variant
+    assert method_names(s, RunOptions(methods=["gd", "all"]))[0] == "gd" and len(rows) == len(load_all()) + 1
     with pytest.raises(ConfigError, match="lambda_x"):
         method_names(s, RunOptions(methods=["gd", "rurk:lambda_x=1"]))
 

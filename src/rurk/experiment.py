@@ -54,6 +54,9 @@ def method_names(scenario: Scenario, opts: RunOptions) -> list[str]:
     exists, keys and values valid for its config, after presets and tuning) before any work starts."""
     registry = load_all()
     names = opts.methods or scenario.run_methods or sorted(registry)
+    if "all" in names:  # `--methods all,rurk:lambda_f=0`: every registered method, then the variants
+        i = names.index("all")
+        names = [*names[:i], *(m for m in sorted(registry) if m not in names), *names[i + 1:]]
     if len(set(names)) != len(names):
         raise ConfigError(f"--methods = {','.join(names)}: a row is named twice")
     for n in names:
