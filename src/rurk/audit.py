@@ -17,7 +17,9 @@ once from the block's own generator (seed = stable hash of (seed, probe name, bl
 reused for every tau (common random numbers) and cut into evaluation chunks of ``batch_size`` images.
 Because the randomness is tied to blocks, not to chunks, perturbations are bit-identical whatever the
 batch size. Both models run on the same chunk under ``torch.inference_mode`` in eval mode; counts stay
-on the device until the end. At tau = 0 every copy equals x, so one forward pass per sample gives
+on the device until the end. For 4-D inputs to conv nets, kernels and inputs are given channels_last
+*strides* for the duration (:func:`_in_format`) -- also where a size-1 dimension (one input channel) makes
+``.contiguous(memory_format=channels_last)`` a no-op, which left the first conv and its pooling in NCHW. At tau = 0 every copy equals x, so one forward pass per sample gives
 k = c * 1[pred = y] (the *tau = 0 shortcut*).
 """
 
@@ -61,12 +63,14 @@ _COUNT_FIELDS = ("n_used", "n_both_zero", "n_unbounded")
 
 
 def default_batch_size(device, adversarial: bool = False) -> int:
-    """Images per forward pass. CPU: 128 (small CNNs on a 2-core CPU are fastest at 64-256 and 2-3x
-    slower at >= 512). CUDA: 4096 (1024 for attacks, which also keep activations for the backward
-    pass). Other accelerators: 1024."""
+    """Images per forward pass. CPU: 64 -- small CNNs on 1-2 CPU threads run at the same speed per image from
+    32 to 128 and fall off a cliff (1.5-2x slower) once a batch's activations leave the cache, at 192 and
+    beyond on a 2-core EPYC with SmallCNN on 28x28; 64 keeps a margin for larger inputs and for caches shared
+    with other jobs. CUDA: 4096 (1024 for attacks, which also keep activations for the backward pass). Other
+    accelerators: 1024. The batch size never changes the perturbations (they are drawn per sample block)."""
     dev = torch.device(device)
     if dev.type == "cpu":
-        return 128
+        return 64
     if dev.type == "cuda":
         return 1024 if adversarial else 4096
     return 1024
@@ -401,19 +405,59 @@ class AuditResult:
 # estimator
 
 
+def _canonical_strides(shape: Sequence[int], fmt: torch.memory_format) -> tuple[int, ...]:
+    """The strides ``torch.empty(shape, memory_format=fmt)`` would have (4-D ``fmt`` = channels_last)."""
+    if fmt == torch.channels_last and len(shape) == 4:
+        n, c, h, w = shape
+        return (h * w * c, 1, w * c, c)
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(size), 1)
+    return tuple(reversed(strides))
+
+
+def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """``t`` with exactly the canonical strides of ``fmt``.
+
+    ``t.contiguous(memory_format=fmt)`` is not enough: with a size-1 dimension (one input channel, a
+    3x3 kernel with one input channel, a 1x1 kernel) a tensor is contiguous in *both* formats, so it is
+    returned unchanged with its NCHW strides, and convolution / pooling, which pick their layout from the
+    strides of input and weight, then run -- and hand the next layer -- NCHW. When ``t`` is already
+    contiguous in ``fmt`` the memory is the same either way and a strided view fixes the label for free;
+    otherwise the data is copied once."""
+    if t.dim() != 4 and fmt == torch.channels_last:
+        return t
+    want = _canonical_strides(t.shape, fmt)
+    if t.stride() == want:
+        return t
+    if not t.is_contiguous(memory_format=fmt):
+        t = t.contiguous(memory_format=fmt)
+        if t.stride() == want:
+            return t
+    return t.as_strided(t.shape, want)
+
+
 @contextmanager
 def _channels_last_weights(models: Sequence[nn.Module], enabled: bool):
-    """Temporarily store 4-D parameters in channels_last (conv kernels), restoring the original
-    tensors afterwards. Values are unchanged; only the memory layout differs while the audit runs."""
+    """Temporarily store 4-D parameters (conv kernels) with channels_last strides, restoring the original
+    tensors afterwards. Values are unchanged; only the memory layout differs while the audit runs.
+
+    Kernels whose strides are ambiguous (e.g. a first conv with one input channel, or 1x1 kernels) are
+    re-strided too (see :func:`_in_format`): otherwise oneDNN runs that conv, and the pooling after it, in
+    NCHW, which on CPU costs about half of a small CNN's forward time."""
     swapped = []
     if enabled:
         seen = set()
         for model in models:
             for p in model.parameters():
-                if p.dim() == 4 and id(p) not in seen and not p.is_contiguous(memory_format=torch.channels_last):
-                    seen.add(id(p))
+                if p.dim() != 4 or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                data = _in_format(p.data, torch.channels_last)
+                if data is not p.data:
                     swapped.append((p, p.data))
-                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+                    p.data = data
     try:
         yield
     finally:
@@ -422,10 +466,10 @@ def _channels_last_weights(models: Sequence[nn.Module], enabled: bool):
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
-    """[0, n) cut into ceil(n/size) near-equal chunks (no small tail)."""
+    """[0, n) cut into ceil(n/size) chunks of at most ``size`` whose lengths differ by at most one (no small tail:
+    a tail of a few images would run at a fraction of the per-image speed)."""
     k = max(1, -(-n // size))
-    step = -(-n // k)
-    return [(s, min(n, s + step)) for s in range(0, n, step)]
+    return [(i * n // k, (i + 1) * n // k) for i in range(k)]
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -641,8 +685,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     try:
         with eval_mode(m, a), _channels_last_weights((m, a), use_cl), grad_ctx:
             with torch.inference_mode():
-                out_m = _logits(m, x[:1].contiguous(memory_format=fmt))
-                out_a = _logits(a, x[:1].contiguous(memory_format=fmt))
+                out_m = _logits(m, _in_format(x[:1], fmt))
+                out_a = _logits(a, _in_format(x[:1], fmt))
             num_classes = out_m.shape[1]
             if out_a.shape[1] != num_classes:
                 raise ValueError(f"models disagree on the number of classes ({num_classes} vs {out_a.shape[1]})")
@@ -667,7 +711,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                 pm0 = torch.empty(n, dtype=torch.long, device=dev)
                 pa0 = torch.empty(n, dtype=torch.long, device=dev)
                 for s, e in _chunks(n, bs):
-                    xb = x[s:e].contiguous(memory_format=fmt)
+                    xb = _in_format(x[s:e], fmt)
                     pm0[s:e] = predict(m, xb)
                     pa0[s:e] = predict(a, xb)
                 fwd += 2 * n
@@ -691,9 +735,9 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                     dr = pr.draw(x_rep[s:e], y_rep[s:e], g, num_classes)
                     noises.append(dr.noise)
                     targets.append(dr.target)
-                noise = None if noises[0] is None else torch.cat(noises).contiguous(memory_format=fmt)
+                noise = None if noises[0] is None else _in_format(torch.cat(noises), fmt)
                 target = None if targets[0] is None else torch.cat(targets)
-                x_rep = x_rep.contiguous(memory_format=fmt)
+                x_rep = _in_format(x_rep, fmt)
                 N = x_rep.shape[0]
                 bounds = _chunks(N, bs)
                 for t in work_t:

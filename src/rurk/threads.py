@@ -1,0 +1,170 @@
+"""How many CPU threads torch should use, and setting it.
+
+PyTorch's default intra-op thread count is the number of cores of the *machine*. In a container or a job
+limited by an affinity mask (``taskset``, Slurm, ``docker --cpuset-cpus``) or a CPU quota (``docker --cpus``,
+Kubernetes limits, systemd ``CPUQuota``) that is more threads than the process may run at once: they
+oversubscribe the cores it has, the quota throttles all of them at the end of every period, and small CNNs
+run several times slower than with the right count. :func:`available_cpus` reads both limits;
+:func:`configure_threads` sets torch to a count chosen from (in this order) an explicit request,
+``RURK_THREADS``, ``OMP_NUM_THREADS`` and :func:`available_cpus`.
+
+What to do on a shared server
+-----------------------------
+* Give rurk the cores that are *yours*, not the machine's: if other jobs run on the same cores, set
+  ``RURK_THREADS`` (or ``--threads``) to the number of cores left free, often 1. Two jobs that each use every
+  core run slower than the same two jobs with one core each, because torch's threads wait for each other.
+* Prefer an affinity mask (``taskset -c 0-3 rurk ...``) or a scheduler allocation to a bare thread count:
+  rurk then picks the count up by itself, and your job stays off other people's cores.
+* Several rurk processes at once (e.g. one per seed): give each ``RURK_THREADS`` = cores / processes.
+* Time things with the same thread count you will run with; on a busy machine compare runs made in the same
+  process, in interleaved rounds (see ``bench/``), not wall times taken at different moments.
+
+Inter-op threads are not capped. rurk does no inter-op parallel work (no ``torch.jit.fork``), so the inter-op
+pool stays idle, and :func:`torch.set_num_interop_threads` may be called only once per process and only before
+any inter-op work starts -- capping it here would make :func:`configure_threads` fail or not depending on what
+ran before it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+
+import torch
+
+ENV_VAR = "RURK_THREADS"
+
+#: cgroup v2 quota files (``"<quota> <period>"`` or ``"max <period>"``), root first; :func:`_cgroup_paths` adds
+#: the process's own cgroup.
+_V2_ROOT = "/sys/fs/cgroup"
+#: cgroup v1 mount points of the cpu controller.
+_V1_ROOTS = ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuacct,cpu")
+
+
+def _read_text(path: str) -> str | None:
+    """The stripped contents of a small file, None if it cannot be read (tests replace this)."""
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _affinity_cpus() -> int | None:
+    """CPUs in this process's affinity mask (None where the platform has no ``sched_getaffinity``)."""
+    try:
+        return len(os.sched_getaffinity(0)) or None
+    except (AttributeError, OSError):
+        return None
+
+
+def _own_cgroups() -> dict[str, str]:
+    """Controller -> this process's cgroup path, from ``/proc/self/cgroup`` (``""`` is the v2 hierarchy)."""
+    out: dict[str, str] = {}
+    text = _read_text("/proc/self/cgroup") or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        for ctl in controllers.split(",") if controllers else [""]:
+            out[ctl] = path
+    return out
+
+
+def _quota(quota: str | None, period: str | None) -> int | None:
+    """floor(quota / period), at least 1; None for no limit or unreadable values.
+
+    Rounded down: with a fractional quota (``--cpus 1.5``) the extra thread would be throttled at the end of
+    each period, stalling the others that wait for it."""
+    try:
+        q, p = int(quota), int(period)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if q <= 0 or p <= 0:  # -1: no limit (v1)
+        return None
+    return max(1, math.floor(q / p))
+
+
+def _cgroup_cpus() -> int | None:
+    """The smallest CPU quota found in the cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us`` files (the root of the mount and this process's own cgroup), None if none is set."""
+    own = _own_cgroups()
+    found: list[int] = []
+    v2_dirs = [_V2_ROOT]
+    if own.get("", "/") not in ("", "/"):
+        v2_dirs.append(_V2_ROOT + own[""])
+    for d in v2_dirs:
+        text = _read_text(f"{d}/cpu.max")
+        if text:
+            fields = text.split()
+            if len(fields) == 2 and fields[0] != "max":
+                n = _quota(fields[0], fields[1])
+                if n is not None:
+                    found.append(n)
+    v1_dirs = list(_V1_ROOTS)
+    sub = own.get("cpu") or own.get("cpuacct")
+    if sub and sub != "/":
+        v1_dirs += [r + sub for r in _V1_ROOTS]
+    for d in v1_dirs:
+        n = _quota(_read_text(f"{d}/cpu.cfs_quota_us"), _read_text(f"{d}/cpu.cfs_period_us"))
+        if n is not None:
+            found.append(n)
+    return min(found) if found else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the minimum of its affinity mask (``os.sched_getaffinity``), its cgroup CPU
+    quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``, rounded down) and ``os.cpu_count()``
+    where neither is available; at least 1."""
+    limits = [n for n in (_affinity_cpus(), _cgroup_cpus()) if n is not None]
+    if not limits:
+        limits = [os.cpu_count() or 1]
+    return max(1, min(limits))
+
+
+def _check(value, source: str) -> int:
+    """``value`` (an int, or a string from the environment) as a thread count >= 1, else ValueError."""
+    expected = "expected an integer >= 1 (number of CPU threads)"
+    try:
+        if isinstance(value, str):
+            n = int(value.strip())
+        elif isinstance(value, bool):
+            raise TypeError
+        else:
+            n = operator.index(value)  # ints and numpy integers; not floats
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} = {value!r}: {expected}") from None
+    if n < 1:
+        raise ValueError(f"{source} = {value!r}: {expected}")
+    return n
+
+
+def resolve_threads(requested: int | None = None) -> int:
+    """The thread count :func:`configure_threads` would set, without setting it."""
+    if requested is not None:
+        return _check(requested, "threads")
+    env = os.environ.get(ENV_VAR)
+    if env is not None and env.strip() != "":
+        return _check(env, ENV_VAR)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:  # OpenMP's own variable; torch honours it too. Lists like "4,2" are ignored.
+        return int(omp)
+    return available_cpus()
+
+
+def configure_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op thread count and return it.
+
+    The count is ``requested`` if given, else the environment variable ``RURK_THREADS``, else
+    ``OMP_NUM_THREADS`` (when it is a plain integer >= 1), else :func:`available_cpus` (affinity mask and
+    cgroup quota). A ``requested`` or ``RURK_THREADS`` that is not an integer >= 1 raises ValueError naming the
+    value. Inter-op threads are left alone (see the module docstring). Call it once, early, before heavy work."""
+    n = resolve_threads(requested)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+__all__ = ["ENV_VAR", "available_cpus", "configure_threads", "resolve_threads"]
