@@ -6,6 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("RURK_PROGRESS", "0")  # no progress bars in test output
+os.environ.setdefault("RURK_THREADS", "1")  # commands run through rurk.cli.main keep the tests' one thread
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -519,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rurk",
         description="Robust machine unlearning: train Original/Re-train, unlearn, audit residual knowledge.",
-        epilog="Add --debug anywhere to see a traceback instead of a one-line error.",
+        epilog="Add --debug anywhere to see a traceback instead of a one-line error, and --threads N to set torch's "
+               "CPU threads (default: RURK_THREADS, else the CPUs this process may use).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -634,16 +635,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _pop_threads(argv: list[str]) -> tuple[list[str], str | None]:
+    """``--threads N`` / ``--threads=N`` anywhere on the command line (every command takes it)."""
+    out, value, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--threads" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--threads="):
+            value = a.split("=", 1)[1]
+        else:
+            out.append(a)
+        i += 1
+    return out, value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 1 some work failed (a method, a diverging training run), 2 a usage or input error,
     130 interrupted. Errors are one line; ``--debug`` (anywhere on the command line) shows the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    argv, threads = _pop_threads(argv)
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
         os.environ["RURK_PROGRESS"] = "0"
     try:
+        from .threads import configure_threads
+
+        configure_threads(threads)  # --threads, else RURK_THREADS / OMP_NUM_THREADS, else the CPUs this process may use
         args.fn(args)
     except (ConfigError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
         if debug:
