@@ -155,8 +155,9 @@ def check_claims(summary: dict, tau: float = PAPER_TAU) -> list[dict]:
             ga, gb = methods["rurk"]["avg_gap_per_seed"]["values"], methods[o]["avg_gap_per_seed"]["values"]
             diffs = [x - y for x, y in zip(ga, gb) if x is not None and y is not None]
             if not diffs:
-                verdicts.append(HOLDS)  # the other method failed on every seed
-                parts.append(f"{o} failed")
+                rurk_ok = any(x is not None for x in ga)
+                verdicts.append(HOLDS if rurk_ok else INCONCLUSIVE)  # the other failed on every seed / no gaps at all
+                parts.append(f"{o} failed" if rurk_ok else f"{o}: no gap")
                 continue
             iv = interval(diffs)
             verdicts.append(INCONCLUSIVE if len(diffs) < 2 else HOLDS if iv[2] < 0 else FAILS if iv[1] > 0
@@ -165,8 +166,9 @@ def check_claims(summary: dict, tau: float = PAPER_TAU) -> list[dict]:
         v = both(*verdicts)
         gaps = {m: methods[m].get("avg_gap") for m in ["rurk", *others]}
         best = min((m for m in gaps if gaps[m] is not None), key=lambda m: gaps[m], default=None)
+        lead = f"smallest Avg. Gap: {best} ({gaps[best]:.2f})" if best is not None else "no Avg. Gap (Re-train failed?)"
         claim("rurk_smallest_gap", text, v,
-              f"smallest Avg. Gap: {best} ({gaps[best]:.2f}); paired per-seed gap differences rurk − other: "
+              f"{lead}; paired per-seed gap differences rurk − other: "
               + "; ".join(parts) + (f" ({how.split(':')[0]}: no interval)" if n < 2 else f" (95% t-intervals over {n} seeds)"))
     return out
 
