@@ -457,7 +457,7 @@ def cmd_readme(args) -> None:
         raise FileNotFoundError(f"{summary_path}: no summary.json (run `rurk run` or `rurk demo` first)")
     summary = json.loads(summary_path.read_text())
     text = render(summary, rows=args.rows.split(",") if args.rows else None,
-                  columns=args.columns.split(",") if args.columns else None)
+                  columns=args.columns.split(",") if args.columns else None, claims=not args.no_claims)
     changed, diff = update(args.readme, args.block, text, check=args.check)
     if args.png and not args.check:
         shutil.copyfile(summary_path.parent / "residual.png", args.png)
@@ -625,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rows", default=None, help="only these methods (comma-separated)")
     c.add_argument("--columns", default=None, help="only columns whose header starts with one of these")
     c.add_argument("--png", default=None, help="also copy the run's residual.png here")
+    c.add_argument("--no-claims", action="store_true", help="leave the claims check out of the block")
     c.add_argument("--check", action="store_true", help="only compare; exit 1 when the block differs")
     c.set_defaults(fn=cmd_readme)
 

@@ -16,7 +16,8 @@ from .claims import claims_markdown
 from .report import main_table, markdown
 
 
-def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] | None = None) -> str:
+def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] | None = None,
+           claims: bool = True) -> str:
     """The block's markdown: the main table (optionally only ``rows``/``columns``, by method name / header
     prefix) and the claims check."""
     header, body = main_table(summary)
@@ -32,7 +33,7 @@ def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] |
              f"sample, `{a.get('probe')}` probe; rurk {run.get('versions', {}).get('rurk')}, "
              f"torch {run.get('versions', {}).get('torch')}, {run.get('device')}.", "",
              markdown(header, keep_rows), ""]
-    if rows is None:
+    if claims:
         lines += ["Claims check (generated; rules in `rurk.claims`):", "", claims_markdown(summary["claims"]), ""]
     return "\n".join(lines)
 
