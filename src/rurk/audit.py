@@ -281,18 +281,6 @@ class AuditResult:
         i = int(np.argmin(np.abs(np.asarray(self.taus) - tau)))
         return self.per_tau[i]
 
-    def curve(self, name: str) -> np.ndarray:
-        """One field over tau as a float array (None -> NaN)."""
-        return np.array([np.nan if getattr(s, name) is None else getattr(s, name) for s in self.per_tau], float)
-
-    def ci_curve(self, name: str) -> np.ndarray:
-        """(len(taus), 2) bootstrap bounds of one field (NaN where missing)."""
-        out = np.full((len(self.per_tau), 2), np.nan)
-        for i, s in enumerate(self.per_tau):
-            if s.ci95.get(name) is not None:
-                out[i] = s.ci95[name]
-        return out
-
     # -- per-sample table ------------------------------------------------------------------------
     def rows(self) -> Iterator[dict[str, Any]]:
         """One dict per (tau, sample): index, label, tau, k_m, k_a, d, r, leak (spec §4)."""
