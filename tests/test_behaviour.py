@@ -428,6 +428,10 @@ def test_mia_class_draws_like_the_sample_variant_and_splits_as_documented(monkey
         perm = np.random.default_rng([seed, 2]).permutation(100)
         np.testing.assert_array_equal(spy.predicts[-1], p_f[perm[50:]])
         assert set(x_c[y_c == 0]) == set(p_f[perm[:50]])
+    # fewer retain samples than half A: half A is subsampled, reproducibly
+    mia_class(p_r[:20], p_f, seed=3)
+    mia_class(p_r[:20], p_f, seed=3)
+    np.testing.assert_array_equal(spy.fits[-1][0], spy.fits[-2][0])
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -560,8 +564,8 @@ def test_summary_schema_kinds_and_missing_values():
     assert (s["scenario"], s["probe"], s["seeds"]) == ("hand", "gaussian", [1, 2])
     m = s["methods"]
     kinds = {n: (m[n]["base"], m[n]["kind"]) for n in names}
-    assert kinds == {"original": ("original", "reference"), "retrain": ("retrain", "reference"), "gd": ("gd", "finetune"),
-                     "ssd": ("ssd", "training-free"), "my-row": ("my-row", "other")}
+    assert kinds == {"original": ("original", "reference"), "retrain": ("retrain", "reference"),
+                     "gd": ("gd", "finetune"), "ssd": ("ssd", "training-free"), "my-row": ("my-row", "other")}
     # seed 2 has no gd and no Re-train row: gd counts one seed, and seed 2 has no per-seed gap
     assert m["gd"]["n_seeds"] == 1 and m["gd"]["failed"] == [{"seed": 2}]
     assert m["gd"]["avg_gap_per_seed"]["values"] == [0.0, None]
@@ -603,8 +607,8 @@ def _curve_summary():
                             for t, rp, pp, pv, ti, c in zip((0.0, 0.03, 0.1), r_pooled, r_paper, prev, ties, ci)]}
 
     results = []
-    for seed, (rp, pv, ti, rl) in enumerate([((1.0, 1.2, 1.4), (0.0, 0.5, 0.5), (1.0, 0.5, 0.25), 2.0),
-                                              ((1.0, 1.0, 1.0), (0.0, 0.5, 0.7), (1.0, 0.5, 0.25), None)]):
+    for seed, (rp, pv, ti, rl) in enumerate([((1.0, 1.2, 1.4), (0.0, 0.5, 0.5), (1.0, 0.5, 0.75), 2.0),
+                                              ((1.0, 1.0, 1.0), (0.0, 0.5, 0.7), (1.0, 0.5, 0.75), None)]):
         gd = dict(zip(KEYS, (0.5, 0.25, 0.625, 0.5)), relearn_epochs=rl)
         orig = dict(zip(KEYS, (1.0, 0.0, 0.75, 0.25)), relearn_epochs=None)
         r = SeedResult(seed, {"original": orig, "retrain": dict(RETRAIN_RL), "gd": gd}, {}, {})
@@ -626,7 +630,7 @@ def test_residual_summary_reference_row_and_bootstrap_intervals():
     res = s["methods"]["gd"]["residual"]
     assert res["probe"] == "gaussian" and res["n_unbounded"] == [2.0] * 3
     assert res["r_pooled_ci95_per_seed"] == [[None, [1.1, 1.3], None]] * 2
-    assert res["ties"] == [1.0, 0.5, 0.25] and res["prevalence"] == pytest.approx([0.0, 0.5, 0.6])
+    assert res["ties"] == [1.0, 0.5, 0.75] and res["prevalence"] == pytest.approx([0.0, 0.5, 0.6])
 
 
 def test_main_and_numeric_tables_read_the_key_taus():
@@ -635,7 +639,7 @@ def test_main_and_numeric_tables_read_the_key_taus():
     t = {r[0].split(" (")[0]: dict(zip(header, r)) for r in rows}
     assert t["original"]["Re-learn (epochs)"] == "–" and t["retrain"]["Re-learn (epochs)"] == ">30"
     assert t["gd"]["Re-learn (epochs)"] == "2.00 ± 0.00 (1 >30)"
-    assert t["gd"]["prevalence (ties) τ=0.1"] == "60% (25%)" and t["gd"]["r_pooled τ=0.1"] == "1.200 ± 0.200"
+    assert t["gd"]["prevalence (ties) τ=0.1"] == "60% (75%)" and t["gd"]["r_pooled τ=0.1"] == "1.200 ± 0.200"
     assert rows[2][0] == "gd (degenerate)"
     header, rows = numeric_table(s)
     n = {r[0]: dict(zip(header, r)) for r in rows}
@@ -643,7 +647,7 @@ def test_main_and_numeric_tables_read_the_key_taus():
     assert (gd["n_seeds"], gd["failed_seeds"], gd["relearn_censored"], gd["relearn_mean"]) == (2, 0, 1, 2.0)
     assert gd["r_pooled_tau0.03"] == pytest.approx(1.1) and gd["r_pooled_tau0.1"] == pytest.approx(1.2)
     assert gd["r_paper_tau0"] == 1.0 and gd["r_paper_tau0.03"] == "" and gd["r_paper_tau0.1"] == 2.0
-    assert gd["prevalence_tau0.1"] == pytest.approx(0.6) and gd["ties_tau0.1"] == 0.25
+    assert gd["prevalence_tau0.1"] == pytest.approx(0.6) and gd["ties_tau0.1"] == 0.75
     assert gd["avg_gap_per_seed_mean"] == pytest.approx(gd["avg_gap"]) and gd["avg_gap_per_seed_std"] == 0.0
     assert "25.0 points below" in gd["degenerate"] and n["original"]["degenerate"] == ""
     assert [n["retrain"][f"{k}_gap"] for k in KEYS] == ["", "", "", ""]
@@ -653,6 +657,7 @@ def test_main_and_numeric_tables_read_the_key_taus():
 @pytest.mark.parametrize("taus,want", [
     ([], []), ([0.03], [0]), ([0.0, 0.1], [0, 1]), ([0.0, 0.01, 0.03, 0.1], [0, 2, 3]),
     ([0.0, 0.02, 0.05], [0, 1, 2]), ([0.0, 0.025, 0.04, 0.3], [0, 1, 3]),
+    ([0.3, 0.0, 0.03], [1, 2, 0]),  # a grid given out of order: still smallest, nearest 0.03, largest (last)
 ])
 def test_key_taus_are_smallest_nearest_to_paper_and_largest(taus, want):
     assert key_taus(taus) == want
@@ -785,6 +790,12 @@ def test_bootstrap_interval_is_used_for_one_seed_only():
     assert verdicts(two)["original_r_gt_1"] == HOLDS  # two equal seeds: t-interval of width 0 above 1
     one_ = {"seeds": [1], "methods": {"original": _r_row([0.0, 0.03, 0.3], [[1, 1.1, 1]], "reference", ci[:1])}}
     assert verdicts(one_)["original_r_gt_1"] == INCONCLUSIVE  # the bootstrap interval straddles 1
+    # the evidence names the interval used, and the gap ranking has no interval with one seed
+    for n, how, gap_how in ((1, "one seed: bootstrap 95% interval", "(one seed: no interval)"),
+                            (2, "95% t-interval over 2 seeds", "(95% t-intervals over 2 seeds)")):
+        s = summary(rurk=row(r=[1.0] * n, gaps=[1.0] * n), gd=row(r=[1.2] * n, gaps=[2.0] * n))
+        ev = {c["id"]: c["evidence"] for c in check_claims(s)}
+        assert how in ev["gd_keeps_r_gt_1"] and ev["rurk_smallest_gap"].endswith(gap_how)
 
 
 def test_interval_drops_missing_and_nan_values():
