@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rurk.threads import configure_threads
 from rurk.audit import default_batch_size, residual_knowledge
 
 CL = torch.channels_last
@@ -252,14 +253,6 @@ def main(argv=None):
     ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=None,
                     help="time the paper-style loop once, for information (default: on; off with --quick)")
     args = ap.parse_args(argv)
-    try:
-        from rurk.threads import configure_threads
-    except ImportError:  # an older rurk (e.g. timing the code before a change with PYTHONPATH=...)
-        def configure_threads(n):
-            if n:
-                torch.set_num_threads(n)
-            return torch.get_num_threads()
-
     threads = configure_threads(args.threads)
     q = args.quick
     args.n = args.n or (24 if q else 32)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rurk.threads import configure_threads
 from rurk.data import TensorData
 from rurk.models import build_model
 from rurk.train import OptimConfig, fit
@@ -83,13 +84,6 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: rurk.threads.configure_threads())")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = ap.parse_args(argv)
-    try:
-        from rurk.threads import configure_threads
-    except ImportError:  # an older rurk
-        def configure_threads(n):
-            if n:
-                torch.set_num_threads(n)
-            return torch.get_num_threads()
     threads = configure_threads(args.threads)
     q = args.quick
     n_imgs = args.n or (1024 if q else 2048)
