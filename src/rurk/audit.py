@@ -618,6 +618,36 @@ def check_inputs(unlearned: nn.Module, retrained: nn.Module, x, y, *, index=None
     return AuditInputs(x.contiguous(), y, idx, dev)
 
 
+def _perturbed_chunk(pr: Probe, m: nn.Module, a: nn.Module, xs, ys, tau: float, noise, target, s: int, e: int,
+                     eff: str | None, clipped: torch.Tensor, t: int):
+    """The copies (x_m, x_a) of one chunk at one tau that m and a classify: a random probe's clipped
+    ``x + tau * noise`` (counting clipped coordinates into ``clipped[t]``), or an attack crafted on m, on a, or on
+    each (``eff == "both"``) from the shared random starts and targets."""
+    if eff is None:
+        v = pr.shift(xs, tau, noise[s:e])
+        clipped[t] += ((v < 0) | (v > 1)).sum()
+        xm = v.clamp_(0.0, 1.0)
+        return xm, xm
+    dr = Draw(None if noise is None else noise[s:e], None if target is None else target[s:e])
+    if eff == "both":
+        return pr.apply(m, xs, ys, tau, dr).x, pr.apply(a, xs, ys, tau, dr).x
+    xm = pr.apply(m if eff == "m" else a, xs, ys, tau, dr).x
+    return xm, xm
+
+
+def _group_draws(pr: Probe, x_rep, y_rep, blocks: list[int], r0: int, n: int, block_size: int, c: int, seed: int,
+                 num_classes: int, dev) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The randomness of a group of sample blocks: each block draws its c copies' noise and targets from its own
+    generator ``block_generator(seed, probe, block)``, so a copy never depends on how blocks are grouped."""
+    noises, targets = [], []
+    for b in blocks:
+        s, e = (b * block_size - r0) * c, (min(n, (b + 1) * block_size) - r0) * c
+        dr = pr.draw(x_rep[s:e], y_rep[s:e], block_generator(seed, pr.name, b, dev), num_classes)
+        noises.append(dr.noise)
+        targets.append(dr.target)
+    return (None if noises[0] is None else torch.cat(noises)), (None if targets[0] is None else torch.cat(targets))
+
+
 def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInputs, pr: Probe, spec: AuditSpec,
                   seed: int, *, batch_size: int | None = None, channels_last: bool | None = None,
                   progress: bool | None = None) -> Counts:
@@ -716,15 +746,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                 r0, r1 = blocks[0] * block_size, min(n, (blocks[-1] + 1) * block_size)
                 x_rep = x[r0:r1].repeat_interleave(c, 0)
                 y_rep = y[r0:r1].repeat_interleave(c, 0)
-                noises, targets = [], []
-                for b in blocks:
-                    s, e = (b * block_size - r0) * c, (min(n, (b + 1) * block_size) - r0) * c
-                    g = block_generator(seed, pr.name, b, dev)
-                    dr = pr.draw(x_rep[s:e], y_rep[s:e], g, num_classes)
-                    noises.append(dr.noise)
-                    targets.append(dr.target)
-                noise = None if noises[0] is None else _in_format(torch.cat(noises), fmt)
-                target = None if targets[0] is None else torch.cat(targets)
+                noise, target = _group_draws(pr, x_rep, y_rep, blocks, r0, n, block_size, c, seed, num_classes, dev)
+                noise = None if noise is None else _in_format(noise, fmt)
                 x_rep = _in_format(x_rep, fmt)
                 N = x_rep.shape[0]
                 bounds = _chunks(N, bs)
@@ -736,19 +759,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                     for ci, (s, e) in enumerate(bounds):
                         ys = y_rep[s:e]
                         check = bf16 and gi == 0 and ci == 0
-                        if adversarial:
-                            dr = Draw(
-                                None if noise is None else noise[s:e], None if target is None else target[s:e]
-                            )
-                            if both:
-                                xm = pr.apply(m, x_rep[s:e], ys, tau, dr).x
-                                xa = pr.apply(a, x_rep[s:e], ys, tau, dr).x
-                            else:
-                                xm = xa = pr.apply(m if eff == "m" else a, x_rep[s:e], ys, tau, dr).x
-                        else:
-                            v = pr.shift(x_rep[s:e], tau, noise[s:e])
-                            clipped[t] += ((v < 0) | (v > 1)).sum()
-                            xm = xa = v.clamp_(0.0, 1.0)
+                        xm, xa = _perturbed_chunk(pr, m, a, x_rep[s:e], ys, tau, noise, target, s, e, eff, clipped, t)
                         pm = predict(m, xm, check)
                         pa = predict(a, xa, check)
                         hm[s:e] = pm == ys
