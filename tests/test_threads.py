@@ -134,3 +134,72 @@ def test_cli_threads_flag_sets_torch_threads_and_rejects_bad_values(capsys):
         assert "threads = '0': expected an integer >= 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def before_torch(monkeypatch):
+    """As before torch loads, with no spin setting in the environment (all restored after the test)."""
+    monkeypatch.delitem(__import__("sys").modules, "torch")
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+
+
+def loadavg(running: int) -> dict[str, str]:
+    return {"/proc/loadavg": f"1.50 1.20 0.90 {running}/312 4242"}
+
+
+@pytest.mark.parametrize("running, cpus, env, short", [
+    (1, 2, {}, False),                      # only this process: libgomp's default spin
+    (2, 2, {}, True),                       # one other busy task on 2 CPUs, 2 threads: short spin
+    (2, 3, {}, True),                       # 3 threads (all 3 CPUs) + 1 other > 3
+    (2, 3, {"RURK_THREADS": "2"}, False),   # 2 threads + 1 other <= 3: room for both
+    (4, 8, {"RURK_THREADS": "6"}, True),    # 6 threads + 3 others > 8
+    (4, 8, {"RURK_THREADS": "5"}, False),   # 5 + 3 <= 8
+    (2, 2, {"RURK_THREADS": "1"}, False),   # one thread + one other fits
+    (3, 2, {"OMP_WAIT_POLICY": "ACTIVE"}, False),   # the user's choice is kept
+    (3, 2, {"GOMP_SPINCOUNT": "300000"}, False),
+])
+def test_prefer_short_spin_counts_other_runnable_tasks(monkeypatch, before_torch, running, cpus, env, short):
+    fake_affinity(monkeypatch, range(cpus))
+    fake_files(monkeypatch, loadavg(running))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert threads.prefer_short_spin() is short
+    expected = threads.SPIN_COUNT if short else env.get("GOMP_SPINCOUNT")
+    assert os.environ.get("GOMP_SPINCOUNT") == expected
+
+
+@pytest.mark.parametrize("text", [None, "", "garbage", "1.0 1.0 1.0 x/9 1"])
+def test_prefer_short_spin_without_loadavg_does_nothing(monkeypatch, before_torch, text):
+    fake_affinity(monkeypatch, range(2))
+    fake_files(monkeypatch, {} if text is None else {"/proc/loadavg": text})
+    assert threads.prefer_short_spin() is False and "GOMP_SPINCOUNT" not in os.environ
+
+
+def test_prefer_short_spin_does_nothing_once_torch_is_loaded(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    fake_affinity(monkeypatch, range(1))
+    fake_files(monkeypatch, loadavg(5))  # busy, but torch is loaded: libgomp has read its environment already
+    assert threads.prefer_short_spin() is False and "GOMP_SPINCOUNT" not in os.environ
+
+
+def test_rurk_command_decides_the_spin_before_torch_loads():
+    """The console script's import chain: rurk.threads does not load torch, and rurk.cli calls
+    prefer_short_spin before it does (the decision is seen as its return value before torch is in sys.modules)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, os, rurk.threads as t\n"
+            "assert 'torch' not in sys.modules, 'rurk.threads must not import torch'\n"
+            "seen = []\n"
+            "real = t.prefer_short_spin\n"
+            "t.prefer_short_spin = lambda: seen.append('torch' in sys.modules) or real()\n"
+            "import rurk.cli\n"
+            "assert seen == [False], seen\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # the user's choice: never overridden
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"

@@ -7,7 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_scenario, parse_overrides
+from .threads import prefer_short_spin
+
+prefer_short_spin()  # before torch loads (rurk.config imports it): see rurk.threads, "Waiting threads"
+
+from .config import ConfigError, load_scenario, parse_overrides  # noqa: E402
 
 
 def _scenario(args):

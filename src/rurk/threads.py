@@ -19,6 +19,21 @@ What to do on a shared server
 * Time things with the same thread count you will run with; on a busy machine compare runs made in the same
   process, in interleaved rounds (see ``bench/``), not wall times taken at different moments.
 
+Waiting threads on a shared machine
+-----------------------------------
+Between two parallel regions (every layer of a forward pass) torch's OpenMP threads (libgomp) *spin* for about
+300,000 iterations before they sleep. On an idle machine that saves a wake-up; beside another busy process the
+spinning thread takes the core the other thread needs, and the whole team waits for it. Measured on 2 cores
+(``bench/bench_threads.py``, the full CPU demo): idle 169 s; beside one competing busy process 560 s at 2
+threads, 290 s with a spin count of 100 and 290 s at one thread; but idle the spin count of 100 cost 25%
+(211 s). libgomp itself drops to 100 when *its* threads outnumber the CPUs; it cannot see other processes. So
+the ``rurk`` command applies the same rule counting them (:func:`prefer_short_spin`): when this process's
+threads plus the other runnable tasks at start (``/proc/loadavg``) outnumber the CPUs it may use, it sets
+``GOMP_SPINCOUNT=100`` before torch loads. It never overrides ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set by
+the user (``OMP_WAIT_POLICY=PASSIVE`` for always-short, ``GOMP_SPINCOUNT=300000`` for libgomp's default). It
+changes when threads sleep, never what they compute: results are bit-identical. Work that starts after rurk
+is not seen. Code that imports rurk as a library keeps torch's behaviour; set the variable in its environment.
+
 Inter-op threads are not capped. rurk does no inter-op parallel work (no ``torch.jit.fork``), so the inter-op
 pool stays idle, and :func:`torch.set_num_interop_threads` may be called only once per process and only before
 any inter-op work starts -- capping it here would make :func:`configure_threads` fail or not depending on what
@@ -30,16 +45,50 @@ from __future__ import annotations
 import math
 import operator
 import os
-
-import torch
+import sys
 
 ENV_VAR = "RURK_THREADS"
+#: libgomp's spin count when its threads outnumber the CPUs (its documentation); see "Waiting threads".
+SPIN_COUNT = "100"
 
 #: cgroup v2 quota files (``"<quota> <period>"`` or ``"max <period>"``), root first; :func:`_cgroup_paths` adds
 #: the process's own cgroup.
 _V2_ROOT = "/sys/fs/cgroup"
 #: cgroup v1 mount points of the cpu controller.
 _V1_ROOTS = ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuacct,cpu")
+
+
+def _other_runnable() -> int | None:
+    """Runnable tasks on the machine besides this process, right now: the 4th field of ``/proc/loadavg``
+    (``running/total``) minus this process; None where it cannot be read."""
+    text = _read_text("/proc/loadavg")
+    try:
+        running = int(text.split()[3].split("/")[0])  # type: ignore[union-attr]
+    except (AttributeError, IndexError, ValueError):
+        return None
+    return max(0, running - 1)
+
+
+def prefer_short_spin() -> bool:
+    """Set ``GOMP_SPINCOUNT`` to :data:`SPIN_COUNT` when other work is running: this process's threads
+    (:func:`resolve_threads`) plus the machine's other runnable tasks outnumber the CPUs it may use -- libgomp's
+    own rule, with other processes counted. Does nothing if ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set,
+    if torch (hence libgomp, which reads them once) is already loaded, or if ``/proc/loadavg`` cannot be read.
+    Returns whether it set it. Call it before ``import torch``; see "Waiting threads" above."""
+    env = os.environ
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env or "torch" in sys.modules:
+        return False
+    others = _other_runnable()
+    if not others:
+        return False
+    try:
+        threads = resolve_threads()
+    except ValueError:  # a bad RURK_THREADS: configure_threads reports it
+        return False
+    if threads + others <= available_cpus():
+        return False
+    env["GOMP_SPINCOUNT"] = SPIN_COUNT
+    return True
 
 
 def _read_text(path: str) -> str | None:
@@ -161,10 +210,12 @@ def configure_threads(requested: int | None = None) -> int:
     ``OMP_NUM_THREADS`` (when it is a plain integer >= 1), else :func:`available_cpus` (affinity mask and
     cgroup quota). A ``requested`` or ``RURK_THREADS`` that is not an integer >= 1 raises ValueError naming the
     value. Inter-op threads are left alone (see the module docstring). Call it once, early, before heavy work."""
+    import torch
+
     n = resolve_threads(requested)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
 
 
-__all__ = ["ENV_VAR", "available_cpus", "configure_threads", "resolve_threads"]
+__all__ = ["ENV_VAR", "SPIN_COUNT", "available_cpus", "configure_threads", "prefer_short_spin", "resolve_threads"]
