@@ -5,6 +5,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 import rurk.experiment as experiment
 import rurk.pipeline as pipeline
@@ -131,6 +132,7 @@ def test_the_summary_lists_failures_with_their_seed(tmp_path):
     assert [f["seed"] for f in summary["methods"]["ga"]["failed"]] == [131, 42]
     on_disk = json.loads((tmp_path / "digits5" / "summary.json").read_text())
     assert on_disk["run"]["methods"]["ga"]["lr"] == 1e6 and on_disk["run"]["audit"]["draws"] == 2
+    assert on_disk["run"]["threads"] == torch.get_num_threads() == 1  # conftest: RURK_THREADS=1
 
 
 # ---------------------------------------------------------------------------------------------- user checkpoints

@@ -216,7 +216,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 
 def run_info(scenario, spec, results: list, names: list[str]) -> dict:
-    """What was run, for the report: versions, device, seeds, the audit settings, the reference recipe and every
+    """What was run, for the report: versions, device, torch's CPU threads, seeds, the audit settings, the reference recipe and every
     method's resolved config (after presets, tuning, ``--set`` and variants)."""
     import platform
 
@@ -233,7 +233,9 @@ def run_info(scenario, spec, results: list, names: list[str]) -> dict:
         if rec:
             configs[name] = rec["config"]
     return {"versions": {"rurk": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "device": audits[0].get("device") if audits else None, "seeds": [r.seed for r in results],
+            "device": audits[0].get("device") if audits else None,
+            "threads": torch.get_num_threads(),  # CPU results are bit-identical only at the same count
+            "seeds": [r.seed for r in results],
             "audit": spec.key(), "original_recipe": to_dict(scenario.train), "retrain_recipe": to_dict(scenario.retrain_optim()),
             "pretrain": to_dict(scenario.pretrain) if scenario.pretrain.dataset else None, "tuned": scenario.tuned,
             "methods": configs}
