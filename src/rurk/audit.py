@@ -18,7 +18,7 @@ reused for every tau (common random numbers) and cut into evaluation chunks of `
 Because the randomness is tied to blocks, not to chunks, perturbations are bit-identical whatever the
 batch size. Both models run on the same chunk under ``torch.inference_mode`` in eval mode; counts stay
 on the device until the end. For 4-D inputs to conv nets, kernels and inputs are given channels_last
-*strides* for the duration (:func:`_in_format`) -- also where a size-1 dimension (one input channel) makes
+*strides* for the duration (:func:`rurk.torchutil.in_format`) -- also where a size-1 dimension (one input channel) makes
 ``.contiguous(memory_format=channels_last)`` a no-op, which left the first conv and its pooling in NCHW. At tau = 0 every copy equals x, so one forward pass per sample gives
 k = c * 1[pred = y] (the *tau = 0 shortcut*).
 """
@@ -41,6 +41,7 @@ from torch import nn
 
 from .config import PAPER_TAUS
 from .train import progress_enabled
+from .torchutil import in_format
 from .perturb import CRAFT_ON, Draw, Probe, block_generator, derive_seed, eval_mode, make_probe, module_device
 
 DEFAULT_TAUS = PAPER_TAUS  # the paper's curve: linspace(0, 8/255, 11)
@@ -393,46 +394,13 @@ class AuditResult:
 # estimator
 
 
-def _canonical_strides(shape: Sequence[int], fmt: torch.memory_format) -> tuple[int, ...]:
-    """The strides ``torch.empty(shape, memory_format=fmt)`` would have (4-D ``fmt`` = channels_last)."""
-    if fmt == torch.channels_last and len(shape) == 4:
-        n, c, h, w = shape
-        return (h * w * c, 1, w * c, c)
-    strides, acc = [], 1
-    for size in reversed(shape):
-        strides.append(acc)
-        acc *= max(int(size), 1)
-    return tuple(reversed(strides))
-
-
-def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-    """``t`` with exactly the canonical strides of ``fmt``.
-
-    ``t.contiguous(memory_format=fmt)`` is not enough: with a size-1 dimension (one input channel, a
-    3x3 kernel with one input channel, a 1x1 kernel) a tensor is contiguous in *both* formats, so it is
-    returned unchanged with its NCHW strides, and convolution / pooling, which pick their layout from the
-    strides of input and weight, then run -- and hand the next layer -- NCHW. When ``t`` is already
-    contiguous in ``fmt`` the memory is the same either way and a strided view fixes the label for free;
-    otherwise the data is copied once."""
-    if t.dim() != 4 and fmt == torch.channels_last:
-        return t
-    want = _canonical_strides(t.shape, fmt)
-    if t.stride() == want:
-        return t
-    if not t.is_contiguous(memory_format=fmt):
-        t = t.contiguous(memory_format=fmt)
-        if t.stride() == want:
-            return t
-    return t.as_strided(t.shape, want)
-
-
 @contextmanager
 def _channels_last_weights(models: Sequence[nn.Module], enabled: bool):
     """Temporarily store 4-D parameters (conv kernels) with channels_last strides, restoring the original
     tensors afterwards. Values are unchanged; only the memory layout differs while the audit runs.
 
     Kernels whose strides are ambiguous (e.g. a first conv with one input channel, or 1x1 kernels) are
-    re-strided too (see :func:`_in_format`): otherwise oneDNN runs that conv, and the pooling after it, in
+    re-strided too (see :func:`rurk.torchutil.in_format`): otherwise oneDNN runs that conv, and the pooling after it, in
     NCHW, which on CPU costs about half of a small CNN's forward time."""
     swapped = []
     if enabled:
@@ -442,7 +410,7 @@ def _channels_last_weights(models: Sequence[nn.Module], enabled: bool):
                 if p.dim() != 4 or id(p) in seen:
                     continue
                 seen.add(id(p))
-                data = _in_format(p.data, torch.channels_last)
+                data = in_format(p.data, torch.channels_last)
                 if data is not p.data:
                     swapped.append((p, p.data))
                     p.data = data
@@ -703,8 +671,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     try:
         with eval_mode(m, a), _channels_last_weights((m, a), use_cl), grad_ctx:
             with torch.inference_mode():
-                out_m = _logits(m, _in_format(x[:1], fmt))
-                out_a = _logits(a, _in_format(x[:1], fmt))
+                out_m = _logits(m, in_format(x[:1], fmt))
+                out_a = _logits(a, in_format(x[:1], fmt))
             num_classes = out_m.shape[1]
             if out_a.shape[1] != num_classes:
                 raise ValueError(f"models disagree on the number of classes ({num_classes} vs {out_a.shape[1]})")
@@ -729,7 +697,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                 pm0 = torch.empty(n, dtype=torch.long, device=dev)
                 pa0 = torch.empty(n, dtype=torch.long, device=dev)
                 for s, e in _chunks(n, bs):
-                    xb = _in_format(x[s:e], fmt)
+                    xb = in_format(x[s:e], fmt)
                     pm0[s:e] = predict(m, xb)
                     pa0[s:e] = predict(a, xb)
                 fwd += 2 * n
@@ -747,8 +715,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                 x_rep = x[r0:r1].repeat_interleave(c, 0)
                 y_rep = y[r0:r1].repeat_interleave(c, 0)
                 noise, target = _group_draws(pr, x_rep, y_rep, blocks, r0, n, block_size, c, seed, num_classes, dev)
-                noise = None if noise is None else _in_format(noise, fmt)
-                x_rep = _in_format(x_rep, fmt)
+                noise = None if noise is None else in_format(noise, fmt)
+                x_rep = in_format(x_rep, fmt)
                 N = x_rep.shape[0]
                 bounds = _chunks(N, bs)
                 for t in work_t:
