@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..store import atomic_write
 from .loaders import Source
 from .tensordata import TensorData
 
@@ -148,14 +148,12 @@ class Split:
                      d["fingerprint"], d.get("test_from", "test"))
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON (one key per line, arrays inline), atomically. Returns the path."""
+        """Write JSON (one key per line, arrays inline), atomically (a temporary name per process and thread:
+        two runs in one process may save the same split at once). Returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         d = self.to_json()
         text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(d[k])}" for k in sorted(d)) + "\n}\n"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, text.encode())
         return path
 
     @staticmethod
