@@ -183,3 +183,68 @@ def test_audit_accepts_plain_safetensors_and_names_what_is_wrong_with_bad_files(
     damaged.write_bytes(ckpt.read_bytes()[:-4] + b"\0\0\0\0")
     damaged.with_suffix(".json").write_text(ckpt.with_suffix(".json").read_text())
     refused(damaged, "damaged")
+
+
+# ---------------------------------------------------------------------------------------------- mutants (issue 20)
+def _reference_rows(tmp_path, **audit):
+    """The audit JSON of Original on digits5 (seed 131) through `rurk run`'s own cell code and store."""
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
+    opts = RunOptions(methods=[], seeds=[131], taus=[0.0, 0.1], bootstrap=0, relearn=False, attacks=False,
+                      device="cpu", **audit)
+    store = Store(tmp_path)
+    prepared = pipeline.prepare(scenario, store)
+    res = experiment.run_seed(scenario, prepared, 131, store, [], opts, tmp_path / "digits5", log=lambda *a: None)
+    return res.residual["original"]
+
+
+def test_an_audit_with_other_draws_or_noise_seed_is_computed_anew_not_served_from_the_store(tmp_path):
+    first = _reference_rows(tmp_path, draws=2)
+    assert first["c"] == 2 and first["noise_seed"] == 131  # the run seed
+    assert _reference_rows(tmp_path, draws=3)["c"] == 3
+    other = _reference_rows(tmp_path, draws=2, noise_seed=5)
+    assert other["c"] == 2 and other["noise_seed"] == 5
+    assert _reference_rows(tmp_path, draws=2) == first  # and the first cell is still served as it was
+
+
+def test_tune_scores_trials_on_its_tuning_forget_sets_never_on_the_reported_one(tmp_path, monkeypatch):
+    import dataclasses
+
+    import rurk.tune as tune_mod
+
+    class Captured(Exception):
+        pass
+
+    seen = {}
+
+    def capture(objective, *a, **k):
+        seen["splits"] = [(p.scenario.seeds.split, p.split.digest()) for p, *_ in objective.splits]
+        raise Captured
+
+    monkeypatch.setattr(tune_mod, "run_study", capture)
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=1"]))
+    with pytest.raises(Captured):
+        tune_mod.tune(scenario, ["gd"], tmp_path, trials=1, split_seeds=[3, 4], device="cpu", log=lambda *a: None)
+    digest = lambda s: pipeline.prepare(dataclasses.replace(  # noqa: E731
+        scenario, seeds=dataclasses.replace(scenario.seeds, split=s))).split.digest()
+    assert seen["splits"] == [(3, digest(3)), (4, digest(4))]
+    assert pipeline.prepare(scenario).split.digest() not in {d for _, d in seen["splits"]}
+
+
+@pytest.mark.parametrize("name", ["rl", "salun"])
+def test_the_relabel_forget_stream_has_its_own_seed_not_the_retain_streams(name):
+    """RL/SalUn (a forget pass, then a retain pass): with same-size sets a shared seed would give the forget pass
+    the retain pass's permutation; the forget stream is seeded ``derive_seed(loader_seed, "forget")``."""
+    from rurk.methods import unlearn
+    from rurk.torchutil import derive_seed
+    from rurk.train import BatchStream
+    from test_methods_gradient import Recorder, ided_data, ids_of
+
+    d = ided_data(64, 64)  # retain ids 0..63, forget ids 500..563: two batches of 32 each
+    model, rec = unlearn(name, Recorder(), d, 131, overrides={"batch_size": 32, "epochs": 1})
+    seen = [ids_of(x) for x in model.seen[-4:]]  # SalUn's saliency pass comes first
+    forget, retain = seen[:2], seen[2:]
+    assert all(i >= 500 for b in forget for i in b) and all(i < 500 for b in retain for i in b)
+    assert [[i - 500 for i in b] for b in forget] != retain
+    assert rec.extra["forget_loader_seed"] == derive_seed(d.loader_seed, "forget")
+    lone = BatchStream(d.forget, 32, derive_seed(d.loader_seed, "forget"))
+    assert [ids_of(lone.next()[0]) for _ in forget] == forget
