@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rurk.claims import FAILS, HOLDS, INCONCLUSIVE, check_claims, interval
+from rurk.claims import FAILS, HOLDS, INCONCLUSIVE, ONE_SEED, check_claims, interval
 from rurk.config import PAPER_TAUS, ConfigError, list_scenarios, load_scenario
 from rurk.experiment import RunOptions, method_config, method_names
 from rurk.methods.base import parse_variant
@@ -70,13 +70,11 @@ def test_rurk_that_hurts_retain_accuracy_does_not_hold_even_with_r_near_1():
     assert v["rurk_r_near_1"] == FAILS and v["rurk_smallest_gap"] == FAILS
 
 
-def test_one_seed_uses_the_bootstrap_interval_and_cannot_rank_gaps():
+def test_one_seed_decides_no_claim_but_shows_its_bootstrap_interval():
     s = summary(original=row("reference", r=[1.15], ci=[(1.08, 1.22)], gaps=[6.0]),
                 gd=row(r=[1.10], ci=[(0.97, 1.25)], gaps=[5.0]),
                 rurk=row(r=[0.99], ci=[(0.93, 1.04)], gaps=[1.0]))
-    v = verdicts(s)
-    assert v == {"original_r_gt_1": HOLDS, "gd_keeps_r_gt_1": INCONCLUSIVE, "rurk_r_near_1": HOLDS,
-                 "rurk_smallest_gap": INCONCLUSIVE}
+    assert set(verdicts(s).values()) == {ONE_SEED}
     ev = {c["id"]: c["evidence"] for c in check_claims(s)}
     assert "[1.080, 1.220]" in ev["original_r_gt_1"] and "one seed" in ev["original_r_gt_1"]
 

@@ -61,7 +61,6 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
     per-seed values that the claims check needs)."""
     seeds = [r.seed for r in results]
     out = {"scenario": scenario_name, "seeds": seeds, "probe": probe, "methods": {}}
-    means: dict[str, dict[str, float]] = {}
     for name in names:
         per_seed = [r.metrics.get(name, {}) for r in results]
         failed = [m for m in per_seed if "retain_acc" not in m]
@@ -83,8 +82,6 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
         walls = [r.records.get(name, {}).get("wall_s") for r in results]
         walls = [w for w in walls if w is not None]
         entry["wall_s"] = float(np.mean(walls)) if walls else None
-        if ok:
-            means[name] = {k: entry[k]["mean"] / 100.0 for k in PCT_KEYS}
         audits = [r.residual.get(name) for r in results if r.residual.get(name)]
         if name == "retrain":
             taus = results[0].residual.get("original", {}) or {}
@@ -102,9 +99,8 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
             res["r_pooled_ci95_per_seed"] = [[(t.get("ci95") or {}).get("r_pooled") for t in a["per_tau"]] for a in audits]
             entry["residual"] = res
         out["methods"][name] = entry
-    ref = means.get("retrain")
     for name, entry in out["methods"].items():
-        entry["avg_gap"] = avg_gap(means[name], ref, GAP_KEYS) if (ref and name in means) else None
+        _paired_gaps(entry, name, results)
         per_seed_gaps = [avg_gap(r.metrics[name], r.metrics["retrain"], GAP_KEYS)
                          if "retain_acc" in r.metrics.get(name, {}) and "retain_acc" in r.metrics.get("retrain", {})
                          else None for r in results]
@@ -119,6 +115,31 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
 
     out["claims"] = check_claims(out)
     return out
+
+
+def _ok(metrics: dict, name: str) -> bool:
+    return "retain_acc" in metrics.get(name, {})
+
+
+def _paired_gaps(entry: dict, name: str, results: list) -> None:
+    """Gaps to Re-train on the **same seeds** (paired): the seeds where both this row and Re-train have a result.
+
+    ``entry[k]["gap"]`` is |mean − Re-train's mean| of metric k in points over those seeds, ``avg_gap`` the
+    Avg. Gap of those means (the paper's number when nothing failed), ``gap_seeds`` the seeds it covers — a row
+    that failed on some seeds is compared with Re-train on the others only, never with Re-train's mean over
+    seeds the row does not have."""
+    both = [r for r in results if _ok(r.metrics, name) and _ok(r.metrics, "retrain")]
+    entry["gap_seeds"] = [r.seed for r in both]
+    if not both or name == "retrain":
+        for k in PCT_KEYS:
+            entry[k]["gap"] = 0.0 if both else None
+        entry["avg_gap"] = 0.0 if both else None
+    else:
+        mean = {k: float(np.mean([r.metrics[name][k] for r in both])) for k in PCT_KEYS}
+        ref = {k: float(np.mean([r.metrics["retrain"][k] for r in both])) for k in PCT_KEYS}
+        for k in PCT_KEYS:
+            entry[k]["gap"] = 100.0 * abs(mean[k] - ref[k])
+        entry["avg_gap"] = avg_gap(mean, ref, GAP_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -143,7 +164,6 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     """Table-1 rows: mean ± std (|gap to Re-train|) per metric, Avg. Gap, Re-learn, then r_pooled at the key τ
     and the prevalence (with the fraction of ties k_m = k_a) at the largest τ, and wall time."""
     methods = summary["methods"]
-    ref = methods.get("retrain", {})
     taus = _taus_of(summary)
     ki = key_taus(taus)
     header = ["method", *[LABELS[k] for k in PCT_KEYS], "Avg. Gap", "Re-learn (epochs)",
@@ -160,15 +180,18 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
             continue
         marks = []
         if e.get("failed"):
-            marks.append(f"failed on {len(e['failed'])} of {len(e['failed']) + e['n_seeds']} seeds")
+            marks.append(f"failed on {len(e['failed'])} of {len(e['failed']) + e['n_seeds']} seeds; gaps on seeds "
+                         f"{', '.join(map(str, e.get('gap_seeds', [])))}")
         if e.get("degenerate"):
             marks.append("degenerate")
         cells = [name + (f" ({'; '.join(marks)})" if marks else "")]
         for k in PCT_KEYS:
             m, s = e[k]["mean"], e[k]["std"]
-            gap = "" if name == "retrain" or ref.get(k, {}).get("mean") is None else f" ({abs(m - ref[k]['mean']):.2f})"
+            gap = "" if name == "retrain" or e[k].get("gap") is None else f" ({e[k]['gap']:.2f})"
             cells.append(f"{_fmt(m)} ± {_fmt(s)}{gap}")
-        cells.append(_fmt(e["avg_gap"]))
+        # the gap of the seed means, ± the spread of the per-seed gaps (what a reader needs to judge a difference)
+        sd = e["avg_gap_per_seed"]["std"] if len(e.get("gap_seeds", [])) > 1 and name != "retrain" else None
+        cells.append(_fmt(e["avg_gap"]) + ("" if sd is None else f" ± {_fmt(sd)}"))
         rl = e["relearn_epochs"]
         if name == "original":
             cells.append("–")
@@ -215,6 +238,21 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerows(rows)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): CPU numbers are bit-identical only
+    on the same model, so every summary records it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def run_info(scenario, spec, results: list, names: list[str]) -> dict:
     """What was run, for the report: versions, device, torch's CPU threads, seeds, the audit settings, the reference recipe and every
     method's resolved config (after presets, tuning, ``--set`` and variants)."""
@@ -233,7 +271,7 @@ def run_info(scenario, spec, results: list, names: list[str]) -> dict:
         if rec:
             configs[name] = rec["config"]
     return {"versions": {"rurk": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "device": audits[0].get("device") if audits else None,
+            "device": audits[0].get("device") if audits else None, "cpu": cpu_model(),
             "threads": torch.get_num_threads(),  # CPU results are bit-identical only at the same count
             "seeds": [r.seed for r in results],
             "audit": spec.key(), "original_recipe": to_dict(scenario.train), "retrain_recipe": to_dict(scenario.retrain_optim()),
@@ -253,13 +291,11 @@ def numeric_table(summary: dict) -> tuple[list[str], list[list]]:
     if taus:
         header += [f"prevalence_tau{taus[ki[-1]]:g}", f"ties_tau{taus[ki[-1]]:g}"]
     header += ["wall_s", "failed_seeds", "degenerate"]
-    ref = summary["methods"].get("retrain", {})
     rows = []
     for name, e in summary["methods"].items():
         row: list = [name, e["n_seeds"]]
         for k in PCT_KEYS:
-            m, r = e[k]["mean"], ref.get(k, {}).get("mean")
-            row += [m, e[k]["std"], None if m is None or r is None or name == "retrain" else abs(m - r)]
+            row += [e[k]["mean"], e[k]["std"], None if name == "retrain" else e[k].get("gap")]
         rl = e["relearn_epochs"]
         row += [e["avg_gap"], e["avg_gap_per_seed"]["mean"], e["avg_gap_per_seed"]["std"], rl["mean"], rl["std"],
                 rl.get("censored", 0)]

@@ -1,0 +1,165 @@
+"""The README check (rurk.readme.compare) and the paired gaps it relies on.
+
+A block is compared exactly on the machine that wrote it and within derived tolerances elsewhere; these tests
+build blocks from hand-made three-seed results, move numbers by amounts on either side of the tolerance and
+doctor the summary the way a real regression would (SCRUB's retain accuracy 29% instead of 99.8%, a claim
+that flips from holds to does not hold)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from rurk.experiment import SeedResult
+from rurk.readme import FLOORS, Z, _cell, compare, machine_line, parse, render, tolerance
+from rurk.report import main_table, summarise
+
+KEYS = ("retain_acc", "unlearn_acc", "test_acc", "mia")
+TAUS = [0.0, 0.03, 0.3]
+
+
+def audit(r: float) -> dict:
+    return {"per_tau": [{"tau": t, "r_pooled": r, "r_paper": r, "prevalence": 0.3, "ties": 0.4, "acc_m": 0.9,
+                         "acc_a": 0.8, "disagreement": 0.1, "n_unbounded": 0} for t in TAUS]}
+
+
+def three_seeds(scrub_retain=(0.998, 0.997, 0.999), gd_r=(1.10, 1.12, 1.11)) -> dict:
+    rows = {"original": (1.0, 0.0, 0.88, 0.0), "retrain": (0.995, 0.10, 0.87, 0.18),
+            "gd": (0.95, 0.05, 0.85, 0.10), "rurk": (0.985, 0.11, 0.86, 0.19)}
+    results = []
+    for i, seed in enumerate((131, 42, 7)):
+        wobble = 0.002 * (i - 1)  # a little spread over seeds
+        metrics = {n: {k: min(1.0, max(0.0, v + wobble)) for k, v in zip(KEYS, vals)} for n, vals in rows.items()}
+        metrics["scrub"] = dict(zip(KEYS, (scrub_retain[i], 0.02, 0.87, 0.15)))
+        residual = {"original": audit(1.12 + wobble), "gd": audit(gd_r[i]), "rurk": audit(1.0 + wobble),
+                    "scrub": audit(1.09)}
+        results.append(SeedResult(seed, metrics, residual, {}))
+    s = summarise("hand", "gaussian", results, ["original", "retrain", "gd", "rurk", "scrub"])
+    s["run"] = {"cpu": "Intel Xeon", "threads": 2, "versions": {"rurk": "0.1.0", "torch": "2.13.0+cpu"},
+                "device": "cpu", "audit": {"draws": 32, "probe": "gaussian"}}
+    return s
+
+
+def on(summary: dict, cpu: str) -> dict:
+    s = copy.deepcopy(summary)
+    s["run"]["cpu"] = cpu
+    return s
+
+
+def block(summary: dict) -> str:
+    return render(summary) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- paired gaps
+def test_gaps_pair_each_method_with_retrain_on_the_same_seeds():
+    """gd equals Re-train on seed 1 and failed on seed 2, where Re-train is 20 points lower: paired, its gap is 0
+    (unpaired means would give 10 points on retain)."""
+    same = dict(zip(KEYS, (0.9, 0.1, 0.8, 0.2)))
+    results = [SeedResult(1, {"retrain": same, "gd": same}, {}, {}),
+               SeedResult(2, {"retrain": dict(same, retain_acc=0.7), "gd": {"error": "boom"}}, {}, {})]
+    s = summarise("hand", "gaussian", results, ["retrain", "gd"])
+    gd = s["methods"]["gd"]
+    assert gd["avg_gap"] == 0.0 and gd["gap_seeds"] == [1]
+    assert [gd[k]["gap"] for k in KEYS] == [0.0] * 4
+    assert s["methods"]["retrain"]["retain_acc"]["mean"] == pytest.approx(80.0)  # Re-train's own mean: both seeds
+    name = next(r[0] for r in main_table(s)[1] if r[0].startswith("gd"))
+    assert name == "gd (failed on 1 of 2 seeds; gaps on seeds 1)"
+    retain = dict(zip(main_table(s)[0], next(r for r in main_table(s)[1] if r[0].startswith("gd"))))["Retain"]
+    assert retain.endswith("(0.00)")
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+@pytest.mark.parametrize("text,want", [
+    ("96.37 ± 0.74 (3.15)", (96.37, 0.74)), ("1.120 ± 0.016", (1.12, 0.016)), ("54% (33%)", (54.0, 0.0)),
+    ("7.35", (7.35, 0.0)), ("–", (None, 0.0)), (">30", (math.inf, 0.0)), ("-3.50 ± 0.50 (1 >30)", (-3.5, 0.5)),
+])
+def test_cells_parse_to_value_and_spread(text, want):
+    assert _cell(text) == want
+
+
+def test_a_block_records_its_machine_and_parses_back():
+    s = three_seeds()
+    text = block(s)
+    assert machine_line(s["run"]) == "Machine: Intel Xeon, 2 torch threads, torch 2.13.0+cpu, device cpu."
+    p = parse(text)
+    assert p.n == 3 and p.machine.startswith("Machine: Intel Xeon") and set(p.rows) == set(s["methods"])
+    assert [c for _, c in p.claims] == [c["claim"] for c in s["claims"]]
+
+
+def test_tolerance_is_the_floor_or_z_spreads_of_a_difference_of_means():
+    assert tolerance("pct", 3, 3, 0.1, 0.2) == FLOORS["pct"]
+    assert tolerance("pct", 3, 3, 2.0, 5.0) == pytest.approx(Z * math.sqrt(2 / 3) * 5.0)
+    assert tolerance("r", 1, 1, 0.0, 0.0) == FLOORS["r"]
+
+
+# ---------------------------------------------------------------------------------------------- the check
+def test_same_machine_is_exact():
+    s = three_seeds()
+    assert compare(block(s), block(s)).ok and compare(block(s), block(s)).mode == "exact"
+    t = copy.deepcopy(s)
+    t["methods"]["gd"]["retain_acc"]["mean"] += 0.01  # a change far inside every tolerance
+    c = compare(block(s), block(t))
+    assert not c.ok and c.mode == "exact" and "95.01" in c.problems[0]
+
+
+def test_another_machine_passes_within_tolerance_and_lists_what_moved():
+    s = three_seeds()
+    t = on(s, "AMD EPYC")
+    t["methods"]["gd"]["retain_acc"]["mean"] += FLOORS["pct"] - 0.1
+    t["methods"]["rurk"]["residual"]["r_pooled"][1] += FLOORS["r"] - 0.005
+    c = compare(block(s), block(t))
+    assert c.ok and c.mode == "tolerant", c.report()
+    assert any(m.startswith("gd / Retain") for m in c.moved) and any(m.startswith("rurk / r_pooled τ=0.03") for m in c.moved)
+    assert len(c.moved) == 2
+
+
+def test_another_machine_fails_just_beyond_tolerance():
+    s = three_seeds()
+    t = on(s, "AMD EPYC")
+    t["methods"]["gd"]["retain_acc"]["mean"] += FLOORS["pct"] + 0.1
+    c = compare(block(s), block(t))
+    assert not c.ok and len(c.problems) == 1 and c.problems[0].startswith("gd / Retain")
+
+
+def test_a_real_regression_fails_on_any_machine():
+    """The doctored summary: SCRUB's retain accuracy 29% instead of 99.8%."""
+    s = three_seeds()
+    bad = on(three_seeds(scrub_retain=(0.29, 0.29, 0.29)), "AMD EPYC")
+    c = compare(block(s), block(bad))
+    assert not c.ok and any(p.startswith("scrub / Retain: 99.8 -> 29") for p in c.problems), c.report()
+
+
+def test_a_claim_may_move_one_step_but_never_flip():
+    s = three_seeds()
+    assert {c["id"]: c["verdict"] for c in s["claims"]}["gd_keeps_r_gt_1"] == "holds"
+    # GD's r nearer 1 with more spread (within the table's tolerance): holds -> inconclusive is a boundary case
+    near = on(three_seeds(gd_r=(1.07, 0.99, 1.12)), "AMD EPYC")
+    assert {c["id"]: c["verdict"] for c in near["claims"]}["gd_keeps_r_gt_1"] == "inconclusive"
+    c = compare(block(s), block(near))
+    assert c.ok and any("GD keeps" in m and "holds -> inconclusive" in m for m in c.moved), c.report()
+    # GD's r clearly below 1: the verdict flips (and the number moves beyond its tolerance)
+    flip = on(three_seeds(gd_r=(0.90, 0.91, 0.92)), "AMD EPYC")
+    c = compare(block(s), block(flip))
+    assert not c.ok and any("GD keeps" in p and "holds -> does not hold" in p for p in c.problems)
+    # a flip alone is refused even if every number were within tolerance
+    t = on(s, "AMD EPYC")
+    t["claims"] = copy.deepcopy(s["claims"])
+    next(x for x in t["claims"] if x["id"] == "gd_keeps_r_gt_1")["verdict"] = "does not hold"
+    assert not compare(block(s), block(t)).ok
+
+
+@pytest.mark.parametrize("change", ["row", "settings", "column"])
+def test_structure_must_match_exactly(change):
+    s = three_seeds()
+    t = on(s, "AMD EPYC")
+    if change == "row":
+        del t["methods"]["scrub"]
+    elif change == "settings":
+        t["run"]["audit"]["draws"] = 100
+    else:
+        for e in t["methods"].values():
+            if e.get("residual"):
+                e["residual"]["taus"] = [0.0, 0.05, 0.3]
+    assert not compare(block(s), block(t)).ok
