@@ -121,11 +121,13 @@ def test_empty_env_means_unset(monkeypatch):
     assert threads.configure_threads() == 2
 
 
-def test_cli_threads_flag_sets_torch_threads_and_rejects_bad_values(capsys):
+def test_cli_threads_flag_sets_torch_threads_and_rejects_bad_values(capsys, monkeypatch):
     import torch
 
     from rurk.cli import main
 
+    fake_affinity(monkeypatch, range(8))  # room for 3 threads on any test machine (more are capped)
+    fake_files(monkeypatch, {})
     before = torch.get_num_threads()
     try:
         assert main(["scenarios", "--threads", "3"]) == 0 and torch.get_num_threads() == 3

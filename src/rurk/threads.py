@@ -6,7 +6,8 @@ Kubernetes limits, systemd ``CPUQuota``) that is more threads than the process m
 oversubscribe the cores it has, the quota throttles all of them at the end of every period, and small CNNs
 run several times slower than with the right count. :func:`available_cpus` reads both limits;
 :func:`configure_threads` sets torch to a count chosen from (in this order) an explicit request,
-``RURK_THREADS``, ``OMP_NUM_THREADS`` and :func:`available_cpus`.
+``RURK_THREADS``, ``OMP_NUM_THREADS`` and :func:`available_cpus`, capped at :func:`available_cpus` with a
+one-line warning (more threads than CPUs never help).
 
 What to do on a shared server
 -----------------------------
@@ -46,6 +47,8 @@ import math
 import operator
 import os
 import sys
+import warnings
+from typing import Callable
 
 ENV_VAR = "RURK_THREADS"
 #: libgomp's spin count when its threads outnumber the CPUs (its documentation); see "Waiting threads".
@@ -190,29 +193,45 @@ def _check(value, source: str) -> int:
     return n
 
 
-def resolve_threads(requested: int | None = None) -> int:
-    """The thread count :func:`configure_threads` would set, without setting it."""
+def resolve_threads(requested: int | None = None, *, source: str = "threads",
+                    warn: Callable[[str], None] | None = None) -> int:
+    """The thread count :func:`configure_threads` would set, without setting it.
+
+    A count above :func:`available_cpus` (asked for, or from ``RURK_THREADS`` / ``OMP_NUM_THREADS``) is capped
+    there: more threads than CPUs only make torch's threads wait for each other (a 2-CPU machine ran at a load
+    of 400 with ``--threads 999``). The cap is reported through ``warn`` (default :func:`warnings.warn`) as one
+    line naming the value; ``source`` names an explicit ``requested`` in it (the CLI passes ``--threads``)."""
     if requested is not None:
-        return _check(requested, "threads")
-    env = os.environ.get(ENV_VAR)
-    if env is not None and env.strip() != "":
-        return _check(env, ENV_VAR)
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) >= 1:  # OpenMP's own variable; torch honours it too. Lists like "4,2" are ignored.
-        return int(omp)
-    return available_cpus()
+        n, where = _check(requested, source), source
+    elif (env := os.environ.get(ENV_VAR)) is not None and env.strip() != "":
+        n, where = _check(env, ENV_VAR), ENV_VAR
+    elif (omp := os.environ.get("OMP_NUM_THREADS", "").strip()).isdigit() and int(omp) >= 1:
+        n, where = int(omp), "OMP_NUM_THREADS"  # OpenMP's own variable; torch honours it too. Lists like "4,2" are ignored.
+    else:
+        return available_cpus()
+    cpus = available_cpus()
+    if n > cpus:
+        message = f"{where} = {n}: more than the {cpus} CPU{'s' * (cpus > 1)} this process may use; using {cpus}"
+        if warn is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        else:
+            warn(message)
+        return cpus
+    return n
 
 
-def configure_threads(requested: int | None = None) -> int:
+def configure_threads(requested: int | None = None, *, source: str = "threads",
+                      warn: Callable[[str], None] | None = None) -> int:
     """Set torch's intra-op thread count and return it.
 
     The count is ``requested`` if given, else the environment variable ``RURK_THREADS``, else
     ``OMP_NUM_THREADS`` (when it is a plain integer >= 1), else :func:`available_cpus` (affinity mask and
-    cgroup quota). A ``requested`` or ``RURK_THREADS`` that is not an integer >= 1 raises ValueError naming the
+    cgroup quota); never more than :func:`available_cpus` (see :func:`resolve_threads` for the cap, its warning
+    and ``source``). A ``requested`` or ``RURK_THREADS`` that is not an integer >= 1 raises ValueError naming the
     value. Inter-op threads are left alone (see the module docstring). Call it once, early, before heavy work."""
     import torch
 
-    n = resolve_threads(requested)
+    n = resolve_threads(requested, source=source, warn=warn)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
