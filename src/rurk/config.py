@@ -169,10 +169,14 @@ class ForgetConfig:
     fraction: float | None = 0.5  # paper: 50% of class 0
     count: int | None = None
     file: str | None = None
+    calibration: int = 0  # decision: held-out images of the forget class for calibrated stopping (rurk.calibrate)
 
     def __post_init__(self):
         if self.kind not in ("sample", "class", "file"):
             raise ValueError(f"forget.kind = {self.kind!r}: expected 'sample', 'class' or 'file'")
+        if self.calibration < 0 or (self.calibration and self.kind != "sample"):
+            raise ValueError(f"forget.calibration = {self.calibration!r}: expected an integer >= 0, and 0 unless "
+                             "forget.kind = 'sample'")
 
 
 @dataclass(frozen=True)
@@ -199,13 +203,31 @@ class SeedConfig:
     split: int = 0  # decision
 
 
+#: The most bootstrap resamples an audit takes: its (B, n) resample matrix is B x n int64 (100,000 x 100 forget
+#: samples = 80 MB); 10^8 died of MemoryError after training. 1,000 (the default) already fixes a 95% interval to
+#: a few tenths of a percent.
+MAX_BOOTSTRAP = 100_000
+
+
 @dataclass(frozen=True)
 class AuditConfig:
+    """A scenario's ``[audit]`` table: the defaults of every audit of the scenario (``rurk audit``/``run``/``demo``
+    flags override them one by one; ``probe_params`` apply to the scenario's own ``probe`` only)."""
+
     probe: str = "gaussian"
+    probe_params: dict = field(default_factory=dict)  # e.g. {steps = 20} for probe = "pgd"
     taus: list[float] = field(default_factory=lambda: list(PAPER_TAUS))
     draws: int = 100
     bootstrap: int = 1000
+    noise_seed: int | None = None  # None: the run seed
     max_forget: int | None = None
+
+    def __post_init__(self):
+        for name, ok, expected in (
+                ("bootstrap", 0 <= self.bootstrap <= MAX_BOOTSTRAP, f"an integer from 0 to {MAX_BOOTSTRAP}"),
+                ("noise_seed", self.noise_seed is None or self.noise_seed >= 0, "an integer >= 0 or unset")):
+            if not ok:
+                raise ConfigError(f"audit.{name} = {getattr(self, name)!r}: expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -244,6 +266,14 @@ class Scenario:
     methods: dict = field(default_factory=dict)  # per-method config overrides: {name: {key: value}}
     run_methods: list[str] | None = None  # methods `rurk run` uses by default (None = every registered one)
     tuned: str | None = None  # TOML of tuned per-method values (from `rurk tune`), relative to the package
+
+    def __post_init__(self):
+        # OptimConfig allows 0 epochs (a method may skip its fine-tuning) but Original and Re-train are trained from
+        # scratch (or from the pre-trained model): 0 epochs gave untrained references and a report of chance numbers
+        for key, recipe in (("train", self.train), ("retrain", self.retrain_optim())):
+            if recipe.epochs < 1:
+                raise ConfigError(f"{key}.epochs = {recipe.epochs}: expected an integer >= 1 (the references "
+                                  "are trained for it)")
 
     def retrain_optim(self) -> OptimConfig:
         return from_dict(OptimConfig, merge(to_dict(self.train), self.retrain), prefix="retrain")

@@ -34,7 +34,11 @@ __all__ = [
     "restricted_pickle_load",
     "FMNIST_SYSTEM_DIR",
     "FMNIST_FILES",
+    "BUNDLED",
 ]
+
+#: Sources that read no files (bundled with scikit-learn, or generated): a data directory given for them is refused.
+BUNDLED = frozenset({"digits", "iris", "synthetic"})
 
 FINGERPRINT_CHARS = 16
 
@@ -184,11 +188,12 @@ def read_idx(source: str | Path | bytes) -> np.ndarray:
 
 
 def _fmnist_dirs(data_dir) -> list[Path]:
-    dirs = []
+    """Where the files are looked for: ``data_dir`` and ``data_dir/fashion-mnist`` when a directory is given (only
+    those: a given directory without the files used to be passed over for the system copy without a word), else
+    the system directory."""
     if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / "fashion-mnist"]
-    dirs.append(Path(FMNIST_SYSTEM_DIR))
-    return dirs
+        return [Path(data_dir), Path(data_dir) / "fashion-mnist"]
+    return [Path(FMNIST_SYSTEM_DIR)]
 
 
 def _find_fmnist_files(data_dir) -> list[Path]:
@@ -203,20 +208,19 @@ def _find_fmnist_files(data_dir) -> list[Path]:
                     break
         if len(found) == len(FMNIST_FILES):
             return found
-    looked = "\n".join(f"  - {d}" for d in dirs)
+    where = "--data-dir (data.data_dir)" if data_dir is not None else "the system directory"
     raise FileNotFoundError(
-        "Fashion-MNIST files not found. Looked in:\n"
-        f"{looked}\n"
-        f"Expected the four files: {', '.join(FMNIST_FILES)}.\n"
-        "Get them with `apt-get install dataset-fashion-mnist` (installs them under "
-        f"{FMNIST_SYSTEM_DIR}), or pass --data-dir pointing at a directory that holds the four files. "
-        "rurk never downloads data."
+        f"{where} = {str(dirs[0])!r}: expected the four Fashion-MNIST files {', '.join(FMNIST_FILES)} (or "
+        f"without .gz) in {' or '.join(map(str, dirs))}. Get them with `apt-get install dataset-fashion-mnist` "
+        f"(installs them under {FMNIST_SYSTEM_DIR}, used when no --data-dir is given), or pass --data-dir pointing "
+        "at a directory that holds them. rurk never downloads data."
     )
 
 
 def _load_fmnist(data_dir=None) -> Source:
     """Fashion-MNIST from the four original idx files: 60,000 + 10,000 images, shape N×1×28×28, /255.
-    Looked for in ``data_dir`` (and ``data_dir/fashion-mnist``) first, then ``/usr/share/datasets/fashion-mnist``."""
+    Looked for in ``data_dir`` (and ``data_dir/fashion-mnist``) when given, else in
+    ``/usr/share/datasets/fashion-mnist``."""
     paths = _find_fmnist_files(data_dir)
     blobs = [(p.name, p.read_bytes()) for p in paths]
     arrays = [read_idx(b) for _, b in blobs]
