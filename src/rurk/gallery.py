@@ -10,13 +10,16 @@ different copies), ``score`` = k_m - k_a at the largest tau (n,), ``rank`` (n; 0
 ``probe``. Read it with ``numpy.load(path)`` (no pickles).
 
 **Gallery** (:func:`write_gallery`, ``leaks-<probe>.png``): two groups of tiles, ``cols`` per row (default 8; fewer
-when the top group is smaller).
-The first group holds the top-k samples of the ranking (default k = 16), the second the bottom ones (the end of
-the same ranking read backwards: the most over-forgotten sample first), at most n - k of them so that no sample
-appears twice. A tile shows the clean image and, right of it, perturbed copy 0 at the largest tau exactly as the
-audit made it (:func:`perturbed_copies`), titled with the source index, the label and k_m / k_a (red: k_m > k_a,
-blue: k_m < k_a). The PNG is ``cols x 200`` px wide and ``50 + sum over non-empty groups of (25 + rows x 150)`` px
-high, rows = ceil(group size / cols) (:data:`TILE_PX`, :data:`HEADER_PX`, :data:`TITLE_PX`).
+when both groups are smaller), each titled by what it holds (:func:`gallery_heads`).
+The first group, *residual knowledge*, holds the samples the audited model recognises more often than the
+reference (score k_m - k_a > 0 at the largest tau): the first k of the ranking (default k = 16) with a positive
+score. The second, *over-forgotten*, holds up to k samples with a negative score, from the end of the same ranking
+read backwards (the most over-forgotten first). Ties (k_m = k_a) are in neither group, so no sample appears twice
+and a heading never claims what its tiles do not show; an empty group keeps its heading, which then says so ("no
+sample leaks ..."). A tile shows the clean image and, right of it, perturbed copy 0 at the largest tau exactly
+as the audit made it (:func:`perturbed_copies`), titled with the source index, the label and k_m / k_a (red:
+k_m > k_a, blue: k_m < k_a). The PNG is ``cols x 200`` px wide and ``50 + 2 x 25 + (rows_top + rows_bottom) x
+150`` px high, rows = ceil(group size / cols) (:data:`TILE_PX`, :data:`HEADER_PX`, :data:`TITLE_PX`).
 """
 
 from __future__ import annotations
@@ -122,21 +125,39 @@ class Gallery:
     cols: int
     rows: tuple[int, int]  # tile rows of the top and bottom groups
     size: tuple[int, int]  # (width, height) in pixels
+    heads: tuple[str, str] = ("", "")  # the groups' headings (gallery_heads)
 
 
 def gallery_groups(res, k: int = 16) -> tuple[list[int], list[int]]:
-    """(top, bottom) sample positions: the first k of :func:`leak_ranking`, and up to k from its end (read
-    backwards), never the same sample twice."""
-    order, _ = leak_ranking(res.k_m, res.k_a, res.taus)
-    top = order[: max(int(k), 0)]
-    bottom = order[len(top):][::-1][: max(int(k), 0)]
+    """(top, bottom) sample positions at the largest tau: up to k samples with k_m > k_a in :func:`leak_ranking`
+    order (residual knowledge), and up to k with k_m < k_a from the ranking's end read backwards (over-forgotten,
+    most negative first). Ties are in neither, so no sample is in both."""
+    order, t = leak_ranking(res.k_m, res.k_a, res.taus)
+    score = (np.asarray(res.k_m)[t] - np.asarray(res.k_a)[t])[order]
+    k = max(int(k), 0)
+    top, bottom = order[score > 0][:k], order[score < 0][::-1][:k]
     return [int(i) for i in top], [int(i) for i in bottom]
 
 
+def gallery_heads(res, n_top: int, n_bottom: int) -> tuple[str, str]:
+    """The headings of the two groups (``n_top``/``n_bottom`` tiles shown), saying what each holds out of how
+    many such samples, or that there is none: "no sample leaks" only when no sample has k_m > k_a."""
+    _, t = leak_ranking(res.k_m, res.k_a, res.taus)
+    score = np.asarray(res.k_m)[t] - np.asarray(res.k_a)[t]
+    leaks, over = int((score > 0).sum()), int((score < 0).sum())
+    tau = float(res.taus[t])
+    top = (f"residual knowledge (k_m > k_a) at tau = {tau:.4g}: {n_top} of {leaks} sample{'s' * (leaks != 1)}, "
+           "largest k_m - k_a first" if leaks else f"no sample leaks: k_m <= k_a for every sample at tau = {tau:.4g}")
+    bottom = (f"over-forgotten (k_m < k_a): {n_bottom} of {over} sample{'s' * (over != 1)}, most negative first"
+              if over else "no sample is over-forgotten: k_m >= k_a for every sample")
+    return top, bottom
+
+
 def gallery_size(n_top: int, n_bottom: int, cols: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((rows of the top group, rows of the bottom group), (width, height) in pixels) of a gallery."""
+    """((rows of the top group, rows of the bottom group), (width, height) in pixels) of a gallery; each group
+    has its heading, even when empty."""
     rows = (math.ceil(n_top / cols), math.ceil(n_bottom / cols))
-    height = TITLE_PX + sum(HEADER_PX + r * TILE_PX[1] for r in rows if r)
+    height = TITLE_PX + sum(HEADER_PX + r * TILE_PX[1] for r in rows)
     return rows, (cols * TILE_PX[0], height)
 
 
@@ -157,7 +178,7 @@ def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Mod
     """Draw the leak gallery of ``res`` (``x``/``y`` in the audit's order, see :func:`audited_rows`; m and a the
     audited models, needed to craft attack copies) and write it to ``path`` (layout in the module docstring)."""
     top, bottom = gallery_groups(res, k)
-    cols = max(1, min(int(cols), max(len(top), 1)))
+    cols = max(1, min(int(cols), max(len(top), len(bottom))))
     rows, (w_px, h_px) = gallery_size(len(top), len(bottom), cols)
     t = leak_ranking(res.k_m, res.k_a, res.taus)[1]
     tau = float(res.taus[t])
@@ -166,12 +187,9 @@ def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Mod
     fig = agg_figure(w_px / DPI, h_px / DPI)
     fig.text(0.5, 1 - (TITLE_PX / 2) / h_px, title or f"{res.probe} probe, tau = {tau:.4g}, c = {res.c}: clean | "
              "perturbed copy 0", ha="center", va="center", fontsize=10)
-    heads = (f"largest k_m - k_a (residual knowledge) at tau = {tau:.4g}",
-             "smallest k_m - k_a (over-forgotten), most negative first")
+    heads = gallery_heads(res, len(top), len(bottom))
     y_px, j = TITLE_PX, 0
     for head, group, n_rows in zip(heads, (top, bottom), rows):
-        if not group:
-            continue
         fig.text(0.01, 1 - (y_px + HEADER_PX / 2) / h_px, head, ha="left", va="center", fontsize=9, weight="bold")
         y_px += HEADER_PX
         for g, i in enumerate(group):
@@ -191,7 +209,7 @@ def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Mod
             j += 1
         y_px += n_rows * TILE_PX[1]
     save_png(fig, path, dpi=DPI)
-    return Gallery(Path(path), tau, top, bottom, cols, rows, (w_px, h_px))
+    return Gallery(Path(path), tau, top, bottom, cols, rows, (w_px, h_px), heads)
 
 
 def write_per_sample(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, index, m: nn.Module, a: nn.Module,

@@ -55,10 +55,11 @@ def _COLORS(i: int):
     return colormaps["tab20"]((2 * i) % 20 + (i >= 10))
 
 
-def residual_figure(curves: Mapping[str, Any], title: str | None = None):
+def residual_figure(curves: Mapping[str, Any], title: str | None = None, *, reference: str = "Re-train"):
     """The r_tau-versus-tau figure (matplotlib Figure on an Agg canvas): two panels (``r_paper`` left,
     ``r_pooled`` right), one line per method with its band, each with its own colour, line style and marker so
-    that coinciding curves stay distinguishable, and Re-train as the dashed line at r = 1 (in the legend)."""
+    that coinciding curves stay distinguishable, and the reference model the ratios divide by (``reference``:
+    Re-train, or the user's model with `rurk audit --arch`) as the dashed line at r = 1 (in the legend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -78,7 +79,7 @@ def residual_figure(curves: Mapping[str, Any], title: str | None = None):
             lo, hi = d[key + "_ci"][:, 0], d[key + "_ci"][:, 1]
             if np.isfinite(lo).any():
                 ax.fill_between(d["taus"], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="Re-train (r = 1)")
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label=f"{reference} (r = 1)")
         ax.set_xlabel("tau")
         ax.set_ylabel(key)
         ax.set_title(label, fontsize=10)
@@ -94,12 +95,14 @@ def plot_residual_curves(
     path,
     title: str | None = None,
     *,
+    reference: str = "Re-train",
     dpi: int = 120,
 ) -> Path:
     """Write :func:`residual_figure` as a PNG to ``path`` and return the path. ``curves`` maps a method name to
     an :class:`~rurk.audit.AuditResult`, its ``to_json()`` summary or a dict
-    ``{"taus", "r_paper", "r_pooled", "ci": {"r_paper": [(lo, hi), ...], "r_pooled": [...]}}``."""
-    fig = residual_figure(curves, title)
+    ``{"taus", "r_paper", "r_pooled", "ci": {"r_paper": [(lo, hi), ...], "r_pooled": [...]}}``; ``reference``
+    names the model at r = 1 in the legend."""
+    fig = residual_figure(curves, title, reference=reference)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
