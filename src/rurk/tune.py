@@ -110,11 +110,22 @@ def _alive(pid: int) -> bool:
 
 
 def _stale(trial) -> bool:
-    """A RUNNING trial nobody is working on: interrupted, or its process on this host is gone."""
+    """A RUNNING trial nobody is working on: marked interrupted, left without an owner, or owned by a process on
+    this host that is gone. Optuna's ``ask`` and our owner attributes are separate writes, so a process killed
+    between them leaves a trial with no owner at all; it is as dead as one whose pid is gone. (Another process
+    sharing the study is in that window only for milliseconds; a trial owned by another host is left alone.)"""
     a = trial.user_attrs
-    if a.get("interrupted"):
+    if a.get("interrupted") or a.get("discarded"):
         return True
-    return a.get("host") == socket.gethostname() and isinstance(a.get("pid"), int) and not _alive(a["pid"])
+    if not isinstance(a.get("pid"), int) or "host" not in a:
+        return True
+    return a["host"] == socket.gethostname() and not _alive(a["pid"])
+
+
+def _counted(trial) -> bool:
+    """Whether a trial counts toward ``--trials``: every trial but one discarded as cut off before its values were
+    drawn (:func:`run_study` asks a new trial in its place)."""
+    return not trial.user_attrs.get("discarded")
 
 
 def run_study(objective, space: dict, storage: str, name: str, *, trials: int, timeout: float | None = None,
@@ -152,19 +163,29 @@ def run_study(objective, space: dict, storage: str, name: str, *, trials: int, t
         study.tell(trial, value)
         log(f"  trial {trial.number:3d} avg gap {value:6.2f}: {_fmt_params(params)}")
 
-    # 1. trials an earlier, interrupted run left RUNNING: finish them with their own values (none lost)
+    # 1. trials an earlier, interrupted run left RUNNING (the interrupt may hit anywhere, even inside Optuna's
+    # ask): one with all its values is finished with them in place, so none is lost or repeated; one cut off while
+    # its values were being drawn never ran, so it is marked discarded (first, so a kill in between leaves it stale)
+    # and failed, and no longer counts: the loop asks a new trial, from the same per-index sampler seed
     for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _stale(ft):
-            log(f"  resuming interrupted trial {ft.number}")
-            trial = optuna.trial.Trial(study, ft._trial_id)  # Optuna has no public "trial by number" for a Study
-            trial.set_user_attr("interrupted", False)
-            trial.set_user_attr("pid", os.getpid())
-            trial.set_user_attr("host", socket.gethostname())
-            evaluate(trial)
+        if not _stale(ft):
+            continue
+        trial = optuna.trial.Trial(study, ft._trial_id)  # Optuna has no public "trial by number" for a Study
+        if set(ft.params) != set(space):
+            log(f"  discarding trial {ft.number}: interrupted before its values were drawn")
+            trial.set_user_attr("discarded", True)
+            trial.set_user_attr("failed_reason", "interrupted before its values were drawn; replaced by a new trial")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        log(f"  resuming interrupted trial {ft.number}")
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("interrupted", False)
+        evaluate(trial)
 
     def finished() -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
-                                                            TrialState.PRUNED, TrialState.RUNNING)))
+        return sum(_counted(t) for t in study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)))
 
     def worker() -> None:
         nonlocal distributions
@@ -172,7 +193,7 @@ def run_study(objective, space: dict, storage: str, name: str, *, trials: int, t
             with lock:
                 if finished() >= trials or (timeout is not None and time.monotonic() - t0 >= timeout):
                     return
-                n = len(study.get_trials(deepcopy=False))
+                n = sum(_counted(t) for t in study.get_trials(deepcopy=False))  # = the trial's number when none was discarded
                 sampler = optuna.samplers.TPESampler(seed=derive_seed(sampler_seed, "tpe", n) % 2**32,
                                                      n_startup_trials=N_STARTUP_TRIALS)
                 s = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
