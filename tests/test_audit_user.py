@@ -341,7 +341,7 @@ def test_cli_robust_for_a_user_model_and_a_scenario(user, tmp_path):
     assert (out / "robust.png").is_file()
     common = ["--out", str(tmp_path / "s"), "--set", "train.epochs=2", *FAST]
     assert main(["audit", "digits5", "--method", "gd", "--robust", "--robust-eps", "0,0.1", *common]) == 0
-    seed_dir = tmp_path / "s" / "digits5" / "seed-131" / "gd"
+    seed_dir = tmp_path / "s" / "digits5" / "audits" / "seed-131" / "gd"
     with open(seed_dir / "robust.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["method"] for r in rows} == {"gd", "retrain"} and {r["set"] for r in rows} == {"forget", "retain", "test"}

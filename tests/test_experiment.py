@@ -161,12 +161,12 @@ def test_cli_audit_writes_json_csv_png_for_a_method_and_a_checkpoint(tmp_path, c
     common = ["--out", str(tmp_path), "--set", "train.epochs=3", "--draws", "4", "--taus", "0,0.1", "--quiet",
               "--device", "cpu"]
     assert main(["audit", "digits5", "--method", "gd", *common]) == 0
-    out = tmp_path / "digits5" / "seed-131" / "gd"
+    out = tmp_path / "digits5" / "audits" / "seed-131" / "gd"  # its own folder, never a run's seed-131/gd
     summary = json.loads((out / "residual-gaussian.json").read_text())
     assert summary["method"] == "gd" and [t["tau"] for t in summary["per_tau"]] == [0.0, 0.1]
     assert (out / "residual-gaussian.csv").exists() and (out / "residual-gaussian.png").exists()
     assert "r_pooled" in capsys.readouterr().out
     ckpt = next((tmp_path / "models").glob("*/model.safetensors"))
     assert main(["audit", "digits5", "--unlearned", str(ckpt), *common]) == 0
-    assert (tmp_path / "digits5" / "seed-131" / ckpt.parent.name / "residual-gaussian.json").exists()
+    assert (tmp_path / "digits5" / "audits" / "seed-131" / ckpt.parent.name / "residual-gaussian.json").exists()
     assert main(["audit", "digits5", "--unlearned", str(tmp_path / "nope.safetensors"), *common]) == 2

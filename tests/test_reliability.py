@@ -153,9 +153,9 @@ def test_audit_accepts_plain_safetensors_and_names_what_is_wrong_with_bad_files(
     plain = tmp_path / "mine.safetensors"
     save_file(state, str(plain))  # what a user saves: no sidecar
     assert main(["audit", "digits5", "--unlearned", str(plain), *common]) == 0
-    summary = json.loads((tmp_path / "digits5" / "seed-131" / "mine" / "residual-gaussian.json").read_text())
+    summary = json.loads((tmp_path / "digits5" / "audits" / "seed-131" / "mine" / "residual-gaussian.json").read_text())
     assert main(["audit", "digits5", *common]) == 0  # Original itself, from the store
-    original = json.loads((tmp_path / "digits5" / "seed-131" / "original" / "residual-gaussian.json").read_text())
+    original = json.loads((tmp_path / "digits5" / "audits" / "seed-131" / "original" / "residual-gaussian.json").read_text())
     assert summary["per_tau"] == original["per_tau"]  # the plain file holds Original's weights: the same audit
 
     def refused(path, *needles):

@@ -3,31 +3,199 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .threads import prefer_short_spin
 
 prefer_short_spin()  # before torch loads (rurk.config imports it): see rurk.threads, "Waiting threads"
 
-from .config import ConfigError, load_scenario, parse_overrides  # noqa: E402
+from .config import MAX_BOOTSTRAP, ConfigError, load_scenario, parse_overrides  # noqa: E402
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+def _refuse(what: str, value: object, expected: str) -> ConfigError:
+    """The one error line of a bad input, ``<what> = <value>: expected <…>`` (exit code 2)."""
+    return ConfigError(f"{what} = {value!r}: expected {expected}")
+
+
+def _nonneg_int(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise ValueError(text)
+    return n
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
+def _tau(text: str) -> float:
+    t = float(text)
+    if not (math.isfinite(t) and t >= 0):
+        raise ValueError(text)
+    return t
+
+
+def _items(flag: str, text: str, parse: Callable[[str], T], expected: str) -> list[T]:
+    """A comma-separated flag value as a non-empty list. An empty value or item is refused, never read as "the
+    default": an empty --methods used to run all 17 methods, an empty --seeds three seeds."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if not all(parts):
+            raise ValueError(text)
+        return [parse(p) for p in parts]
+    except ValueError:
+        raise _refuse(flag, text, expected) from None
+
+
+def _check_out(out: str) -> None:
+    """--out is, or can become, a directory this process may write: a file there (or on its path) used to end in
+    a traceback, for `rurk audit --arch` only after the audit had run."""
+    path = Path(out)
+    for q in (path, *path.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise _refuse("--out", out, "a directory" + (" (it is a file)" if q == path else f" ({q} is a file)"))
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise _refuse("--out", out, f"a directory you may write to ({q} is not writable)")
+            return
+
+
+def _check_store(out: str) -> None:
+    """An existing store database opens and passes SQLite's quick check: a damaged rurk.sqlite used to end in a
+    traceback once the command had started."""
+    db = Path(out) / "rurk.sqlite"
+    if not db.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
+            verdict = con.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.Error as e:
+        verdict = str(e)
+    if verdict != "ok":
+        raise _refuse("store database", str(db), f"an SQLite database written by rurk, but: {verdict}; move it away "
+                                                 "or choose another --out")
+
+
+def _check_device(name: str, *, here: bool) -> None:
+    """--device names a device type rurk runs on and, when this process does the work (``here``; not with
+    `--executor ray`, whose workers have their own devices), one this torch can use: `cuda` on a CPU-only torch
+    used to end in a 41-line traceback, `bogus` in exit code 1."""
+    if name == "auto":
+        return
+    import torch
+
+    expected = "auto, cpu, cuda, cuda:N or mps"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise _refuse("--device", name, expected) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise _refuse("--device", name, expected)
+    if not here or dev.type == "cpu":
+        return
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise _refuse("--device", name, "auto or cpu: this torch sees no MPS device")
+        return
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise _refuse("--device", name, f"auto or cpu: this torch ({torch.__version__}) sees no CUDA device")
+    if (dev.index or 0) >= n:
+        raise _refuse("--device", name, f"one of cuda:0 to cuda:{n - 1}")
+
+
+def _check_checkpoint(flag: str, path: str) -> None:
+    """A safetensors file given on the command line is complete, before any model is trained to audit it against
+    (a missing --unlearned used to be refused only after Original and Re-train were trained)."""
+    from .store import check_safetensors
+
+    try:
+        check_safetensors(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise _refuse(flag, path, f"a safetensors file, but {str(e).removeprefix(f'{Path(path)}: ')}") from None
+
+
+def _check_args(args) -> None:
+    """Every flag of the command, checked before any work starts (data loaded, a model trained): each bad value
+    or contradictory pair ends in one line naming it, exit code 2. List flags are parsed here, in place
+    (``args.seeds`` becomes a list of ints, ...)."""
+    def given(name: str):
+        return getattr(args, name, None)
+
+    if given("seed") is not None and given("seeds") is not None:
+        raise ConfigError(f"--seed = {args.seed} with --seeds = {args.seeds!r}: expected one of them (--seeds lists "
+                          "every run seed)")
+    if given("command") == "audit" and not given("arch"):
+        if given("method") and given("unlearned"):
+            raise ConfigError(f"--method = {args.method!r} with --unlearned = {args.unlearned!r}: expected one of "
+                              "them (both name the audited model)")
+        if given("tuned") and not given("method"):
+            raise ConfigError(f"--tuned = {args.tuned!r} without --method: expected --method NAME (tuned values "
+                              "apply to methods only)")
+    if given("robust") and given("no_attacks"):
+        raise ConfigError("--robust with --no-attacks: expected one of them (--no-attacks skips the robust curves)")
+    if given("out") is not None:
+        _check_out(args.out)
+    if given("device") is not None:
+        _check_device(args.device, here=given("executor") in (None, "local"))
+    for name in ("seed", "noise_seed"):
+        if given(name) is not None and given(name) < 0:
+            raise _refuse(f"--{name.replace('_', '-')}", given(name), "an integer >= 0")
+    for name, minimum in (("draws", 1), ("gallery", 0)):
+        if given(name) is not None and given(name) < minimum:
+            raise _refuse(f"--{name}", given(name), f"an integer >= {minimum}")
+    if given("bootstrap") is not None and not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise _refuse("--bootstrap", args.bootstrap, f"an integer from 0 to {MAX_BOOTSTRAP} (resamples)")
+    lists = {"seeds": (_nonneg_int, "comma-separated integers >= 0, e.g. 131,42,7"),
+             "split_seeds": (_nonneg_int, "comma-separated integers >= 0, e.g. 1,2"),
+             "workers": (_positive_int, "comma-separated integers >= 1, e.g. 8 or 1,2,4,8"),
+             "methods": (str, "comma-separated methods or variants, e.g. rurk,gd,rurk:lambda_f=0 or all "
+                              "(see `rurk methods`)"),
+             "taus": (_tau, "comma-separated numbers >= 0 (pixel units), e.g. 0,0.01,0.03"),
+             "rows": (str, "comma-separated method names, e.g. original,retrain,rurk"),
+             "columns": (str, "comma-separated column prefixes, e.g. Retain,r_pooled")}
+    for name, (parse, expected) in lists.items():
+        if isinstance(given(name), str):
+            setattr(args, name, _items(f"--{name.replace('_', '-')}", given(name), parse, expected))
+    for name in ("unlearned", "reference"):
+        if given(name) is not None:
+            _check_checkpoint(f"--{name}", given(name))
+    if given("out") is not None and not given("arch"):
+        _check_store(args.out)
 
 
 def _scenario(args):
     """The scenario with its tuned per-method values (if any), then --data-dir and --set overrides."""
+    from .data.loaders import BUNDLED
     from .experiment import scenario_with
     from .tune import load_tuned
 
     overrides = parse_overrides(args.set)
-    if "method" in overrides:  # `--set method.lr=0.1` is shorthand for `--set methods.<--method>.lr=0.1`
-        name = getattr(args, "method", None)
-        if not name or "," in name:
-            raise ConfigError("--set method.KEY=VALUE needs a single --method NAME; use methods.NAME.KEY=VALUE")
+    if "method" in overrides:  # `--set method.lr=0.1` is shorthand for `--set methods.<the one method>.lr=0.1`
+        named = getattr(args, "method", None) or getattr(args, "methods", None)
+        name = named if isinstance(named, str) else named[0] if named and len(named) == 1 else None
+        if name in (None, "all") or "," in name:
+            raise ConfigError("--set method.KEY=VALUE needs a single method (--method/--methods NAME); use "
+                              "methods.NAME.KEY=VALUE")
         overrides.setdefault("methods", {}).setdefault(name, {}).update(overrides.pop("method"))
     if getattr(args, "data_dir", None):
         overrides.setdefault("data", {})["data_dir"] = args.data_dir
     scenario = load_scenario(args.scenario, overrides)
+    if getattr(args, "data_dir", None) and scenario.data.dataset in BUNDLED:
+        raise _refuse("--data-dir", args.data_dir, f"none: {scenario.name}'s data ({scenario.data.dataset}) is "
+                                                   "bundled and read from no directory")
     tuned_file = getattr(args, "tuned", None) or scenario.tuned
     if tuned_file and tuned_file != "none":
         scenario = scenario_with(scenario, load_tuned(tuned_file))
@@ -35,11 +203,9 @@ def _scenario(args):
 
 
 def _seeds(args, scenario) -> list[int]:
-    if getattr(args, "seeds", None):
-        try:
-            return [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 131,42,7") from None
+    """--seeds (parsed by :func:`_check_args`), else --seed, else the scenario's first run seed."""
+    if getattr(args, "seeds", None) is not None:
+        return list(args.seeds)
     if getattr(args, "seed", None) is not None:
         return [args.seed]
     return list(scenario.seeds.run[:1])
@@ -115,9 +281,10 @@ class CellFailed(RuntimeError):
 
 def cmd_audit(args) -> None:
     """`rurk audit SCENARIO ...` (a method's model or a checkpoint of the scenario's architecture against Re-train)
-    or `rurk audit --arch MODULE:FUNCTION --unlearned M --reference A --forget F` (any model, no scenario)."""
-    if args.gallery < 0:
-        raise ConfigError(f"--gallery = {args.gallery}: expected an integer >= 0 (samples per group)")
+    or `rurk audit --arch MODULE:FUNCTION --unlearned M --reference A --forget F` (any model, no scenario).
+
+    A scenario audit writes to its own folder, OUT/SCENARIO/audits/seed-S/NAME/ (:func:`audit_dir`), never into a
+    run's seed-S/NAME/, whose files the run's report.md links."""
     if args.arch:
         return _audit_user_model(args)
     from .pipeline import load_run_model, prepare, reference_models
@@ -161,10 +328,18 @@ def cmd_audit(args) -> None:
 
         sets = {"forget": d.forget, **{k: subsample(getattr(d, k), robust.max_samples, seed, k)
                                        for k in ("retain", "test") if len(getattr(d, k))}}
-    _audit_and_write(args, spec, m, a, d.forget, Path(args.out) / scenario.name / f"seed-{seed}" / name, seed,
+    _audit_and_write(args, spec, m, a, d.forget, audit_dir(args.out, scenario.name, seed, name), seed,
                      name=name, ref_name="retrain" if args.reference is None else _checkpoint_name(args.reference),
+                     ref_label="Re-train" if args.reference is None else None,
                      reference=f"retrain@{seed}" if args.reference is None else str(args.reference),
                      scenario=scenario.name, num_classes=prepared.num_classes, robust=robust, robust_sets=sets)
+
+
+def audit_dir(out: str | Path, scenario: str, seed: int, name: str) -> Path:
+    """Where `rurk audit SCENARIO` writes: OUT/SCENARIO/audits/seed-S/NAME/, beside (never inside) the run's
+    seed-S/NAME/ folders. A later standalone audit of the same model replaces the earlier one's files; a run's
+    files stay those of the run's own audits."""
+    return Path(out) / scenario / "audits" / f"seed-{seed}" / name
 
 
 def _audit_user_model(args) -> None:
@@ -187,7 +362,7 @@ def _audit_user_model(args) -> None:
                               "from --probe, --taus, --draws, --bootstrap and --noise-seed")
     if (args.retain or args.test) and not args.robust:
         raise ConfigError("--retain and --test are used by --robust only; add --robust")
-    spec = audit_settings(Scenario(), _audit_options(args, RunOptions()))  # the defaults of an empty scenario
+    spec = audit_settings(Scenario(), _audit_options(args, RunOptions(), Scenario()))  # an empty scenario's defaults
     robust = _robust_settings(args)
     norm = parse_normalize(args.normalize) if args.normalize else None
     forget = load_samples(args.forget, "--forget")
@@ -229,9 +404,11 @@ def _robust_settings(args):
 
 
 def _audit_and_write(args, spec, m, a, forget, out: Path, seed: int, *, name: str, ref_name: str, reference: str,
-                     scenario: str | None, num_classes: int, robust=None, robust_sets=None, **extra) -> None:
+                     scenario: str | None, num_classes: int, robust=None, robust_sets=None,
+                     ref_label: str | None = None, **extra) -> None:
     """Audit m against a on the forget set and write, under ``out``: residual-<probe>.json, .csv, .png and .npz,
-    leaks-<probe>.png and, with ``robust``, robust.csv and robust.png (m and a side by side); print the table."""
+    leaks-<probe>.png and, with ``robust``, robust.csv and robust.png (m and a side by side); print the table.
+    ``ref_label`` names the reference in plot legends (default ``ref_name``)."""
     from .attack_report import write_robust
     from .attacks import robust_curves
     from .audit import residual_knowledge
@@ -243,7 +420,7 @@ def _audit_and_write(args, spec, m, a, forget, out: Path, seed: int, *, name: st
     where = f"{scenario}: " if scenario else ""
     res.write_json(out / f"{stem}.json", scenario=scenario, seed=seed, method=name, reference=reference, **extra)
     res.write_csv(out / f"{stem}.csv")
-    plot_residual_curves({name: res}, out / f"{stem}.png",
+    plot_residual_curves({name: res}, out / f"{stem}.png", reference=ref_label or ref_name,
                          title=f"{where}{name} vs {ref_name} ({res.probe} probe, c = {res.c}, seed {seed})")
     gallery = write_per_sample(res, spec.make_probe(), forget.x, forget.y, forget.index, m, a, out, k=args.gallery,
                                num_classes=num_classes,
@@ -278,23 +455,23 @@ def _audit_spec(args, scenario):
     """The one AuditSpec of `rurk audit`/`run`/`demo`: the scenario's [audit] table with the command's flags."""
     from .experiment import RunOptions, audit_settings
 
-    return audit_settings(scenario, _audit_options(args, RunOptions()))
+    return audit_settings(scenario, _audit_options(args, RunOptions(), scenario))
 
 
-def _audit_options(args, opts):
+def _audit_options(args, opts, scenario):
+    """``opts`` with the command's audit flags; a flag not given keeps the scenario's [audit] value, including
+    its ``noise_seed`` and its ``probe_params`` (the latter only while the probe is the scenario's: they are
+    that probe's parameters; --probe-set adds to them)."""
     from dataclasses import replace
 
-    def floats(text, flag):
-        try:
-            return [float(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise ConfigError(f"{flag} = {text!r}: expected comma-separated numbers, e.g. 0,0.01,0.03") from None
-
-    return replace(opts, probe=getattr(args, "probe", None),
-                   probe_params=parse_overrides(getattr(args, "probe_set", None)),
-                   taus=floats(args.taus, "--taus") if getattr(args, "taus", None) else None,
+    table = scenario.audit
+    probe = getattr(args, "probe", None)
+    params = dict(table.probe_params) if probe in (None, table.probe) else {}
+    params.update(parse_overrides(getattr(args, "probe_set", None)))
+    noise_seed = getattr(args, "noise_seed", None)
+    return replace(opts, probe=probe, probe_params=params, taus=getattr(args, "taus", None),
                    draws=getattr(args, "draws", None), bootstrap=getattr(args, "bootstrap", None),
-                   noise_seed=getattr(args, "noise_seed", None))
+                   noise_seed=table.noise_seed if noise_seed is None else noise_seed)
 
 
 def _checkpoint_name(path: str) -> str:
@@ -303,23 +480,23 @@ def _checkpoint_name(path: str) -> str:
     return p.parent.name if p.stem == "model" else p.stem
 
 
-def _run_options(args):
+def _run_options(args, scenario):
     from .experiment import RunOptions
 
     opts = RunOptions(
-        methods=[m for m in args.methods.split(",") if m] if args.methods else None,
-        seeds=_int_list(args.seeds, "--seeds") if args.seeds else ([args.seed] if args.seed is not None else None),
+        methods=args.methods, seeds=args.seeds if args.seeds is not None else (
+            [args.seed] if args.seed is not None else None),
         relearn=not args.no_relearn, attacks=not args.no_attacks, robust=args.robust, device=args.device,
         retry_failed=args.retry_failed,
     )
-    return _audit_options(args, opts)
+    return _audit_options(args, opts, scenario)
 
 
 def cmd_run(args) -> None:
     from .experiment import run_experiment
 
     scenario = _scenario(args)
-    opts, executor = _run_options(args), _executor(args)
+    opts, executor = _run_options(args, scenario), _executor(args)
     summary = run_experiment(scenario, opts, args.out, executor=executor)
     _print_summary(summary, Path(args.out) / scenario.name)
     _raise_on_failures(summary)
@@ -345,6 +522,7 @@ DEMO_DRAWS = 32
 
 def cmd_demo(args) -> None:
     import time
+    from dataclasses import replace
 
     from .experiment import RunOptions, run_experiment
 
@@ -352,8 +530,8 @@ def cmd_demo(args) -> None:
     args.scenario = "fmnist5"
     scenario = _scenario(args)
     # the demo keeps to its 3-minute budget: no attack curves (`rurk run` has them)
-    opts = RunOptions(seeds=[scenario.seeds.run[0]], draws=DEMO_DRAWS if args.draws is None else args.draws,
-                      device=args.device, attacks=False)
+    opts = _audit_options(args, RunOptions(seeds=[scenario.seeds.run[0]], device=args.device, attacks=False), scenario)
+    opts = replace(opts, draws=DEMO_DRAWS if args.draws is None else args.draws)
     summary = run_experiment(scenario, opts, args.out)
     _print_summary(summary, Path(args.out) / scenario.name)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
@@ -378,8 +556,8 @@ def cmd_tune(args) -> None:
 
     scenario = _scenario(args)
     executor = _executor(args)
-    path = tune(scenario, [m for m in args.method.split(",") if m], args.out, trials=args.trials,
-                timeout=args.timeout, jobs=args.jobs, seed=args.seed, split_seeds=_int_list(args.split_seeds, "--split-seeds"),
+    path = tune(scenario, args.methods, args.out, trials=args.trials,
+                timeout=args.timeout, jobs=args.jobs, seed=args.seed, split_seeds=args.split_seeds,
                 sampler_seed=args.sampler_seed, write=args.write, device=args.device, executor=executor)
     print(f"wrote {path}")
 
@@ -426,11 +604,8 @@ def cmd_plan(args) -> None:
     from .plan import plan, plan_lines
 
     scenario = _scenario(args)
-    workers = _int_list(args.workers, "--workers")
-    if not workers or min(workers) < 1:
-        raise ConfigError(f"--workers = {args.workers!r}: expected integers >= 1, e.g. 8 or 1,2,4,8")
     device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
-    p = plan(scenario, _run_options(args), args.out, workers, device=device)
+    p = plan(scenario, _run_options(args, scenario), args.out, args.workers, device=device)
     print("\n".join(plan_lines(p)))
 
 
@@ -438,13 +613,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} = {text!r}: expected comma-separated integers, e.g. 1,2") from None
 
 
 def cmd_readme(args) -> None:
@@ -460,8 +628,8 @@ def cmd_readme(args) -> None:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path}: no summary.json (run `rurk run` or `rurk demo` first)")
     summary = json.loads(summary_path.read_text())
-    text = render(summary, rows=args.rows.split(",") if args.rows else None,
-                  columns=args.columns.split(",") if args.columns else None, claims=not args.no_claims)
+    _check_selection(summary, summary_path, args.rows, args.columns)
+    text = render(summary, rows=args.rows, columns=args.columns, claims=not args.no_claims)
     if args.check:
         result = compare(read_block(args.readme, args.block), text if text.endswith("\n") else text + "\n")
         print(f"{args.readme}: block {args.block!r} against {summary_path}: {result.report()}")
@@ -473,6 +641,25 @@ def cmd_readme(args) -> None:
     if args.png:
         shutil.copyfile(summary_path.parent / "residual.png", args.png)
     print(f"{args.readme}: block {args.block!r} {'is up to date' if not changed else 'updated'}")
+
+
+def _check_selection(summary: dict, path: Path, rows: list[str] | None, columns: list[str] | None) -> None:
+    """`rurk readme --rows/--columns` name rows and columns the summary's table has: an unknown row used to be
+    dropped without a word, an unknown column prefix to leave a header-only table (exit 0)."""
+    from .report import main_table
+
+    if rows is not None:
+        known = list(summary["methods"])
+        unknown = [r for r in rows if r not in known]
+        if unknown:
+            raise _refuse("--rows", ",".join(rows), f"methods of {path} (unknown: {', '.join(unknown)}; known: "
+                                                     f"{', '.join(known)})")
+    if columns is not None:
+        header = [h for h in main_table(summary)[0][1:] if h != "wall (s)"]  # render() leaves wall times out
+        unknown = [c for c in columns if not any(h.startswith(c) for h in header)]
+        if unknown:
+            raise _refuse("--columns", ",".join(columns), f"prefixes of the table's columns (unknown: "
+                                                           f"{', '.join(unknown)}; columns: {', '.join(header)})")
 
 
 def cmd_iris_figure(args) -> None:
@@ -496,13 +683,27 @@ default 0..n-1) or a directory of class folders of PNG/JPEG images (label = sort
 position in sorted order). Settings: --probe (gaussian), --taus (linspace(0, 8/255, 11)), --draws (100),
 --bootstrap (1000), --noise-seed (0). Results go straight into --out: residual-<probe>.json/.csv/.png/.npz,
 leaks-<probe>.png and, with --robust, robust.csv/.png (forget set, plus --retain/--test files if given).
+
+With a scenario the same files go to OUT/SCENARIO/audits/seed-S/NAME/ (NAME: the method, the --unlearned
+file's name, or original), never into a run's OUT/SCENARIO/seed-S/NAME/, whose files the run's report links.
 """
+
+
+#: `rurk tune`'s default tuning run seed (rurk.tune.DEFAULT_TUNING_SEED, not imported here: rurk.tune takes a
+#: second to import and the parser is built for every command; tests/test_cli_checks.py keeps the two equal).
+DEFAULT_TUNING_SEED = 1
+
+
+def _action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    """The parser's action for ``dest`` (to adjust an option shared by every scenario command)."""
+    (action,) = [a for a in parser._actions if a.dest == dest]
+    return action
 
 
 def _audit_parser(c) -> None:
     """The audit subparser's own parts: the scenario positional made optional (`--arch` replaces it), the
     own-model flags, the gallery size and the robust-accuracy switch."""
-    (pos,) = [a for a in c._actions if a.dest == "scenario"]
+    pos = _action(c, "scenario")
     pos.nargs, pos.required, pos.default = "?", False, None
     pos.help = "a shipped scenario name or a .toml path; omit it when auditing your own model with --arch"
     c.epilog, c.formatter_class = AUDIT_EPILOG, argparse.RawDescriptionHelpFormatter
@@ -522,13 +723,23 @@ def _audit_parser(c) -> None:
                    help="the eps grid of --robust, e.g. 0,2/255,4/255,8/255 [default]")
 
 
+def _version() -> str:
+    """``rurk --version``: rurk's version and torch's (numbers are bit-identical only at the same torch)."""
+    import torch
+
+    from . import __version__
+
+    return f"rurk {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rurk",
         description="Robust machine unlearning: train Original/Re-train, unlearn, audit residual knowledge.",
         epilog="Add --debug anywhere to see a traceback instead of a one-line error, and --threads N to set torch's "
-               "CPU threads (default: RURK_THREADS, else the CPUs this process may use).",
+               "CPU threads (default: RURK_THREADS, else the CPUs this process may use; never more than those).",
     )
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def scenario_cmd(name: str, help: str, fn):
@@ -557,8 +768,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a probe parameter, e.g. --probe pgd --probe-set steps=20 (repeatable)")
         c.add_argument("--taus", default=None, help="comma-separated taus in pixel units (default: the scenario's grid)")
         c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample (default: the scenario's, 100)")
-        c.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: the scenario's, 1000)")
-        c.add_argument("--noise-seed", type=int, default=None, help="the audit's noise seed (default: the run seed)")
+        c.add_argument("--bootstrap", type=int, default=None,
+                       help=f"bootstrap resamples, 0 to {MAX_BOOTSTRAP} (default: the scenario's, 1000)")
+        c.add_argument("--noise-seed", type=int, default=None,
+                       help="the audit's noise seed (default: the scenario's audit.noise_seed, else the run seed)")
 
     c = scenario_cmd("unlearn", "unlearn the forget set from Original with one method; save the checkpoint and "
                                 "print accuracies", cmd_unlearn)
@@ -567,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = scenario_cmd("audit", "audit residual knowledge of an unlearned model against Re-train", cmd_audit)
     _audit_parser(c)
-    c.add_argument("--method", default=None, help="audit this method's cached unlearned model (run it if needed)")
+    c.add_argument("--method", default=None,
+                   help="audit this method's cached unlearned model (run it if needed); not with --unlearned")
     c.add_argument("--unlearned", default=None,
                    help="a .safetensors file of the audited model: the scenario's architecture (default: Original), "
                         "or with --arch the factory's")
@@ -575,15 +789,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .safetensors file of the reference: the scenario's architecture (default: Re-train), "
                         "or with --arch the factory's (required)")
     audit_args(c)
-    c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
+    c.add_argument("--tuned", default=None, help="with --method: TOML of tuned method values, or 'none'")
 
     def run_args(c):
         c.add_argument("--methods", default=None,
-                       help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd (default: every method)")
+                       help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd, or all (default: the "
+                            "scenario's run_methods, else every method)")
         audit_args(c)
         c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
         c.add_argument("--no-attacks", action="store_true",
-                       help="skip the relearning-attack curve (relearn_curve.*) and the robust-accuracy curves")
+                       help="skip the relearning-attack curve (relearn_curve.*); not with --robust")
         c.add_argument("--robust", action="store_true",
                        help="also the robust-accuracy curves under PGD (robust.*; minutes per model on a CPU)")
         c.add_argument("--retry-failed", action="store_true",
@@ -591,13 +806,15 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
 
     c = scenario_cmd("run", "the full experiment: every method x seed, metrics, audits, report", cmd_run)
-    c.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scenario's, 131,42,7)")
+    c.add_argument("--seeds", default=None,
+                   help="comma-separated run seeds (default: --seed, else the scenario's, 131,42,7); not with --seed")
     run_args(c)
     _executor_args(c)
 
     c = scenario_cmd("plan", "print the cell graph of a `rurk run`, the cost of each kind of cell (measured from the "
                              "store, else estimated) and the wall time on K workers", cmd_plan)
-    c.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scenario's, 131,42,7)")
+    c.add_argument("--seeds", default=None,
+                   help="comma-separated run seeds (default: --seed, else the scenario's, 131,42,7); not with --seed")
     run_args(c)
     c.add_argument("--workers", default="1,2,4,8", metavar="K",
                    help="worker counts to estimate the wall time for, e.g. 8 or 1,2,4,8 [default: 1,2,4,8]")
@@ -614,12 +831,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = scenario_cmd("tune", "search methods' hyperparameters (Optuna TPE) by the mean Avg. Gap over two tuning "
                              "forget sets; resumable (the study lives in OUT/tune.db)", cmd_tune)
-    c.add_argument("--method", required=True, help="method name(s), comma-separated, or 'all'")
+    c.add_argument("--methods", "--method", dest="methods", required=True,
+                   help="methods to tune, comma-separated, or all (every method with a search space)")
+    _action(c, "seed").help = (f"the tuning run seed, never one of the scenario's run seeds [default: "
+                               f"{DEFAULT_TUNING_SEED}]")
     c.add_argument("--trials", type=int, default=24, help="finished trials per method the study should hold [default: 24]")
     c.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds per method")
     c.add_argument("--jobs", type=int, default=1,
                    help="trials evaluated at once (threads; with --executor ray, Ray tasks) [default: 1]")
-    c.add_argument("--split-seeds", default="1,2", help="split seeds of the tuning forget sets [default: 1,2]")
+    c.add_argument("--split-seeds", default="1,2",
+                   help="split seeds of the tuning forget sets, never the scenario's [default: 1,2]")
     c.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler [default: 0]")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     _executor_args(c)
@@ -673,8 +894,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .threads import configure_threads
 
-        configure_threads(threads)  # --threads, else RURK_THREADS / OMP_NUM_THREADS, else the CPUs this process may use
+        # --threads, else RURK_THREADS / OMP_NUM_THREADS, else the CPUs this process may use; never more than those
+        configure_threads(threads, source="--threads", warn=lambda m: print(f"rurk: warning: {m}", file=sys.stderr))
+        _check_args(args)
         args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's own flush at exit
+    except BrokenPipeError:  # `rurk methods | head`: the reader left; stop quietly, as a shell tool does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, a shell tool's status when its reader leaves
+    except sqlite3.DatabaseError as e:  # a store database that breaks after _check_args passed it
+        if debug:
+            raise
+        print(f"rurk: error: store database {Path(getattr(args, 'out', '.')) / 'rurk.sqlite'}: {e}", file=sys.stderr)
+        return 2
     except (ConfigError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
         if debug:
             raise
