@@ -86,7 +86,7 @@ def params_after(model: Softmax) -> tuple[np.ndarray, np.ndarray]:
 def test_neggrad_plus_one_step_is_the_hand_computed_weighted_step(beta):
     """θ₁ = θ₀ − lr·[(1 − β)·∇CE_r − β·∇CE_f] (Kurmanji et al.): the retain weight is 1 − β, the forget weight β."""
     d, original = tiny_data(), Softmax()
-    model, rec = unlearn("neggrad_plus", original, d, SEED, overrides={**ONE_STEP, "beta": beta})
+    model, rec = unlearn("neggrad_plus", original, d, SEED, preset="paper", overrides={**ONE_STEP, "beta": beta})
     assert rec.steps == 1
     gw_r, gb_r = ce_grad(original, d.retain.x, d.retain.y)
     gw_f, gb_f = ce_grad(original, d.forget.x, d.forget.y)
@@ -118,7 +118,7 @@ def test_rurk_one_step_is_the_hand_computed_step(lambda_f, lambda_a):
     was actually shown (τ > 0, two copies, so CE(X′) differs from CE_f and λ_f, λ_a cannot be swapped)."""
     d, original = tiny_data(), Softmax()
     over = {**ONE_STEP, "lambda_f": lambda_f, "lambda_a": lambda_a, "tau": 0.2, "copies": 2, "probe": "gaussian"}
-    model, rec = unlearn("rurk", original, d, SEED, overrides=over)
+    model, rec = unlearn("rurk", original, d, SEED, preset="paper", overrides=over)
     assert rec.steps == 1 and len(model.seen) == 3  # retain, forget and perturbed passes
     x_f, x_adv = model.seen[1], model.seen[2]
     assert x_adv.shape[0] == 2 * len(d.forget) and not torch.equal(x_adv[: len(d.forget)], x_f)
@@ -143,7 +143,7 @@ def test_rurk_targeted_probe_trains_towards_the_drawn_targets():
     """Targeted probe (fgsm): the perturbed term is +λ_a·CE(X′, y′), descending towards y′ ≠ y."""
     d, original = tiny_data(n_f=8), Softmax()
     over = {**ONE_STEP, "lambda_f": 0.0, "lambda_a": 0.6, "tau": 0.1, "copies": 1, "probe": "fgsm"}
-    model, rec = unlearn("rurk", original, d, SEED, overrides=over)
+    model, rec = unlearn("rurk", original, d, SEED, preset="paper", overrides=over)
     x_adv = model.seen[-1]
     fin = rec.extra["final"]
     assert fin["L"] == pytest.approx(fin["L_r"] + 0.6 * fin["L_adv"], abs=1e-6)
@@ -175,7 +175,7 @@ def test_rurk_probe_params_reach_the_probe():
 def test_zero_epochs_leave_the_model_unchanged():
     d, original = tiny_data(), Softmax()
     for name in ("rurk", "neggrad_plus"):
-        model, rec = unlearn(name, original, d, SEED, overrides={"epochs": 0})
+        model, rec = unlearn(name, original, d, SEED, preset="paper", overrides={"epochs": 0})
         assert rec.steps == 0 and not rec.diverged
         assert torch.equal(model.lin.weight, original.lin.weight)
 
@@ -189,7 +189,7 @@ def test_by_default_the_forget_pass_updates_batchnorm_statistics():
     model = bn_net().train()
     objective(model, (xr, yr), (xf, yf), PerturbedBatch(xf, yf, -1.0), Weights(1.0, 0.1, 0.1))
     assert not torch.equal(model[1].running_mean, retain_only[1].running_mean)
-    cfg = RURKConfig(epochs=1, batch_size=64, lambda_f=0.0, lambda_a=0.0, lr=0.0)
+    cfg = RURKConfig(epochs=1, batch_size=64, lambda_f=0.0, lambda_a=0.0, lr=0.0, calibrate=False)
     runs = {}
     for key, kw in (("default", {}), ("frozen", {"bn_update_on_forget": False})):
         m = bn_net()
@@ -209,7 +209,7 @@ def test_rurk_config_boundaries():
 def _batches(name: str, d: UnlearnData, **over):
     """(retain batches, forget batches) as id lists, from the inputs the model saw."""
     overrides = {"batch_size": 32, "epochs": 1, "tau": 0.0} if name == "rurk" else {"batch_size": 32, "epochs": 1}
-    model, rec = unlearn(name, Recorder(), d, SEED, overrides={**overrides, **over})
+    model, rec = unlearn(name, Recorder(), d, SEED, preset="paper", overrides={**overrides, **over})
     per_step = 3 if name == "rurk" else 2
     seen = [ids_of(x) for x in model.seen]
     return seen[0::per_step], seen[1::per_step], rec

@@ -121,19 +121,19 @@ def test_variant_rows_run_under_their_own_name_and_cache_key(tmp_path):
     from rurk.cli import main
     from rurk.store import Store
 
-    args = ["run", "digits5", "--methods", "rurk,rurk:lambda_a=0,rurk:lambda_f=0:tau=0.1", "--seeds", "131",
+    args = ["run", "digits5", "--methods", "rurk,rurk:lambda_a=0,rurk:lambda_f=0:tau=0.1,rurk:preset=paper", "--seeds", "131",
             "--taus", "0,0.1", "--draws", "2", "--no-relearn", "--out", str(tmp_path), "--set", "train.epochs=3",
             "--set", "methods.rurk.epochs=1", "--quiet", "--device", "cpu"]
     assert main(args) == 0
     import json
 
     summary = json.loads((tmp_path / "digits5" / "summary.json").read_text())
-    assert {"rurk", "rurk:lambda_a=0", "rurk:lambda_f=0:tau=0.1"} <= set(summary["methods"])
+    assert {"rurk", "rurk:lambda_a=0", "rurk:lambda_f=0:tau=0.1", "rurk:preset=paper"} <= set(summary["methods"])
     assert summary["methods"]["rurk:lambda_a=0"]["base"] == "rurk"
     recs = {r["key"]: r["metrics"]["config"] for r in Store(tmp_path).records("unlearned")}
-    assert len(recs) == 3
-    assert sorted((c["lambda_f"], c["lambda_a"], c["tau"]) for c in recs.values()) == sorted(
-        [(0.03, 0.03, 0.03), (0.03, 0.0, 0.03), (0.0, 0.03, 0.1)])
+    assert len(recs) == 4
+    assert sorted((c["lambda_f"], c["lambda_a"], c["tau"], c["calibrate"]) for c in recs.values()) == sorted(
+        [(0.08, 0.08, 0.1, True), (0.08, 0.0, 0.1, True), (0.0, 0.08, 0.1, True), (0.03, 0.03, 0.03, False)])
     assert "| rurk:lambda_f=0:tau=0.1 |" in (tmp_path / "digits5" / "report.md").read_text()
     assert main(args[:3] + ["rurk:bogus=1"] + args[4:]) == 2  # refused before any work
 

@@ -84,8 +84,8 @@ QUICK = {"ga": {}, "ngd": {"epochs": 2}, "neggrad_plus": {}, "rurk": {}}
 def test_end_to_end_deterministic_and_pure(name, arch, originals, data):
     original = originals[arch]
     before = state(original)
-    m1, r1 = unlearn(name, original, data, SEED, overrides=QUICK[name])
-    m2, r2 = unlearn(name, original, data, SEED, overrides=QUICK[name])
+    m1, r1 = unlearn(name, original, data, SEED, preset="paper", overrides=QUICK[name])
+    m2, r2 = unlearn(name, original, data, SEED, preset="paper", overrides=QUICK[name])
     assert same_state(state(original), before), "the Original was mutated"
     assert same_state(state(m1), state(m2)), "not deterministic under a fixed seed"
     assert max_param_diff(m1, original) > 0, "returned model equals the Original"
@@ -96,18 +96,18 @@ def test_end_to_end_deterministic_and_pure(name, arch, originals, data):
 
 def test_noise_depends_on_seed(originals, data):
     for name in ("ngd", "rurk"):
-        a, _ = unlearn(name, originals["mlp"], data, 1, overrides=QUICK[name])
-        b, _ = unlearn(name, originals["mlp"], data, 2, overrides=QUICK[name])
+        a, _ = unlearn(name, originals["mlp"], data, 1, preset="paper", overrides=QUICK[name])
+        b, _ = unlearn(name, originals["mlp"], data, 2, preset="paper", overrides=QUICK[name])
         assert max_param_diff(a, b) > 0, name
 
 
 def test_ga_lowers_forget_accuracy_and_can_stop_early(originals, data):
     original = originals["mlp"]
     assert accuracy(original, data.forget) > 0.95
-    model, rec = unlearn("ga", original, data, SEED, overrides={"lr": 0.2, "epochs": 10})
+    model, rec = unlearn("ga", original, data, SEED, preset="paper", overrides={"lr": 0.2, "epochs": 10})
     assert accuracy(model, data.forget) < 0.5
     assert rec.history["L_f"][-1] > 5 * rec.history["L_f"][0]
-    model, rec = unlearn("ga", original, data, SEED, overrides={"lr": 0.2, "epochs": 10, "target_forget_acc": 0.8})
+    model, rec = unlearn("ga", original, data, SEED, preset="paper", overrides={"lr": 0.2, "epochs": 10, "target_forget_acc": 0.8})
     assert rec.steps < 10 and rec.extra["stopped_early_at_step"] == rec.steps
     assert accuracy(model, data.forget) <= 0.8
 
@@ -119,7 +119,7 @@ def test_ga_lowers_forget_accuracy_and_can_stop_early(originals, data):
     ("rurk", {"lr": 1e6, "clip_grad_norm": None, "lambda_f": 1.0, "schedule": "constant", "epochs": 30}),
 ])
 def test_divergence_is_recorded_not_raised(name, overrides, originals, data):
-    model, rec = unlearn(name, originals["mlp"], data, SEED, overrides=overrides)
+    model, rec = unlearn(name, originals["mlp"], data, SEED, preset="paper", overrides=overrides)
     assert rec.diverged and isinstance(rec.diverged_step, int) and rec.diverged_step >= 1
     assert rec.steps == rec.diverged_step
     if name != "ga":
@@ -127,11 +127,11 @@ def test_divergence_is_recorded_not_raised(name, overrides, originals, data):
 
 
 def test_rurk_warns_when_forget_loss_grows(originals, data):
-    _, rec = unlearn("rurk", originals["mlp"], data, SEED, overrides={"lambda_f": 3.0, "lr": 0.1, "epochs": 3})
+    _, rec = unlearn("rurk", originals["mlp"], data, SEED, preset="paper", overrides={"lambda_f": 3.0, "lr": 0.1, "epochs": 3})
     assert not rec.diverged
     assert rec.extra["L_f_peak"] > 10 * rec.extra["L_f_first"]
     assert any(w.startswith("L_f rose") for w in rec.warnings)
-    _, rec = unlearn("rurk", originals["mlp"], data, SEED, overrides={"lambda_f": 0.0, "lambda_a": 0.0})
+    _, rec = unlearn("rurk", originals["mlp"], data, SEED, preset="paper", overrides={"lambda_f": 0.0, "lambda_a": 0.0})
     assert not any(w.startswith("L_f rose") for w in rec.warnings)
 
 
@@ -155,7 +155,7 @@ class ZeroGradParam(nn.Module):
 def test_ngd_noise_scale(form, lr, sigma, eta, expected_per_step, data):
     original = ZeroGradParam()
     overrides = {"noise_form": form, "lr": lr, "sigma": sigma, "eta": eta, "epochs": 2, "weight_decay": 0.0}
-    model, rec = unlearn("ngd", original, data, SEED, overrides=overrides)
+    model, rec = unlearn("ngd", original, data, SEED, preset="paper", overrides=overrides)
     steps = rec.steps
     assert steps == 8
     delta = (model.extra - original.extra).detach()
@@ -166,8 +166,8 @@ def test_ngd_noise_scale(form, lr, sigma, eta, expected_per_step, data):
 
 
 def test_ngd_sigma_zero_is_gd(originals, data):
-    a, _ = unlearn("ngd", originals["mlp"], data, SEED, overrides={"sigma": 0.0, "epochs": 2})
-    b, _ = unlearn("gd", originals["mlp"], data, SEED, overrides={"epochs": 2})
+    a, _ = unlearn("ngd", originals["mlp"], data, SEED, preset="paper", overrides={"sigma": 0.0, "epochs": 2})
+    b, _ = unlearn("gd", originals["mlp"], data, SEED, preset="paper", overrides={"epochs": 2})
     assert same_state(state(a), state(b))
 
 
@@ -201,21 +201,21 @@ class Recorder(nn.Module):
 def test_rurk_step_count_and_cap_reading():
     d = ided_data()  # ⌈300/32⌉ = 10 iterations per epoch
     base = {"batch_size": 32, "epochs": 2, "tau": 0.0}
-    _, rec = unlearn("rurk", mlp(), d, SEED, overrides=base)
+    _, rec = unlearn("rurk", mlp(), d, SEED, preset="paper", overrides=base)
     assert rec.steps == 2 * 10 and rec.extra["planned_steps"] == 20
     assert "no cap" in rec.extra["step_cap"]
     assert rec.history["lr_mean"][0] > rec.history["lr_mean"][1]  # cosine, stepped per iteration
-    _, rec = unlearn("rurk", mlp(), d, SEED, overrides={**base, "max_steps": 7})
+    _, rec = unlearn("rurk", mlp(), d, SEED, preset="paper", overrides={**base, "max_steps": 7})
     assert rec.steps == 7 and "reading 2" in rec.extra["step_cap"]
-    _, rec = unlearn("rurk", mlp(), d, SEED, overrides={**base, "cosine_t_max": 5})
+    _, rec = unlearn("rurk", mlp(), d, SEED, preset="paper", overrides={**base, "cosine_t_max": 5})
     assert rec.steps == 20 and "reading 1" in rec.extra["step_cap"]
-    _, rec = unlearn("neggrad_plus", mlp(), d, SEED, overrides={"batch_size": 32, "epochs": 3})
+    _, rec = unlearn("neggrad_plus", mlp(), d, SEED, preset="paper", overrides={"batch_size": 32, "epochs": 3})
     assert rec.steps == 30
 
 
 def test_rurk_forget_stream_cycles_with_fresh_shuffles_and_spares_retain_order():
     d = ided_data()
-    model, rec = unlearn("rurk", Recorder(), d, SEED, overrides={"batch_size": 32, "epochs": 2, "tau": 0.0})
+    model, rec = unlearn("rurk", Recorder(), d, SEED, preset="paper", overrides={"batch_size": 32, "epochs": 2, "tau": 0.0})
     seen = model.seen
     assert len(seen) == 3 * rec.steps == 60  # retain, forget, perturbed pass per step (gaussian: no crafting)
     retain_batches = [ids_of(x) for x in seen[0::3]]
@@ -241,8 +241,8 @@ def test_rurk_forget_stream_does_not_share_retain_generator():
     d1, d2 = ided_data(300, 50), ided_data(300, 80)
     assert torch.equal(d1.retain.x, d2.retain.x) and torch.equal(d1.retain.y, d2.retain.y)
     over = {"batch_size": 32, "epochs": 1, "lambda_f": 0.0, "lambda_a": 0.0}
-    m1, _ = unlearn("rurk", Recorder(), d1, SEED, overrides=over)
-    m2, _ = unlearn("rurk", Recorder(), d2, SEED, overrides=over)
+    m1, _ = unlearn("rurk", Recorder(), d1, SEED, preset="paper", overrides=over)
+    m2, _ = unlearn("rurk", Recorder(), d2, SEED, preset="paper", overrides=over)
     assert [ids_of(x) for x in m1.seen[0::3]] == [ids_of(x) for x in m2.seen[0::3]]
     assert same_state(state(m1.net), state(m2.net))
 
@@ -304,15 +304,15 @@ def test_lambda_zero_reproduces_gd(arch, originals, data):
     original = originals[arch]
     gd_over = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "clip_grad_norm": 1.0,
                "epochs": 2, "batch_size": 128}
-    gd, _ = unlearn("gd", original, data, SEED, overrides=gd_over)
+    gd, _ = unlearn("gd", original, data, SEED, preset="paper", overrides=gd_over)
     zero = {"lambda_f": 0.0, "lambda_a": 0.0}
     for bn_update in (True, False):
-        r, rec = unlearn("rurk", original, data, SEED, overrides={**zero, "bn_update_on_forget": bn_update})
+        r, rec = unlearn("rurk", original, data, SEED, preset="paper", overrides={**zero, "bn_update_on_forget": bn_update})
         assert rec.steps == 8 and rec.extra["bn_update_on_forget"] is bn_update
         assert max_param_diff(r, gd) <= 1e-6, max_param_diff(r, gd)
         buffers_equal = same_state(dict(r.named_buffers()), dict(gd.named_buffers()))
         assert buffers_equal == (arch == "mlp" or not bn_update)
-    r, _ = unlearn("rurk", original, data, SEED, overrides={"lambda_f": 0.3})  # λ ≠ 0 moves away from GD
+    r, _ = unlearn("rurk", original, data, SEED, preset="paper", overrides={"lambda_f": 0.3})  # λ ≠ 0 moves away from GD
     assert max_param_diff(r, gd) > 1e-5
 
 
@@ -321,10 +321,10 @@ def test_gaussian_tau_zero_gives_adv_loss_equal_forget_loss(originals, data):
     (xr, yr), (xf, yf) = batches(data)
     pb = perturb_forget(make_probe("gaussian"), model, xf, yf, 0.0, 1, torch.Generator().manual_seed(0), 10)
     assert torch.equal(pb.x, xf)
-    _, rec = unlearn("rurk", model, data, SEED, overrides={"tau": 0.0})
+    _, rec = unlearn("rurk", model, data, SEED, preset="paper", overrides={"tau": 0.0})
     assert rec.history["L_adv"] == rec.history["L_f"]
     assert rec.extra["final"]["L_adv"] == rec.extra["final"]["L_f"]
-    _, rec = unlearn("rurk", model, data, SEED, overrides={"tau": 0.1})
+    _, rec = unlearn("rurk", model, data, SEED, preset="paper", overrides={"tau": 0.1})
     assert rec.history["L_adv"] != rec.history["L_f"]
 
 
@@ -360,7 +360,7 @@ def test_targeted_rurk_pushes_perturbed_forget_samples_towards_the_target(probe,
     over = {"probe": probe, "probe_params": params, "tau": 0.1, "lambda_f": 0.0, "lr": 0.1, "epochs": 6}
     runs = {}
     for name, lam in (("with", 1.0), ("without", 0.0), ("wrong_sign", -1.0)):
-        runs[name], rec = unlearn("rurk", original, data, SEED, overrides={**over, "lambda_a": lam})
+        runs[name], rec = unlearn("rurk", original, data, SEED, preset="paper", overrides={**over, "lambda_a": lam})
         assert rec.extra["probe_targeted"] is True
     p = make_probe(probe, **params)
     prob = {name: _target_prob(m, data, p, 0.1) for name, m in [("original", original), *runs.items()]}
@@ -393,7 +393,7 @@ def test_probe_generator_is_its_own(originals, data):
     g2 = make_generator(SEED, "rurk-probe", "cpu")
     assert torch.equal(torch.randn(5, generator=g1), torch.randn(5, generator=g2))
     spec = get_method("rurk")
-    cfg = spec.config()
+    cfg = spec.config("paper")
     outs = []
     for global_seed in (1, 2):  # call the method directly: unlearn() would reseed the global RNG
         torch.manual_seed(global_seed)

@@ -26,9 +26,9 @@ SHRINK = ["model.width=0.125", "train.epochs=1", "train.batch_size=16", "audit.b
 
 
 @pytest.mark.parametrize("scenario, extra, methods", [
-    ("cifar5", ["data.train_per_class=8", "data.test_per_class=4", "forget.count=4", "retrain.epochs=1",
+    ("cifar5", ["data.train_per_class=8", "data.test_per_class=4", "forget.count=4", "forget.calibration=2", "retrain.epochs=1",
                 "pretrain.optim.epochs=1", "pretrain.optim.batch_size=32"], "gd,rurk,ntk"),
-    ("cifar5-vgg11", ["data.train_per_class=8", "data.test_per_class=4", "forget.count=4", "retrain.epochs=1",
+    ("cifar5-vgg11", ["data.train_per_class=8", "data.test_per_class=4", "forget.count=4", "forget.calibration=2", "retrain.epochs=1",
                       "pretrain.optim.epochs=1", "pretrain.optim.batch_size=32"], "rurk"),
     ("cifar10-class", ["data.val_fraction=0.2"], "euk"),
 ])

@@ -56,6 +56,7 @@ class Prepared:
             forget_class=self.scenario.forget.forget_class if self.class_unlearning else None,
             pretrained=pretrained,
             loader_seed=self.scenario.seeds.loader,
+            calib=self.data.calib,
         )
 
 
@@ -76,6 +77,7 @@ def prepare(scenario: Scenario, store: Store | None = None) -> Prepared:
         forget_fraction=f.fraction if f.count is None else None,
         forget_count=f.count,
         forget_file=f.file,
+        calib_count=f.calibration,
         seed=scenario.seeds.split,
     )
     if store is not None:

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -167,12 +168,25 @@ class LoopRecord:
     history: dict[str, list[float]] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
+    calibration: dict | None = None  # what a Calibration decided (rurk.calibrate.Calibrator.finish)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
+class Calibration(Protocol):
+    """A stopping rule that watches the model (:class:`rurk.calibrate.Calibrator`): ``start`` sees the model
+    before the first step, ``check`` after every step (True = stop now), ``finish`` may rewind the model to
+    an earlier checkpoint and returns what it decided, for the record."""
+
+    def start(self, model: nn.Module) -> None: ...
+
+    def check(self, model: nn.Module, step: int) -> bool: ...
+
+    def finish(self, model: nn.Module) -> dict: ...
+
+
 LossFn = Callable[[nn.Module, Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 
@@ -187,6 +201,7 @@ def run_loop(
     set_mode: Callable[[nn.Module], None] | None = None,
     after_step: Callable[[nn.Module, float], None] | None = None,
     stop: Callable[[nn.Module, int], bool] | None = None,
+    calibration: Calibration | None = None,
     desc: str = "train",
     progress: bool | None = None,
 ) -> LoopRecord:
@@ -200,6 +215,9 @@ def run_loop(
       touches these. ``set_mode`` puts the model in its training mode (default ``model.train()``).
     - ``after_step(model, lr)`` runs after every optimiser step (NGD's noise); ``stop(model, step)``
       is asked after every step and ends training early when it returns True (re-learn time).
+    - ``calibration`` (calibrated stopping, :mod:`rurk.calibrate`): started before the first step, checked
+      after every step like ``stop``, and finished at the end — it may rewind the model to the checkpoint it
+      chose; its decision is ``record.calibration``. The epoch budget is then an upper bound.
     - A non-finite loss stops the loop and marks the record ``diverged`` at that step.
     - ``history`` holds per-epoch means of the loss, every logged scalar, ``grad_norm`` (before clipping)
       and ``lr_mean``, plus ``lr`` (the epoch's last learning rate).
@@ -218,6 +236,8 @@ def run_loop(
     device = model_device(model)
     (set_mode or nn.Module.train)(model)
     t0 = time.perf_counter()
+    if calibration is not None:
+        calibration.start(model)
     bar = tqdm(total=total, desc=desc, disable=not progress_enabled(progress), leave=False)
     sums: dict[str, torch.Tensor] = {}
     finished = False
@@ -247,7 +267,8 @@ def run_loop(
                 if after_step is not None:
                     after_step(model, lr)
                 bar.update()
-                if (cfg.max_steps and rec.steps >= cfg.max_steps) or (stop is not None and stop(model, rec.steps)):
+                halt = calibration is not None and calibration.check(model, rec.steps)  # every step, the last too
+                if halt or (cfg.max_steps and rec.steps >= cfg.max_steps) or (stop is not None and stop(model, rec.steps)):
                     finished = True
                     break
             _close_epoch(rec, sums, n_in_epoch, lr)
@@ -258,6 +279,8 @@ def run_loop(
         rec.diverged, rec.diverged_step = True, rec.steps
     finally:
         bar.close()
+    if calibration is not None:
+        rec.calibration = calibration.finish(model)
     rec.wall_s = time.perf_counter() - t0
     return rec
 

@@ -13,13 +13,20 @@ so it can be written as JSON next to the checkpoints and reapplied to the exact 
 3. **Per-class subsets**: per class, a seeded random ``train_per_class`` training and ``test_per_class`` test
    samples (``None`` = all).
 4. **Validation hold-out**: per class, a seeded ``round(val_fraction · n_c)`` of the kept training samples.
-5. **Forget selection** among the remaining training samples:
+5. **Calibration set** (``calib_count`` > 0, ``forget="sample"`` only): per forget-set class, a seeded
+   ``calib_count`` of the class's source-train images that the split does not use (left out by
+   ``train_per_class``, e.g. the unused Fashion-MNIST training images), else from the class's validation
+   hold-out (CIFAR-10's 20%; they leave val), else held out of the class's kept training samples (digits: a held-out part). Neither model ever trains on
+   them and they are never test images: calibrated stopping (:mod:`rurk.calibrate`) estimates Re-train's
+   accuracy on the forget set from them.
+6. **Forget selection** among the remaining training samples:
    ``"sample"`` = a seeded ``round(forget_fraction · n)`` (or exactly ``forget_count``) of the ``n`` remaining
    samples of kept class ``forget_class``; ``"class"`` = all of them; ``"file"`` = the source-train indices
    listed in a JSON file.
-6. **Retain** = every remaining training sample not in the forget set.
+7. **Retain** = every remaining training sample not in the forget set.
 
-So forget, retain and val are disjoint and their union is the kept training set. Every output array is sorted.
+So forget, retain and val are disjoint and their union is the kept training set; calib is disjoint from all
+of them and from test. Every output array is sorted.
 
 Randomness (decision): each random choice uses its own generator ``numpy.random.default_rng([seed, stage,
 class_id])``. The same source + arguments + seed therefore give identical arrays, and one class's
@@ -48,7 +55,7 @@ __all__ = ["Split", "SplitData", "make_split"]
 SPLIT_FORMAT = "rurk.split/1"
 
 # stage ids for the per-choice generators (see module docstring); never renumber: it would change every split
-_TEST_CARVE, _TRAIN_SUBSET, _TEST_SUBSET, _VAL, _FORGET = range(5)
+_TEST_CARVE, _TRAIN_SUBSET, _TEST_SUBSET, _VAL, _FORGET, _CALIB = range(6)
 
 
 def _ids(a, what: str) -> np.ndarray:
@@ -70,6 +77,7 @@ class SplitData:
     retain: TensorData
     val: TensorData
     test: TensorData
+    calib: TensorData | None = None  # held-out images of the forget set's classes (calibrated stopping)
 
     @property
     def train(self) -> TensorData:
@@ -83,7 +91,8 @@ class Split:
     """Index arrays into ``Source.train`` (forget/retain/val) and ``Source.test`` (test; into ``Source.train``
     when ``test_from == "train"``, i.e. the test set was carved from a source without an official one).
     ``classes`` are the kept source class ids in label order; ``seed`` the split seed; ``fingerprint`` the
-    Source fingerprint. Saved as JSON next to checkpoints."""
+    Source fingerprint; ``calib`` (into ``Source.train``, possibly empty) the calibration images. Saved as JSON
+    next to checkpoints (``calib`` only when non-empty, so splits without one keep their digest)."""
 
     forget: np.ndarray
     retain: np.ndarray
@@ -93,9 +102,10 @@ class Split:
     seed: int
     fingerprint: str
     test_from: str = "test"
+    calib: np.ndarray = ()
 
     def __post_init__(self):
-        for name in ("forget", "retain", "val", "test"):
+        for name in ("forget", "retain", "val", "test", "calib"):
             object.__setattr__(self, name, _ids(getattr(self, name), name))
         object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
         object.__setattr__(self, "seed", int(self.seed))
@@ -104,7 +114,7 @@ class Split:
             raise ValueError(f"Split.test_from={self.test_from!r}; expected 'test' or 'train'")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"Split.classes {self.classes} contains duplicates")
-        parts = {"forget": self.forget, "retain": self.retain, "val": self.val}
+        parts = {"forget": self.forget, "retain": self.retain, "val": self.val, "calib": self.calib}
         names = list(parts)
         for i, a in enumerate(names):
             if len(np.unique(parts[a])) != len(parts[a]):
@@ -121,6 +131,7 @@ class Split:
     # ------------------------------------------------------------------ serialisation
 
     def to_json(self) -> dict:
+        extra = {"calib": self.calib.tolist()} if len(self.calib) else {}
         return {
             "format": SPLIT_FORMAT,
             "forget": self.forget.tolist(),
@@ -131,6 +142,7 @@ class Split:
             "classes": list(self.classes),
             "seed": self.seed,
             "fingerprint": self.fingerprint,
+            **extra,
         }
 
     @staticmethod
@@ -145,7 +157,7 @@ class Split:
         if missing:
             raise ValueError(f"split JSON is missing keys {missing}")
         return Split(d["forget"], d["retain"], d["val"], d["test"], tuple(d["classes"]), d["seed"],
-                     d["fingerprint"], d.get("test_from", "test"))
+                     d["fingerprint"], d.get("test_from", "test"), d.get("calib", ()))
 
     def save(self, path: str | Path) -> Path:
         """Write JSON (one key per line, arrays inline), atomically (a temporary name per process and thread:
@@ -176,7 +188,7 @@ class Split:
 
     def __repr__(self) -> str:
         return (f"Split(forget={len(self.forget)}, retain={len(self.retain)}, val={len(self.val)}, "
-                f"test={len(self.test)}, classes={self.classes}, seed={self.seed}, "
+                f"test={len(self.test)}, calib={len(self.calib)}, classes={self.classes}, seed={self.seed}, "
                 f"fingerprint={self.fingerprint!r}, test_from={self.test_from!r})")
 
     # ------------------------------------------------------------------ materialise
@@ -207,7 +219,8 @@ class Split:
 
         test_src = source.train if self.test_from == "train" else source.test
         return SplitData(take(source.train, self.forget, "forget"), take(source.train, self.retain, "retain"),
-                         take(source.train, self.val, "val"), take(test_src, self.test, "test"))
+                         take(source.train, self.val, "val"), take(test_src, self.test, "test"),
+                         take(source.train, self.calib, "calib") if len(self.calib) else None)
 
 
 # ---------------------------------------------------------------------------------------------- make_split
@@ -278,7 +291,7 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
                val_fraction: float = 0.0, test_fraction: float | None = None,
                forget: str = "sample", forget_class: int = 0,
                forget_fraction: float | None = _DEFAULT_FORGET_FRACTION, forget_count: int | None = None,
-               forget_file: str | Path | None = None, seed: int = 0) -> Split:
+               forget_file: str | Path | None = None, calib_count: int = 0, seed: int = 0) -> Split:
     """Build a seeded :class:`Split` of ``source`` (order of operations: see the module docstring).
 
     - ``classes``: ``None`` = all, int ``k`` = the first ``k``, or a list of source class ids.
@@ -291,6 +304,7 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
       a JSON list of source-train indices, or an object with a ``"forget"`` key).
     - ``forget_class``: index into the kept classes (0 = the first kept class).
     - ``forget_count`` overrides the default ``forget_fraction`` (0.5); giving both explicitly is an error.
+    - ``calib_count``: calibration images per forget-set class (step 5; ``forget="sample"`` only).
     """
     n_cls = len(source.classes)
     seed = _int(seed, "seed")
@@ -326,6 +340,12 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
         if not 0 <= forget_class < len(kept):
             raise ValueError(f"forget_class={forget_class}: expected an index into the {len(kept)} kept classes "
                              f"(0..{len(kept) - 1}; source ids {kept})")
+    calib_count = _int(calib_count, "calib_count")
+    if calib_count < 0:
+        raise ValueError(f"calib_count={calib_count}: expected an integer >= 0")
+    if calib_count and forget != "sample":
+        raise ValueError(f"calib_count={calib_count} needs forget='sample' (got forget={forget!r}): with a whole class "
+                         "forgotten Re-train's accuracy on it is 0, and a forget file names no class to calibrate on")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: expected a fraction in [0, 1)")
     carve = test_fraction is not None
@@ -343,7 +363,7 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
     y_te = source.test.y.numpy()
 
     # ---- per class: test carve-out, per-class subsets, val hold-out
-    test_parts, val_parts, remaining = [], [], {}
+    test_parts, val_parts, remaining, unused = [], [], {}, {}
     for c in kept:
         train_pool = np.flatnonzero(y_tr == c)
         if carve:
@@ -357,13 +377,32 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
                 raise ValueError(f"{what}={n} but source class {c} ({source.classes[c]!r}) has only {len(pool)} "
                                  f"{'training' if stage == _TRAIN_SUBSET else 'test'} samples available")
         if train_per_class is not None:
+            unused[c] = train_pool  # narrowed to the unused images below
             train_pool = _pick(train_pool, train_per_class, _rng(seed, _TRAIN_SUBSET, c))
+            unused[c] = np.setdiff1d(unused[c], train_pool)
         if test_per_class is not None:
             te_pool = _pick(te_pool, test_per_class, _rng(seed, _TEST_SUBSET, c))
         val_c = _pick(train_pool, _round(val_fraction * len(train_pool)), _rng(seed, _VAL, c))
         test_parts.append(te_pool)
         val_parts.append(val_c)
         remaining[c] = np.setdiff1d(train_pool, val_c)
+
+    # ---- calibration set: unused images of the forget class, else a held-out part of its kept ones
+    calib_idx = np.zeros(0, dtype=np.int64)
+    if calib_count:
+        cls = kept[forget_class]
+        pool = unused.get(cls, np.zeros(0, dtype=np.int64))
+        if len(pool) < calib_count:  # the validation hold-out of the class is never trained on either
+            pool = val_parts[kept.index(cls)]
+        if len(pool) < calib_count:
+            pool = remaining[cls]
+            if calib_count >= len(pool):
+                raise ValueError(f"calib_count={calib_count} but class {cls} ({source.classes[cls]!r}) has only "
+                                 f"{len(pool)} kept training samples to hold out (and too few unused ones)")
+        calib_idx = _pick(pool, calib_count, _rng(seed, _CALIB, cls))
+        i = kept.index(cls)
+        val_parts[i] = np.setdiff1d(val_parts[i], calib_idx)  # the parts stay disjoint
+        remaining[cls] = np.setdiff1d(remaining[cls], calib_idx)
 
     # ---- forget selection
     if forget == "file":
@@ -407,4 +446,5 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
         seed=seed,
         fingerprint=source.fingerprint,
         test_from="train" if carve else "test",
+        calib=calib_idx,
     )

@@ -28,7 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..torchutil import derive_seed, model_device, to_layout
 from ..train import Batch, BatchStream, prepare_model, run_loop
-from .base import FinetuneConfig, MethodRecord, UnlearnData
+from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator
 
 DIVERGENCE_FACTOR = 10.0  # rurk.md §7: warn when L_f exceeds 10× its initial value
 
@@ -198,7 +198,8 @@ def train_with_forget(
         tracker.update({**logs, "L": loss.detach()})
         return loss, logs
 
-    loop = run_loop(model, lambda e: retain.epoch(), len(retain), loss_fn, optim, desc=desc)
+    loop = run_loop(model, lambda e: retain.epoch(), len(retain), loss_fn, optim,
+                    calibration=calibrator(cfg, data, record.seed), desc=desc)
     record.absorb(loop)
     tracker.finish(record)
     record.extra["final"]["lr"] = loop.final.get("lr")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from ..data.tensordata import TensorData
 from ..perturb import random_wrong_labels
 from ..torchutil import derive_seed, make_generator, model_device
 from ..train import Batch, BatchStream, prepare_model, run_loop
-from .base import FinetuneConfig, MethodRecord, UnlearnData
+from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator
 
 LABEL_TAG = "random-labels"  # the label generator's tag (derive_seed(seed, LABEL_TAG))
 
@@ -41,6 +42,8 @@ class RelabelConfig(FinetuneConfig):
     """RL's settings, which SalUn inherits (and overrides where its reference code differs). lr 0.01 and 10 epochs
     (reference code, spec §12), momentum 0.9 and batch 128 (paper, spec §0; the reference code uses 256) are
     FinetuneConfig's."""
+
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
 
     weight_decay: float = 5e-4  # reference code
     allow_true_label: bool = False  # decision (spec §12): every forget label is wrong
@@ -113,7 +116,8 @@ def train_relabel(
         target = relabel(y, c, generator, allow_true_label=cfg.allow_true_label)
         return F.cross_entropy(model(x), target)
 
-    loop = run_loop(model, batches, per_epoch, loss_fn, cfg.optim(), after_step=after_step, desc=desc)
+    loop = run_loop(model, batches, per_epoch, loss_fn, cfg.optim(), after_step=after_step,
+                    calibration=calibrator(cfg, data, seed), desc=desc)
     record.absorb(loop)
     record.extra.update(planned_steps=loop.planned_steps, joint=cfg.joint, allow_true_label=cfg.allow_true_label,
                         label_seed=derive_seed(int(seed), LABEL_TAG))

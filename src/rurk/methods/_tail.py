@@ -23,6 +23,7 @@ class TailConfig(FinetuneConfig):
     k: int | None = None  # None: the architecture's tail (model.tail_modules(), decision); int: last_k_layers rule
 
     def __post_init__(self):
+        super().__post_init__()
         if self.k is not None and self.k < 1:
             raise ValueError(f"k = {self.k!r}: expected an integer >= 1 or unset")
 

@@ -17,6 +17,7 @@ baselines.md §12). Implemented from the spec.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,14 @@ from ..data.tensordata import TensorData
 from ..torchutil import derive_seed, make_generator, model_device
 from ..train import Batch, BatchStream, OptimConfig, prepare_model, run_loop
 from ._tail import reinit_tail
-from .base import FinetuneConfig, MethodRecord, Param, UnlearnData, fresh_copy, integer, log_uniform, register
+from .base import (FinetuneConfig, MethodRecord, Param, UnlearnData, calibrator, fresh_copy, integer, log_uniform,
+                   register)
 
 
 @dataclass(frozen=True)
 class BadTeacherConfig(FinetuneConfig):
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+
     optimizer: str = "adam"  # reference code
     lr: float = 1e-4  # reference code
     weight_decay: float = 0.0  # reference code (Adam's default)
@@ -40,6 +44,7 @@ class BadTeacherConfig(FinetuneConfig):
     retain_fraction: float = 0.3  # reference code: share of S_r distilled from the competent teacher
 
     def __post_init__(self):
+        super().__post_init__()
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer = {self.optimizer!r}: expected 'sgd' or 'adam'")
         if not self.temperature > 0:
@@ -101,7 +106,8 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: BadTeacherConfig, seed:
             t_good, t_bad = competent(x), incompetent(x)
         return bad_teacher_loss(model(x), t_good, t_bad, flags, cfg.temperature)
 
-    loop = run_loop(student, lambda e: stream.epoch(), len(stream), loss_fn, cfg.optim(), desc="bad_teacher")
+    loop = run_loop(student, lambda e: stream.epoch(), len(stream), loss_fn, cfg.optim(),
+                    calibration=calibrator(cfg, data, seed), desc="bad_teacher")
     record = MethodRecord("bad_teacher", {}, seed).absorb(loop)
     record.extra.update(planned_steps=loop.planned_steps, forget_rows=len(data.forget),
                         retain_rows=len(mixed) - len(data.forget), init_seed=derive_seed(int(seed), "bad_teacher-init"),

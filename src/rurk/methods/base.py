@@ -20,6 +20,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ class UnlearnData:
     forget_class: int | None = None  # label of the forgotten class (class unlearning)
     pretrained: nn.Module | None = None  # the checkpoint Original was fine-tuned from, if any (NTK's reference)
     loader_seed: int = 7  # paper: data-loader shuffling seed
+    calib: TensorData | None = None  # held-out images of the forget set's classes (calibrated stopping)
 
     @property
     def train(self) -> TensorData:
@@ -72,6 +74,8 @@ class MethodRecord:
         if loop.diverged and not self.diverged:
             self.diverged, self.diverged_step = True, self.steps
         self.extra.setdefault("schedule", loop.schedule)
+        if loop.calibration is not None:
+            self.extra["calibration"] = loop.calibration
         return self
 
     def to_json(self) -> dict:
@@ -93,6 +97,30 @@ class FinetuneConfig:
     cosine_t_max: int | None = None  # decision: None = the planned iterations
     max_steps: int | None = None  # decision: no cap
     clip_grad_norm: float | None = None  # paper: none unless stated
+    # calibrated stopping (rurk.calibrate; decision, not in the paper): off for every method but RURK
+    calibrate: bool = False
+    calib_probe: str = "gaussian"  # decision: the audit's probe
+    calib_tau: float = 0.03  # decision: the audit's headline τ (0 = the clean rule)
+    calib_every: int = 1  # decision: check after every step
+    calib_draws: int = 2  # decision: copies per forget image per check
+    calib_trace: int = 128  # decision: retain/test samples in the recorded trajectory
+
+    #: whether the method has a forget term, so calibrated stopping can act on it (set by such methods' configs)
+    forget_term: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.calibrate and not self.forget_term:
+            raise ValueError(f"calibrate = true: {type(self).__name__} has no forget term for the rule to stop on "
+                             "(use it with rurk, neggrad_plus, ga, scrub, rl, salun, bad_teacher or jit)")
+        self.calibration_spec()  # validates the calib_* fields
+
+    def calibration_spec(self):
+        from ..calibrate import CalibrationSpec
+        from ..perturb import PROBES
+
+        if self.calib_probe not in PROBES:
+            raise ValueError(f"calib_probe = {self.calib_probe!r}: expected one of {', '.join(sorted(PROBES))}")
+        return CalibrationSpec(self.calib_probe, self.calib_tau, self.calib_every, self.calib_draws, self.calib_trace)
 
     def optim(self) -> OptimConfig:
         return OptimConfig(
@@ -218,7 +246,8 @@ def get_method(name: str) -> MethodSpec:
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """A method, or a *variant* of one typed on the command line: ``"rurk:lambda_f=0:tau=0.1"`` ->
-    ``("rurk", {"lambda_f": 0, "tau": 0.1})`` (values parsed as TOML). The method must exist and every key
+    ``("rurk", {"lambda_f": 0, "tau": 0.1})`` (values parsed as TOML); ``preset=NAME`` applies one of the
+    method's named presets first (``"rurk:preset=paper"``: the paper's values). The method must exist and every key
     must be a valid setting of its config with a valid value; errors name the variant and the problem."""
     name, *items = text.strip().split(":")
     spec = get_method(name)
@@ -227,12 +256,36 @@ def parse_variant(text: str) -> tuple[str, dict]:
         if "=" not in item or not item.split("=", 1)[0]:
             raise ConfigError(f"method variant {text!r}: {item!r} is not KEY=VALUE (e.g. rurk:lambda_f=0:tau=0.1)")
         key, raw = item.split("=", 1)
+        if key == "preset":  # a named preset of the method (e.g. rurk:preset=paper), under the other keys
+            if raw not in spec.presets:
+                raise ConfigError(f"method variant {text!r}: preset = {raw!r}: expected one of "
+                                  f"{', '.join(sorted(spec.presets)) or '(none: the method has no presets)'}")
+            overrides = merge(spec.presets[raw], overrides)
+            continue
         overrides[key] = parse_value(raw)
     try:
         from_dict(spec.config_cls, overrides)
     except ConfigError as e:
         raise ConfigError(f"method variant {text!r}: {e}") from None
     return name, overrides
+
+
+def calibrator(cfg: FinetuneConfig, data: UnlearnData, seed: int):
+    """The calibrated-stopping rule for ``run_loop(..., calibration=...)`` when ``cfg.calibrate`` is on, else
+    None (:mod:`rurk.calibrate`). Refused for class unlearning: Re-train's accuracy on a forgotten class is 0,
+    which held-out images of the class cannot estimate."""
+    if not cfg.calibrate:
+        return None
+    if data.class_unlearning:
+        raise ConfigError("calibrate = true is for sample unlearning: with a whole class forgotten, Re-train's "
+                          "accuracy on it is 0 (set calibrate = false)")
+    if data.calib is None or len(data.calib) == 0:
+        raise ConfigError("calibrate = true needs a calibration set: set forget.calibration (held-out images of "
+                          "the forget class) in the scenario, e.g. --set forget.calibration=500")
+    from ..calibrate import Calibrator
+
+    return Calibrator(cfg.calibration_spec(), data.forget, data.calib, seed, num_classes=data.num_classes,
+                      retain=data.retain, test=data.test)
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:

@@ -17,23 +17,27 @@ diverged at its step. ``target_forget_acc`` (off by default, decision) stops ear
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import nn
 
 from ..train import Batch, BatchStream, accuracy, prepare_model, run_loop
 from ..torchutil import model_device
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
+from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator, fresh_copy, integer, log_uniform, register
 
 
 @dataclass(frozen=True)
 class GAConfig(FinetuneConfig):
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+
     lr: float = 1e-5  # paper (reference code: 1e-4) — see the discrepancy note above
     epochs: int = 1  # paper (3 for CIFAR-10 class unlearning: preset "cifar10-class"; reference code: 5)
     clip_grad_norm: float | None = 1.0  # paper
     target_forget_acc: float | None = None  # decision: optional early stop, off by default
 
     def __post_init__(self):
+        super().__post_init__()
         if self.target_forget_acc is not None and not 0 <= self.target_forget_acc <= 1:
             raise ValueError(f"target_forget_acc = {self.target_forget_acc!r}: expected a number in [0, 1] or unset")
 
@@ -61,6 +65,7 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: GAConfig, seed: int):
             return accuracy(m, data.forget) <= cfg.target_forget_acc
 
     loop = run_loop(model, lambda e: stream.epoch(), len(stream), negative_cross_entropy, cfg.optim(), stop=stop,
+                    calibration=calibrator(cfg, data, seed),
                     desc="ga")
     record.absorb(loop)
     if stop is not None and not loop.diverged and loop.steps < loop.planned_steps:

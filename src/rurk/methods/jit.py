@@ -40,6 +40,7 @@ Settings and decisions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -47,11 +48,13 @@ from torch import nn
 from ..perturb import make_probe
 from ..torchutil import derive_seed, make_generator, model_device, to_layout
 from ..train import Batch, BatchStream, prepare_model, run_loop
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
+from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator, fresh_copy, integer, log_uniform, register
 
 
 @dataclass(frozen=True)
 class JiTConfig(FinetuneConfig):
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+
     lr: float = 3e-4  # reference code (η; VGG, CIFAR-10 sample forgetting)
     momentum: float = 0.0  # reference code: plain SGD
     weight_decay: float = 0.0  # reference code
@@ -61,6 +64,7 @@ class JiTConfig(FinetuneConfig):
     detach_perturbed: bool = True  # reference code: f(x′) is computed without gradient
 
     def __post_init__(self):
+        super().__post_init__()
         if self.copies < 1:
             raise ValueError(f"copies = {self.copies!r}: expected an integer >= 1")
         if not self.sigma >= 0:
@@ -104,7 +108,8 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: JiTConfig, seed: int):
             out_pert = model(x_pert)
         return lipschitz_loss(out, out_pert, x, x_pert, cfg.copies)
 
-    loop = run_loop(model, lambda e: stream.epoch(), len(stream), loss_fn, cfg.optim(), desc="jit")
+    loop = run_loop(model, lambda e: stream.epoch(), len(stream), loss_fn, cfg.optim(),
+                    calibration=calibrator(cfg, data, seed), desc="jit")
     record = MethodRecord("jit", {}, seed).absorb(loop)
     record.extra.update(planned_steps=loop.planned_steps, sigma=cfg.sigma, copies=cfg.copies,
                         noise_seed=derive_seed(int(seed), "jit-noise"), uses_retain_set=False)

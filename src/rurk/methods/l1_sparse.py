@@ -39,6 +39,7 @@ class L1SparseConfig(FinetuneConfig):
     gamma: float = 1e-4  # decision: inside the spec's search range [1e-5, 5e-4] (reference code 0.2, implausible)
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.gamma >= 0:
             raise ValueError(f"gamma = {self.gamma!r}: expected a number >= 0")
 

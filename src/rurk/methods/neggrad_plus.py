@@ -14,6 +14,7 @@ Constant lr (baselines.md §0: the paper names no schedule for the baselines).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -23,12 +24,15 @@ from ._forget import Weights, train_with_forget
 
 @dataclass(frozen=True)
 class NegGradPlusConfig(FinetuneConfig):
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+
     epochs: int = 1  # paper (3 for CIFAR-10 class unlearning: preset "cifar10-class")
     clip_grad_norm: float | None = 1.0  # paper
     beta: float = 0.001  # paper (forget weight; retain weight 1 − β)
     bn_update_on_forget: bool = True  # decision: as RURK (rurk.md §6)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 <= self.beta <= 1:
             raise ValueError(f"beta = {self.beta!r}: expected a number in [0, 1]")
 

@@ -37,6 +37,7 @@ class NGDConfig(FinetuneConfig):
     noise_form: str = "sgd"  # decision
 
     def __post_init__(self):
+        super().__post_init__()
         if self.noise_form not in NOISE_FORMS:
             raise ValueError(f"noise_form = {self.noise_form!r}: expected 'sgd' or 'langevin'")
         if not self.sigma >= 0:

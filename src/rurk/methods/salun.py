@@ -47,6 +47,7 @@ class SalUnConfig(RelabelConfig):
     allow_true_label: bool = False  # paper (y′ ≠ y); the reference code draws from all C classes
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.mask_fraction <= 1:
             raise ValueError(f"mask_fraction = {self.mask_fraction!r}: expected a number in (0, 1]")
 

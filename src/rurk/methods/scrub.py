@@ -26,6 +26,7 @@ through weight decay until min-steps have separated the two.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +34,15 @@ from torch import nn
 
 from ..train import BatchStream, prepare_model, run_loop
 from ..torchutil import model_device
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
+from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator, fresh_copy, integer, log_uniform, register
 
 MAX, MIN = "max", "min"
 
 
 @dataclass(frozen=True)
 class SCRUBConfig(FinetuneConfig):
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+
     lr: float = 5e-4  # paper
     weight_decay: float = 5e-4  # paper
     epochs: int = 3  # reference code (E)
@@ -49,6 +52,7 @@ class SCRUBConfig(FinetuneConfig):
     temperature: float = 4.0  # reference code (T)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.msteps < 0:
             raise ValueError(f"msteps = {self.msteps!r}: expected an integer >= 0")
         if self.temperature <= 0:
@@ -113,7 +117,8 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: SCRUBConfig, seed: int)
         sums[e]["min_kl"] = sums[e]["min_kl"] + kl.detach()
         return cfg.gamma * ce + cfg.alpha * kl
 
-    loop = run_loop(student, batches, [a + b for a, b in plan], loss_fn, cfg.optim(), desc="scrub")
+    loop = run_loop(student, batches, [a + b for a, b in plan], loss_fn, cfg.optim(),
+                    calibration=calibrator(cfg, data, seed), desc="scrub")
 
     if loop.diverged and current["last"] is not None:  # the non-finite loss was computed but not stepped on
         e, tag = current["last"]

@@ -1,0 +1,134 @@
+"""Calibrated stopping: unlearn until the forget set looks like Re-train would see it — without Re-train.
+
+Why: a fine-tuning method with a forget term (RURK, NegGrad+, GA, SCRUB, RL, ...) moves the forget accuracy a
+few points per optimiser step, and the step where it matches Re-train's moves with the forget set, the seed and
+even the CPU. No fixed epoch count transfers (docs/science/rurk.md, "Calibrated stopping").
+
+The rule (decision, this project's; not in the paper):
+
+- **Target**, fixed before unlearning: Original's accuracy on perturbed copies of the *calibration set* — held-out
+  images of the forget set's classes that neither model trained on and that are not test images
+  (``Split.calib``). Re-train never saw the forget samples either, so its accuracy on them is estimated by a
+  model's accuracy on unseen images of the same class.
+- **Check**, every ``every`` optimiser steps (and once before the first): the current model's accuracy on
+  perturbed copies of the forget set. Copies use the audit's probes (:mod:`rurk.perturb`) with fixed noise —
+  common random numbers: the same ``draws`` copies of each image at every check (random probes draw them once;
+  attacks are re-crafted on the current model from the same random start). ``tau = 0`` is the clean rule.
+- **Stop and rewind**: training stops at the first check at or below the target; the model is rewound to the
+  checkpoint whose forget accuracy is **closest** to the target among the checks so far (the one just below, or
+  the one just before it). One step moves the forget accuracy several points, so "first below" alone overshoots.
+  If the target is never reached, the closest check (usually the last) is kept. The epoch budget becomes an
+  upper bound.
+- **Trajectory**: every check's step, forget accuracy, and retain and test accuracy on fixed subsets of
+  ``trace`` samples (0 = forget only), recorded in the method record and plotted in the report.
+
+Cost: one eval-mode forward pass over ``draws × |S_f|`` images per check (plus ``2 × trace`` for the
+trajectory), against three train-mode passes and a backward pass per step; ``bench/bench_calibrate.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data.tensordata import TensorData
+from .perturb import make_probe
+from .perturb.base import AdversarialProbe
+from .torchutil import make_generator, model_device, predict
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """The rule's settings (the ``calib_*`` fields of every fine-tuning config)."""
+
+    probe: str = "gaussian"  # decision: the audit's main probe
+    tau: float = 0.03  # decision: the audit's headline strength (the paper's τ); 0 = the clean rule
+    every: int = 1  # decision: check after every optimiser step
+    draws: int = 2  # decision: perturbed copies per forget image per check
+    trace: int = 128  # decision: retain/test samples in the trajectory (0 = none)
+
+    def __post_init__(self):
+        if not (math.isfinite(self.tau) and self.tau >= 0):
+            raise ValueError(f"calib_tau = {self.tau!r}: expected a number >= 0")
+        for name in ("every", "draws"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"calib_{name} = {getattr(self, name)!r}: expected an integer >= 1")
+        if self.trace < 0:
+            raise ValueError(f"calib_trace = {self.trace!r}: expected an integer >= 0")
+
+
+class Calibrator:
+    """The stopping rule of the module docstring, as :class:`rurk.train.Calibration` for ``run_loop``."""
+
+    def __init__(self, spec: CalibrationSpec, forget: TensorData, calib: TensorData, seed: int, *,
+                 num_classes: int, retain: TensorData | None = None, test: TensorData | None = None):
+        if len(calib) == 0 or len(forget) == 0:
+            raise ValueError(f"calibrated stopping needs a forget set and a calibration set (got {len(forget)} "
+                             f"forget and {len(calib)} calibration images; set forget.calibration in the scenario)")
+        self.spec, self.seed, self.num_classes = spec, seed, num_classes
+        self.probe = make_probe(spec.probe)
+        self.forget, self.calib = forget, calib
+        self._fixed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # random probes: copies drawn once
+        g = torch.Generator().manual_seed(seed)
+        self.traced = {name: d.subset(torch.randperm(len(d), generator=g)[: spec.trace])
+                       for name, d in (("retain", retain), ("test", test)) if d is not None and spec.trace}
+        self.target: float | None = None
+        self.trajectory: list[dict] = []
+        self._best: tuple[float, int, dict] | None = None  # (distance, step, state)
+        self._reached: int | None = None
+
+    # ---------------------------------------------------------------------------------------- pieces
+    def _copies(self, name: str, data: TensorData, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``draws`` perturbed copies of every image of ``data`` and their labels, with fixed noise."""
+        if name in self._fixed:
+            return self._fixed[name]
+        device = model_device(model)
+        g = make_generator(self.seed, f"calibrate-{name}", device)
+        y = data.y.to(device)
+        x = self.probe.sample(model, data.x.to(device), y, self.spec.tau, g, copies=self.spec.draws,
+                              num_classes=self.num_classes).x
+        out = (x, y.repeat(self.spec.draws))
+        if not isinstance(self.probe, AdversarialProbe):  # model-independent copies: draw once
+            self._fixed[name] = out
+        return out
+
+    def accuracy(self, model: nn.Module, name: str, data: TensorData) -> float:
+        x, y = self._copies(name, data, model)
+        return float((predict(model, x).argmax(1) == y).float().mean())
+
+    # ---------------------------------------------------------------------------------------- the protocol
+    def start(self, model: nn.Module) -> None:
+        self.target = self.accuracy(model, "calib", self.calib)
+        self._observe(model, 0)
+
+    def check(self, model: nn.Module, step: int) -> bool:
+        if step % self.spec.every:
+            return False
+        return self._observe(model, step)
+
+    def _observe(self, model: nn.Module, step: int) -> bool:
+        acc = self.accuracy(model, "forget", self.forget)
+        point = {"step": step, "forget": acc}
+        for name, d in self.traced.items():
+            point[name] = float((predict(model, d.x).argmax(1).cpu() == d.y.cpu()).float().mean())
+        self.trajectory.append(point)
+        dist = abs(acc - self.target)
+        if self._best is None or dist < self._best[0]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._best = (dist, step, state)
+        if acc <= self.target and step > 0:
+            self._reached = step
+            return True
+        return False
+
+    def finish(self, model: nn.Module) -> dict:
+        """Rewind ``model`` to the chosen checkpoint; the decision for the record."""
+        _, step, state = self._best
+        model.load_state_dict(state)
+        return {"target": self.target, "chosen_step": step, "reached_at": self._reached,
+                "forget_at_chosen": next(p["forget"] for p in self.trajectory if p["step"] == step),
+                "probe": self.spec.probe, "tau": self.spec.tau, "draws": self.spec.draws, "every": self.spec.every,
+                "n_calib": len(self.calib), "trajectory": self.trajectory}

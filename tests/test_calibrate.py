@@ -1,0 +1,215 @@
+"""Calibrated stopping (rurk.calibrate) and the calibration set it stands on (Split.calib).
+
+The rule is checked on a hand-built trajectory (which checkpoint it keeps, where it stops); the loop wiring on a
+real run (the kept model is exactly the model after the chosen step); the set on every way it can be drawn
+(never overlapping train, forget, test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rurk.calibrate import CalibrationSpec, Calibrator
+from rurk.config import ConfigError
+from rurk.data import load_source, make_split
+from rurk.data.splits import Split
+from rurk.data.tensordata import TensorData
+from rurk.methods import UnlearnData, unlearn
+from rurk.train import accuracy, fit, OptimConfig
+
+SEED = 3
+
+
+# ---------------------------------------------------------------------------------------------- the rule
+class Scripted(Calibrator):
+    """A calibrator whose forget accuracy at step s is ``script[s]`` and whose target is ``target``."""
+
+    def __init__(self, script, target, every=1):
+        tiny = TensorData(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        super().__init__(CalibrationSpec(every=every, trace=0), tiny, tiny, SEED, num_classes=2)
+        self.script, self.fixed_target = script, target
+
+    def accuracy(self, model, name, data):
+        return self.fixed_target if name == "calib" else self.script[int(model.step)]
+
+
+class Stepper(nn.Module):
+    """A 'model' whose state is the step it is at."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("step", torch.tensor(0))
+
+
+def drive(cal: Calibrator, n_steps: int) -> tuple[int, int]:
+    """Run the protocol as run_loop does; returns (the step training stopped at, the step rewound to)."""
+    model = Stepper()
+    cal.start(model)
+    stopped = n_steps
+    for s in range(1, n_steps + 1):
+        model.step.fill_(s)
+        if cal.check(model, s):
+            stopped = s
+            break
+    decision = cal.finish(model)
+    assert decision["chosen_step"] == int(model.step)  # the model is rewound to the chosen checkpoint
+    return stopped, int(model.step)
+
+
+@pytest.mark.parametrize("script,target,want", [
+    # forget accuracy falls past the target 0.88 at step 3 (0.80); step 2 (0.90) is closer -> rewind to 2
+    ([1.0, 0.97, 0.90, 0.80, 0.70, 0.60], 0.88, (3, 2)),
+    # the check just below is closer (0.87 vs 0.93): keep step 3
+    ([1.0, 0.97, 0.93, 0.87, 0.70, 0.60], 0.88, (3, 3)),
+    # exactly on the target: "at or below" stops there and it is the closest
+    ([1.0, 0.95, 0.88, 0.70], 0.88, (2, 2)),
+    # a later check that would be closer again is never seen: training stopped at the first one below
+    ([1.0, 0.95, 0.85, 0.881, 0.5], 0.88, (2, 2)),
+    # never reached within the budget: keep the closest (here the last)
+    ([1.0, 0.99, 0.98, 0.97], 0.5, (3, 3)),
+    # a non-monotone path: the closest of all checks before the stop (step 1) wins over the last one
+    ([1.0, 0.89, 0.99, 0.97, 0.60], 0.88, (4, 1)),
+])
+def test_rule_keeps_the_closest_check_up_to_the_first_at_or_below_target(script, target, want):
+    cal = Scripted(script, target)
+    assert drive(cal, len(script) - 1) == want
+    assert [p["step"] for p in cal.trajectory] == list(range(want[0] + 1))  # step 0 (before training) first
+
+
+def test_rule_checks_every_k_steps_only():
+    script = [1.0, 0.70, 0.86, 0.50, 0.40, 0.30]  # step 1 would stop the rule, but it is not a check
+    cal = Scripted(script, 0.88, every=2)
+    assert drive(cal, 5) == (2, 2)  # step 1 is never checked
+    assert [p["step"] for p in cal.trajectory] == [0, 2]
+
+
+def test_spec_refuses_bad_settings():
+    for kw in ({"tau": -0.1}, {"every": 0}, {"draws": 0}, {"trace": -1}):
+        with pytest.raises(ValueError, match=f"calib_{next(iter(kw))}"):
+            CalibrationSpec(**kw)
+
+
+# ---------------------------------------------------------------------------------------------- on a real run
+def blobs(n: int, seed: int, shift: float = 0.0) -> TensorData:
+    """Two Gaussian classes in a 1×4×4 image, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = (0.5 + 0.04 * (2 * y.float() - 1).view(-1, 1, 1, 1) + 0.12 * torch.randn(n, 1, 4, 4, generator=g) + shift)
+    return TensorData(x.clamp(0, 1), y, torch.arange(n) + 1000 * seed)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    retain, forget, test = blobs(200, 1), blobs(40, 2), blobs(100, 3)
+    forget = forget.subset(torch.nonzero(forget.y == 0).flatten())  # forget 20 images of class 0
+    calib = blobs(200, 4)
+    calib = calib.subset(torch.nonzero(calib.y == 0).flatten())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 2))
+    fit(model, TensorData.concat(retain, forget), OptimConfig(lr=0.1, epochs=200, batch_size=32), seed=0, progress=False)
+    data = UnlearnData(retain, forget, 2, test=test, calib=calib)
+    return model, data
+
+
+CAL = {"lr": 0.01, "epochs": 20, "batch_size": 16, "lambda_f": 0.1, "lambda_a": 0.1, "tau": 0.1, "calib_draws": 4}
+
+
+def test_calibrated_rurk_keeps_exactly_the_model_after_the_chosen_step(setting):
+    original, data = setting
+    model, rec = unlearn("rurk", original, data, SEED, overrides=CAL)
+    c = rec.extra["calibration"]
+    assert c["reached_at"] is not None and 0 < c["chosen_step"] <= c["reached_at"] == rec.steps
+    assert rec.steps < rec.extra["planned_steps"]  # the budget is an upper bound
+    traj = {p["step"]: p for p in c["trajectory"]}
+    assert traj[c["reached_at"]]["forget"] <= c["target"] < traj[c["reached_at"] - 1]["forget"]
+    assert {"retain", "test"} <= set(traj[0])
+    # the kept model is the one the same run had after chosen_step steps, bit for bit
+    again, _ = unlearn("rurk", original, data, SEED, overrides={**CAL, "calibrate": False, "max_steps": c["chosen_step"]})
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    # the target is Original's accuracy on the perturbed calibration images: high, as the classes are separable
+    assert c["target"] > 0.7 and c["n_calib"] == len(data.calib)
+
+
+def test_the_rule_works_for_neggrad_plus_and_scrub_too(setting):
+    original, data = setting
+    for name, over in (("neggrad_plus", {"lr": 0.05, "epochs": 20, "batch_size": 16, "beta": 0.5}),
+                       ("scrub", {"epochs": 10, "batch_size": 16})):
+        _, rec = unlearn(name, original, data, SEED, overrides={**over, "calibrate": True})
+        c = rec.extra["calibration"]
+        assert c["chosen_step"] in {p["step"] for p in c["trajectory"]}
+        assert len(c["trajectory"]) == c["trajectory"][-1]["step"] + 1  # checked after every step
+
+
+def test_calibration_is_refused_where_it_cannot_work(setting):
+    original, data = setting
+    no_calib = UnlearnData(data.retain, data.forget, 2, test=data.test)
+    with pytest.raises(ConfigError, match="forget.calibration"):
+        unlearn("rurk", original, no_calib, SEED, overrides=CAL)
+    whole_class = UnlearnData(data.retain, data.forget, 2, calib=data.calib, class_unlearning=True, forget_class=0)
+    with pytest.raises(ConfigError, match="sample unlearning"):
+        unlearn("rurk", original, whole_class, SEED, overrides=CAL)
+    with pytest.raises(ConfigError, match="no forget term"):
+        unlearn("gd", original, data, SEED, overrides={"calibrate": True})
+
+
+# ---------------------------------------------------------------------------------------------- the set
+@pytest.fixture(scope="module")
+def synth():
+    return load_source("synthetic", shape=(1, 4, 4), num_classes=4, n_train=400, n_test=80, seed=1)
+
+
+def assert_disjoint(split: Split, source) -> None:
+    train = np.concatenate([split.forget, split.retain])
+    assert not np.intersect1d(split.calib, train).size and not np.intersect1d(split.calib, split.val).size
+    if split.test_from == "train":
+        assert not np.intersect1d(split.calib, split.test).size
+    forget_classes = set(source.train.y.numpy()[split.forget].tolist())
+    assert set(source.train.y.numpy()[split.calib].tolist()) == forget_classes
+
+
+def test_calibration_set_from_unused_images(synth):
+    s = make_split(synth, train_per_class=40, forget_count=10, calib_count=30, seed=5)
+    assert len(s.calib) == 30 and len(s.forget) == 10 and len(s.retain) == 4 * 40 - 10
+    assert_disjoint(s, synth)
+    assert s == make_split(synth, train_per_class=40, forget_count=10, calib_count=30, seed=5)  # seeded
+    assert not np.array_equal(s.calib, make_split(synth, train_per_class=40, forget_count=10, calib_count=30,
+                                                  seed=6).calib)
+    # the training data is the same as without a calibration set (unused images only)
+    plain = make_split(synth, train_per_class=40, forget_count=10, seed=5)
+    assert np.array_equal(plain.forget, s.forget) and np.array_equal(plain.retain, s.retain)
+
+
+def test_calibration_set_from_the_validation_hold_out_then_held_out_of_training(synth):
+    v = make_split(synth, val_fraction=0.25, forget_count=10, calib_count=20, seed=5)
+    plain_v = make_split(synth, val_fraction=0.25, forget_count=10, seed=5)
+    assert set(v.calib) <= set(plain_v.val) and set(v.val) == set(plain_v.val) - set(v.calib)  # the hold-out
+    assert_disjoint(v, synth)
+    d = load_source("digits")
+    h = make_split(d, classes=5, test_fraction=0.5, forget_fraction=0.5, calib_count=20, seed=0)
+    assert len(h.calib) == 20
+    assert_disjoint(h, d)
+    plain = make_split(d, classes=5, test_fraction=0.5, forget_fraction=0.5, seed=0)
+    assert len(h.forget) + len(h.retain) == len(plain.forget) + len(plain.retain) - 20  # a held-out part
+    assert np.array_equal(h.test, plain.test)
+
+
+def test_calibration_set_is_saved_and_leaves_other_digests_alone(synth, tmp_path):
+    s = make_split(synth, train_per_class=40, forget_count=10, calib_count=30, seed=5)
+    assert Split.load(s.save(tmp_path / "s.json")) == s
+    plain = make_split(synth, train_per_class=40, forget_count=10, seed=5)
+    assert "calib" not in plain.to_json() and "calib" in s.to_json()
+    data = s.data(synth)
+    assert torch.equal(data.calib.index, torch.as_tensor(s.calib)) and (data.calib.y == 0).all()
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"calib_count": -1}, "calib_count=-1"),
+    ({"calib_count": 5, "forget": "class"}, "needs forget='sample'"),
+    ({"calib_count": 10_000}, "calib_count=10000"),
+])
+def test_bad_calibration_requests_are_refused(synth, kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_split(synth, **{"forget_count": 10, **kw} if kw.get("forget") != "class" else kw)
