@@ -107,3 +107,36 @@ def plot_residual_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return path
+
+
+def calibration_figure(rows: Mapping[str, list[tuple[int, dict]]], title: str | None = None):
+    """The trajectories of calibrated stopping (rurk.calibrate): one panel per row, one colour per seed; the
+    forget accuracy on perturbed copies per check (solid), the target (dashed), the retain and test accuracy on
+    their traced subsets (thin, dotted / dash-dotted), and the chosen checkpoint (a ring)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("calibration_figure: no calibrated rows")
+    fig = Figure(figsize=(4.2 * len(rows) + 1.5, 3.6), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, len(rows), squeeze=False)[0])
+    for ax, (name, seeds) in zip(axes, rows.items()):
+        for i, (seed, c) in enumerate(seeds):
+            color = _COLORS(i)
+            steps = [p["step"] for p in c["trajectory"]]
+            ax.plot(steps, [p["forget"] for p in c["trajectory"]], color=color, label=f"seed {seed}: forget")
+            ax.axhline(c["target"], color=color, linestyle="--", linewidth=1, label="target" if i == 0 else None)
+            for key, ls in (("retain", ":"), ("test", "-.")):
+                if key in c["trajectory"][0]:
+                    ax.plot(steps, [p[key] for p in c["trajectory"]], color=color, linestyle=ls, linewidth=0.8,
+                            label=f"seed {seed}: {key}" if i == 0 else None)
+            ax.plot([c["chosen_step"]], [c["forget_at_chosen"]], "o", mfc="none", ms=9, color=color)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -79,6 +79,10 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
             entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"]}
         else:
             entry["relearn_epochs"] = {"mean": None, "std": None, "censored": 0}
+        calib = [{"seed": r.seed, **{k: c[k] for k in ("target", "chosen_step", "reached_at", "forget_at_chosen")}}
+                 for r in results if (c := ((r.records.get(name) or {}).get("extra") or {}).get("calibration"))]
+        if calib:
+            entry["calibration"] = calib
         walls = [r.records.get(name, {}).get("wall_s") for r in results]
         walls = [w for w in walls if w is not None]
         entry["wall_s"] = float(np.mean(walls)) if walls else None
@@ -367,6 +371,14 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
         bands = "one seed; bands: bootstrap 95% over forget samples" if one else f"{len(results)} seeds; bands: ± std over seeds"
         plot_residual_curves(curves, out_dir / "residual.png",
                              title=f"{scenario.name}: residual knowledge vs Re-train ({probe} probe, {bands})")
+    calib = calibration_rows(results, names)
+    if calib:
+        from .plots import calibration_figure
+
+        calibration_figure(calib, f"{scenario.name}: calibrated stopping (ring = kept checkpoint)").savefig(
+            out_dir / "calibration.png", dpi=110, format="png")
+    planned = {n: next(((r.records.get(n) or {}).get("extra") or {}).get("planned_steps") for r in results)
+               for n in calib}
     seeds = ", ".join(str(r.seed) for r in results)
     text = [
         f"# {scenario.name}: unlearning report",
@@ -384,6 +396,7 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
         "",
         claims_markdown(summary["claims"]),
         "",
+        *calibration_markdown(calib, planned),
         f"## Residual knowledge ({probe} probe)",
         "",
         "![r_tau vs tau](residual.png)",
@@ -417,6 +430,37 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
     text += _run_markdown(summary)
     (out_dir / "report.md").write_text("\n".join(text))
     return summary
+
+
+def calibration_rows(results: list, names: list[str]) -> dict[str, list[tuple[int, dict]]]:
+    """Per row with calibrated stopping, its (seed, decision) pairs (rurk.calibrate) from the method records."""
+    out: dict[str, list[tuple[int, dict]]] = {}
+    for name in names:
+        for r in results:
+            c = ((r.records.get(name) or {}).get("extra") or {}).get("calibration")
+            if c:
+                out.setdefault(name, []).append((r.seed, c))
+    return out
+
+
+def calibration_markdown(rows: dict[str, list[tuple[int, dict]]], planned: dict[str, int]) -> list[str]:
+    """The report's section on calibrated stopping: per row and seed the target, where the rule stopped and the
+    checkpoint it kept (the figure shows the whole trajectories)."""
+    if not rows:
+        return []
+    header = ["row", "seed", "target (Original, calibration set)", "stopped at step", "kept step",
+              "forget acc at kept step", "budget (steps)"]
+    body = [[name, str(seed), f"{c['target']:.3f}",
+             "not reached" if c["reached_at"] is None else str(c["reached_at"]), str(c["chosen_step"]),
+             f"{c['forget_at_chosen']:.3f}", str(planned.get(name, "–"))]
+            for name, seeds in rows.items() for seed, c in seeds]
+    c0 = next(iter(rows.values()))[0][1]
+    return ["## Calibrated stopping", "",
+            f"Target = Original's accuracy on {c0['n_calib']} held-out images of the forget class, perturbed "
+            f"(`{c0['probe']}`, τ = {c0['tau']:g}, {c0['draws']} copies each); the rule checks the forget accuracy "
+            f"on perturbed copies every {c0['every']} step(s), stops at the first check at or below the target "
+            "and keeps the closest check (`rurk.calibrate`).", "",
+            markdown(header, body), "", "![calibrated stopping](calibration.png)", ""]
 
 
 def _marks_markdown(summary: dict) -> list[str]:
