@@ -124,7 +124,7 @@ def test_bad_audit_settings_are_refused_before_any_training(tmp_path, monkeypatc
     import rurk.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("trained before validating"))
-    for extra, match in ((["--draws", "0"], "audit.draws = 0"), (["--probe", "nope"], "nope"),
+    for extra, match in ((["--draws", "0"], "--draws = 0"), (["--probe", "nope"], "nope"),
                          (["--probe", "pgd", "--probe-set", "stepz=2"], "stepz"), (["--taus", "0,x"], "--taus"),
                          (["--seeds", "1,x"], "--seeds")):
         args = ["run", "digits5", "--methods", "gd", "--out", str(tmp_path), "--quiet", *extra]
