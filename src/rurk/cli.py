@@ -526,13 +526,17 @@ def cmd_demo(args) -> None:
 
     from .experiment import RunOptions, run_experiment
 
+    from .threads import available_cpus
+
     t0 = time.perf_counter()
     args.scenario = "fmnist5"
     scenario = _scenario(args)
-    # the demo keeps to its 3-minute budget: no attack curves (`rurk run` has them)
-    opts = _audit_options(args, RunOptions(seeds=[scenario.seeds.run[0]], device=args.device, attacks=False), scenario)
+    seeds = list(scenario.seeds.run)
+    # three seeds, so that the claims are statistics; no attack curves (`rurk run` has them)
+    opts = _audit_options(args, RunOptions(seeds=seeds, device=args.device, attacks=False), scenario)
     opts = replace(opts, draws=DEMO_DRAWS if args.draws is None else args.draws)
-    summary = run_experiment(scenario, opts, args.out)
+    jobs = min(len(seeds), available_cpus()) if args.jobs is None else args.jobs
+    summary = run_experiment(scenario, opts, args.out, executor=_jobs_executor(jobs))
     _print_summary(summary, Path(args.out) / scenario.name)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     _raise_on_failures(summary)
@@ -579,15 +583,38 @@ def _executor_args(c) -> None:
                    help="with --executor ray: times a task is resubmitted when its worker dies [default: 3]")
 
 
+def _jobs_executor(jobs: int):
+    """None (this process) or the ProcessExecutor of ``--jobs K`` (K > 1 worker processes, one thread each),
+    with K capped at the CPUs this process may use (one line of warning)."""
+    from .threads import available_cpus
+
+    if jobs < 1:
+        raise ConfigError(f"--jobs = {jobs}: expected an integer >= 1")
+    cpus = available_cpus()
+    if jobs > cpus:
+        print(f"rurk: warning: --jobs = {jobs}: this process may use {cpus} CPUs; running {cpus} workers",
+              file=sys.stderr)
+        jobs = cpus
+    if jobs == 1:
+        return None
+    from .pool_exec import ProcessExecutor
+
+    return ProcessExecutor(jobs)
+
+
 def _executor(args):
-    """None (local) or the RayExecutor of `--executor ray` (Ray's presence checked now, before any work)."""
+    """None (local), the ProcessExecutor of `--jobs K`, or the RayExecutor of `--executor ray` (Ray's presence
+    checked now, before any work)."""
     ray_flags = {"--address": args.address, "--cpus-per-task": args.cpus_per_task,
                  "--gpus-per-task": args.gpus_per_task, "--max-retries": args.max_retries}
     if args.executor == "local":
         given = [k for k, v in ray_flags.items() if v is not None]
         if given:
             raise ConfigError(f"{given[0]} needs --executor ray")
-        return None
+        return _jobs_executor(args.jobs)
+    if args.jobs != 1:
+        raise ConfigError(f"--jobs = {args.jobs}: worker processes are for --executor local; with Ray give "
+                          "--cpus-per-task")
     from .ray_exec import RayExecutor, import_ray
 
     import_ray()
@@ -810,6 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated run seeds (default: --seed, else the scenario's, 131,42,7); not with --seed")
     run_args(c)
     _executor_args(c)
+    c.add_argument("--jobs", type=int, default=1, metavar="K",
+                   help="K worker processes of one torch thread each on this machine (seeds and rows side by side; "
+                        "the numbers equal a --threads 1 run) [default: 1: this process]")
 
     c = scenario_cmd("plan", "print the cell graph of a `rurk run`, the cost of each kind of cell (measured from the "
                              "store, else estimated) and the wall time on K workers", cmd_plan)
@@ -819,11 +849,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", default="1,2,4,8", metavar="K",
                    help="worker counts to estimate the wall time for, e.g. 8 or 1,2,4,8 [default: 1,2,4,8]")
 
-    c = sub.add_parser("demo", help="the default main job: `rurk run fmnist5` sized for a CPU, one seed")
+    c = sub.add_parser("demo", help="the default main job: `rurk run fmnist5` sized for a CPU: three seeds, c = 32, "
+                                    "the seeds side by side on the CPUs")
     c.add_argument("--out", default="runs", help="run directory [default: runs]")
     c.add_argument("--data-dir", default=None, help="directory holding the Fashion-MNIST idx files")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scenario setting")
     c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample [default: 32]")
+    c.add_argument("--jobs", type=int, default=None, metavar="K",
+                   help="worker processes of one torch thread each [default: min(3 seeds, the CPUs this process may "
+                        "use)]; 1 runs everything in this process")
     c.add_argument("--device", default="auto")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")

@@ -1,0 +1,80 @@
+"""`rurk run --jobs K`: the grid's cells on K worker processes of this machine, one torch thread each.
+
+Why processes: on a small CPU, K processes of one thread each finish a grid sooner than one process of K
+threads (torch's intra-op threads idle at every small op and sync), and seeds are independent.
+
+How, without a scheduler: every worker walks the whole grid through the ordinary local code
+(:func:`rurk.experiment.run_seed`) on the shared run store, whose per-cell claims (:meth:`rurk.store.Store.claim`)
+make sure no cell is computed twice — a worker that meets a cell another one is computing waits for it and
+reads its result. To keep them from meeting, worker ``w`` starts at seed ``w`` (rotated seed order) and walks
+the rows forwards (even ``w``) or backwards (odd ``w``), so two workers in the same seed meet in the middle.
+When all have finished, :func:`rurk.experiment.run_experiment` assembles the summary from the store, as after
+any other executor. The numbers equal a local run's at one torch thread (``--threads 1``): each cell is computed
+by the same code at the same thread count, in whichever process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process ended with an error (its cells that finished are in the store)."""
+
+
+class ProcessExecutor:
+    """The executor of ``--jobs K`` (see the module docstring)."""
+
+    #: the workers print their own progress lines; the assembly pass after them stays quiet
+    quiet_assembly = True
+
+    def __init__(self, jobs: int, threads: int = 1):
+        if jobs < 2:
+            raise ValueError(f"--jobs = {jobs}: ProcessExecutor needs at least 2 workers")
+        self.jobs, self.threads = jobs, threads
+
+    def fill(self, scenario, opts, store, prepared, seeds, names, spec, out_dir, *, progress=None, log=print) -> None:
+        seeds, names = list(seeds), list(names)
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: torch's threads set before any work
+        procs = []
+        for w in range(self.jobs):
+            order = seeds[w % len(seeds):] + seeds[: w % len(seeds)]
+            rows = names if w % 2 == 0 else names[::-1]
+            p = ctx.Process(target=_worker, name=f"rurk-worker-{w}",
+                            args=(w, scenario, opts, str(store.root), order, rows, spec, str(out_dir), self.threads))
+            p.start()
+            procs.append(p)
+        try:
+            for p in procs:
+                p.join()
+        finally:
+            for p in procs:  # on Ctrl-C or an error here: no orphan keeps computing
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
+        bad = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode != 0]
+        if bad:
+            raise WorkerFailed(f"{', '.join(bad)} failed; finished cells are kept in {store.root} — run the same "
+                               "command again to continue")
+
+
+def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads) -> None:
+    import os
+
+    os.environ["RURK_PROGRESS"] = "0"  # K workers' progress bars would overwrite each other; rows are printed
+    import torch
+
+    from .experiment import run_seed
+    from .pipeline import prepare
+    from .store import Store
+
+    torch.set_num_threads(threads)
+    store = Store(root)
+    prepared = prepare(scenario, store)
+
+    def log(msg: str) -> None:
+        print(f"[worker {w}]{msg}", flush=True)
+
+    for seed in seeds:
+        run_seed(scenario, prepared, seed, store, names, opts, Path(out_dir), spec=spec, progress=False, log=log)

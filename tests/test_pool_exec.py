@@ -1,0 +1,41 @@
+"""`rurk run --jobs K`: worker processes on one store give exactly the numbers of a one-thread local run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rurk.cli import main
+
+RUN = ["digits5", "--methods", "gd,rurk,ssd", "--seeds", "131,42,7", "--taus", "0,0.1", "--draws", "4",
+       "--no-relearn", "--no-attacks", "--set", "train.epochs=4", "--quiet", "--device", "cpu", "--threads", "1"]
+
+
+def numbers(summary: dict) -> dict:
+    """The summary without what legitimately differs between two runs (wall times, the run section)."""
+    out = {k: v for k, v in summary.items() if k != "run"}
+    for e in out["methods"].values():
+        e.pop("wall_s", None)
+    return out
+
+
+def test_workers_give_the_numbers_of_a_one_thread_run(tmp_path, capfd):
+    assert main(["run", *RUN, "--out", str(tmp_path / "seq")]) == 0
+    assert main(["run", *RUN, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    out = capfd.readouterr().out  # the workers write to the process's stdout
+    assert "[worker 0]" in out and "[worker 1]" in out  # both workers computed cells
+    seq, par = (json.loads((tmp_path / d / "digits5" / "summary.json").read_text()) for d in ("seq", "par"))
+    assert numbers(seq) == numbers(par)
+    # every per-seed file a run writes is there too
+    assert (tmp_path / "par" / "digits5" / "seed-7" / "rurk" / "residual-gaussian.npz").is_file()
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--jobs", "0"], "--jobs = 0: expected an integer >= 1"),
+    (["--jobs", "2", "--executor", "ray"], "worker processes are for --executor local"),
+])
+def test_bad_jobs_are_refused_before_any_work(tmp_path, capsys, extra, match):
+    assert main(["run", *RUN, "--out", str(tmp_path), *extra]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
