@@ -248,3 +248,125 @@ def test_the_relabel_forget_stream_has_its_own_seed_not_the_retain_streams(name)
     assert rec.extra["forget_loader_seed"] == derive_seed(d.loader_seed, "forget")
     lone = BatchStream(d.forget, 32, derive_seed(d.loader_seed, "forget"))
     assert [ids_of(lone.next()[0]) for _ in forget] == forget
+
+
+# ---------------------------------------------------------------------------------------------- non-finite logits
+def _digits_net(poison: str | None = None, seed: int = 0):
+    """user_nets' MLP for 8×8 digits, random weights; ``poison``: "all" makes every weight NaN, "one" one weight
+    (as 4 overwritten bytes would), "overflow" finite weights whose logits overflow to inf."""
+    import user_nets
+
+    torch.manual_seed(seed)
+    net = user_nets.make_net().eval()
+    with torch.no_grad():
+        if poison == "all":
+            for p in net.parameters():
+                p.fill_(float("nan"))
+        elif poison == "one":
+            net[1].weight[3, 7] = float("nan")
+        elif poison == "overflow":
+            for layer in (net[1], net[3]):
+                layer.weight.mul_(1e20)
+    return net
+
+
+def _forget(n: int = 24):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.zeros(n, dtype=torch.long)  # class 0: what argmax(NaN) says
+
+
+@pytest.mark.parametrize("poison", ["all", "one", "overflow"])
+def test_non_finite_logits_are_an_error_of_the_audit_never_a_number(poison):
+    from rurk.audit import residual_knowledge
+    from rurk.torchutil import NonFiniteLogits
+
+    x, y = _forget()
+    bad, good = _digits_net(poison), _digits_net(seed=1)
+    with pytest.raises(NonFiniteLogits, match=r"^the unlearned model returns non-finite logits \(NaN or inf\) for "
+                                              r"(\d+) of 96 inputs$") as e:  # 24 clean + 3 × 24 perturbed
+        residual_knowledge(bad, good, x, y, taus=[0.0, 0.1], draws=3, bootstrap=0, progress=False)
+    assert int(str(e.value).split(" for ")[1].split(" of ")[0]) > 0
+    with pytest.raises(NonFiniteLogits, match="^the reference \\(retrained\\) model returns non-finite"):
+        residual_knowledge(good, bad, x, y, taus=[0.0, 0.1], draws=3, bootstrap=0, progress=False)
+    res = residual_knowledge(good, _digits_net(seed=2), x, y, taus=[0.0, 0.1], draws=3, bootstrap=0, progress=False)
+    assert res.k_m.shape == (2, 24)  # finite models are audited as before
+
+
+@pytest.mark.parametrize("poison", ["all", "one"])
+def test_non_finite_logits_are_an_error_of_every_metric(poison):
+    from rurk import metrics as M
+    from rurk.data.tensordata import TensorData
+    from rurk.torchutil import NonFiniteLogits
+    from rurk.train import accuracy
+
+    x, y = _forget()
+    data = TensorData(x, y, torch.arange(len(y)))
+    bad = _digits_net(poison)
+    for metric in (lambda: accuracy(bad, data), lambda: M.standard_accuracies(bad, data, data, data),
+                   lambda: M.mia(bad, data, data, data, 0), lambda: M.mean_ce(bad, data),
+                   lambda: M.true_label_probs(bad, data)):
+        with pytest.raises(NonFiniteLogits, match=r"the model \(Sequential\) returns non-finite logits \(NaN or inf\) for \d+ of 24 inputs"):
+            metric()
+
+
+def test_rurk_audit_refuses_a_nan_checkpoint_in_one_line_with_exit_2(tmp_path, capsys):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from rurk.pipeline import load_run_model, prepare, reference_models
+
+    common = ["--out", str(tmp_path), "--set", "train.epochs=2", "--draws", "2", "--taus", "0,0.1", "--quiet",
+              "--device", "cpu"]
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
+    store = Store(tmp_path)
+    prepared = prepare(scenario, store)
+    refs = reference_models(scenario, prepared, 131, store, device="cpu")
+    state = {k: v.contiguous() for k, v in load_run_model(store, refs.keys["original"], scenario,
+                                                           prepared).state_dict().items()}
+    one = dict(state)
+    first = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
+    one[first] = state[first].clone().view(-1).index_fill_(0, torch.tensor([0]), float("nan")).view_as(state[first])
+    for name, weights in (("nan", {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                                   for k, v in state.items()}), ("one", one)):
+        save_file(weights, str(tmp_path / f"{name}.safetensors"))
+        capsys.readouterr()
+        assert main(["audit", "digits5", "--unlearned", str(tmp_path / f"{name}.safetensors"), *common]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("rurk: error: the unlearned model returns non-finite logits (NaN or inf) for ")
+        assert not (tmp_path / "digits5" / "audits" / "seed-131" / name / "residual-gaussian.json").exists()
+    # `rurk audit --arch`: the user's own factory and files
+    x, y = _forget()
+    np.savez(tmp_path / "forget.npz", x=x.numpy(), y=y.numpy())
+    save_file(_digits_net("all").state_dict(), str(tmp_path / "u.safetensors"))
+    save_file(_digits_net(seed=1).state_dict(), str(tmp_path / "a.safetensors"))
+    capsys.readouterr()
+    assert main(["audit", "--arch", "user_nets:make_net", "--unlearned", str(tmp_path / "u.safetensors"),
+                 "--reference", str(tmp_path / "a.safetensors"), "--forget", str(tmp_path / "forget.npz"),
+                 "--out", str(tmp_path / "arch"), "--draws", "2", "--taus", "0,0.1", "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the unlearned model returns non-finite logits (NaN or inf) for 72 of 72 inputs" in err  # 24 × (1 + 2)
+
+
+def test_a_row_with_non_finite_logits_is_marked_failed_in_rurk_run(tmp_path, monkeypatch, capsys):
+    """gd's weights stay finite but its logits overflow to inf: the row fails with the reason, the run exits 1, and a
+    rerun reports the recorded failure without recomputing it."""
+    real = experiment.unlearn
+
+    def overflowing(*a, **k):
+        model, rec = real(*a, **k)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                    m.weight.mul_(1e20)
+        return model, rec
+
+    monkeypatch.setattr(experiment, "unlearn", overflowing)
+    args = ["run", "digits5", "--methods", "gd", "--seeds", "131", "--out", str(tmp_path), *FAST]
+    assert main(args) == 1
+    out = capsys.readouterr()
+    assert "seed 131 gd: the model (" in out.out and "returns non-finite logits" in out.out
+    summary = json.loads((tmp_path / "digits5" / "summary.json").read_text())
+    (failed,) = summary["methods"]["gd"]["failed"]
+    assert "non-finite logits" in failed["error"] and summary["methods"]["gd"]["retain_acc"]["mean"] is None
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: pytest.fail("recomputed a recorded failure"))
+    assert main(args) == 1 and "returns non-finite logits" in capsys.readouterr().out

@@ -41,7 +41,7 @@ from torch import nn
 
 from .config import PAPER_TAUS
 from .train import progress_enabled
-from .torchutil import in_format
+from .torchutil import in_format, require_finite
 from .perturb import CRAFT_ON, Draw, Probe, block_generator, derive_seed, eval_mode, make_probe, module_device
 
 DEFAULT_TAUS = PAPER_TAUS  # the paper's curve: linspace(0, 8/255, 11)
@@ -622,7 +622,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     """The counting kernel: for every tau and sample, how many of its c perturbed copies each model classifies
     as the true label (and how many copies the two models label differently). Both models in eval mode (restored
     afterwards); noise from fixed-size sample blocks seeded ``derive_seed(seed, probe, block)``, reused at every
-    tau; counts stay on the device until the end."""
+    tau; counts stay on the device until the end. A model whose logits are NaN or inf on any input it classified is
+    refused (:class:`rurk.torchutil.NonFiniteLogits`, naming it and how many inputs), never counted."""
     x, y, dev = inputs.x, inputs.y, inputs.device
     n = x.shape[0]
     c, block_size, taus, bf16 = spec.draws, spec.block_size, list(spec.taus), spec.bf16
@@ -685,10 +686,27 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
             clipped = torch.zeros(n_tau, dtype=torch.long, device=dev)
             bf16_check = _BF16Check(dev) if bf16 else None
 
+            # argmax of NaN logits is class 0, so a NaN model must never reach a count: every prediction also keeps
+            # its winning logit (max gives it with the argmax), checked when a pass over the copies is done; the
+            # counts are read once at the end. NaN and +inf win the max, so every row whose argmax would be made up
+            # is caught (a lone -inf never wins)
+            tops: dict[int, list[torch.Tensor]] = {id(mdl): [] for mdl in (m, a)}
+            bad = {id(mdl): torch.zeros((), dtype=torch.long, device=dev) for mdl in (m, a)}
+            seen = {id(mdl): 0 for mdl in (m, a)}
+
+            def check_tops() -> None:
+                for key, kept in tops.items():
+                    if kept:
+                        top = torch.cat(kept)
+                        bad[key] += top.shape[0] - torch.isfinite(top).sum()
+                        seen[key] += top.shape[0]
+                        kept.clear()
+
             def predict(model, xb, ref_check: bool = False):
                 with torch.inference_mode():
                     with amp:
-                        pred = _logits(model, xb).argmax(1)
+                        top, pred = _logits(model, xb).max(1)
+                        tops[id(model)].append(top)
                     if bf16_check is not None and ref_check:
                         bf16_check.add(_logits(model, xb).argmax(1) != pred)
                 return pred
@@ -700,6 +718,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                     xb = in_format(x[s:e], fmt)
                     pm0[s:e] = predict(m, xb)
                     pa0[s:e] = predict(a, xb)
+                check_tops()
                 fwd += 2 * n
                 for t in zero_t:
                     k_m[t] = c * (pm0 == y)
@@ -734,6 +753,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                         ha[s:e] = pa == ys
                         if hd is not None:
                             hd[s:e] = pm != pa
+                    check_tops()
                     k_m[t, r0:r1] = hm.view(-1, c).sum(1)
                     k_a[t, r0:r1] = ha.view(-1, c).sum(1)
                     if k_d is not None:
@@ -745,6 +765,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                     if pbar is not None:
                         pbar.update(len(blocks))
 
+            for mdl, what in ((m, "the unlearned model"), (a, "the reference (retrained) model")):
+                require_finite(what, bad[id(mdl)], seen[id(mdl)])
             km_np = k_m.cpu().numpy()
             ka_np = k_a.cpu().numpy()
             kd_np = None if k_d is None else k_d.cpu().numpy()

@@ -25,6 +25,7 @@ from .report import REFERENCE_ROWS
 from .pipeline import Prepared, References, load_run_model, prepare, reference_models
 from .gallery import write_per_sample
 from .store import Store, cache_key
+from .torchutil import NonFiniteLogits
 
 
 
@@ -147,31 +148,50 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
             if model is None:
                 metrics[name] = {k: rec[k] for k in ("error", "diverged", "diverged_step") if rec.get(k)}
                 continue
-        metrics[name] = _cached(store, "eval", cell | {"relearn": to_dict(scenario.relearn) if opts.relearn else False,
-                                                       "mia_cap": opts.mia_max_per_side},
-                                lambda: evaluate(model, prepared, seed, original_loss, relearn=opts.relearn
-                                                 and name != "original", mia_max_per_side=opts.mia_max_per_side),
-                                scenario, seed)
-        if opts.attacks:
-            relearn_curves[name], robust[name] = attack_cells(model, cell, scenario, prepared, seed, store,
-                                                              robust=opts.robust)
-        if name == "retrain":
-            residual[name] = None  # a against itself: r = 1 at every tau by definition (tested in the audit)
+        metrics[name], residual[name], curves = _scored(name, model, cell, scenario, prepared, refs, seed, store, opts,
+                                                        spec, original_loss, seed_dir)
+        if "error" in metrics[name]:  # NaN/inf logits: the row is marked failed with the reason, never a number
+            log(f"  seed {seed} {name}: FAILED: {metrics[name]['error']}")
             continue
-        audit_cell = cell | {"audit": spec.key()}
-
-        def run_audit():
-            res = audit(model, refs.retrain, prepared, seed, spec)
-            res.write_csv(seed_dir / name / f"residual-{res.probe}.csv")
-            f = prepared.data.forget
-            write_per_sample(res, spec.make_probe(), f.x, f.y, f.index, model, refs.retrain, seed_dir / name,
-                             num_classes=prepared.num_classes,
-                             title=f"{scenario.name}, seed {seed}: {name} vs Re-train ({res.probe}, c = {res.c})")
-            return res.to_json(scenario=scenario.name, seed=seed, method=name, reference=f"retrain@{seed}")
-
-        residual[name] = _cached(store, "audit", audit_cell, run_audit, scenario, seed)
+        if opts.attacks:
+            relearn_curves[name], robust[name] = curves
         log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
     return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v})
+
+
+def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, refs: References,
+            seed: int, store: Store, opts: RunOptions, spec: AuditSpec, original_loss: float,
+            seed_dir: Path) -> tuple[dict, dict | None, tuple[dict, dict | None] | None]:
+    """The cached cells of one row's model: (its metrics, its audit against Re-train (None for Re-train itself),
+    with ``opts.attacks`` its (relearn curve, robust curves)). When a cell found non-finite logits the metrics are
+    ``{"error": why}`` and nothing else of the row is computed."""
+    metrics = _cached(store, "eval", cell | {"relearn": to_dict(scenario.relearn) if opts.relearn else False,
+                                             "mia_cap": opts.mia_max_per_side},
+                      lambda: evaluate(model, prepared, seed, original_loss, relearn=opts.relearn
+                                       and name != "original", mia_max_per_side=opts.mia_max_per_side),
+                      scenario, seed)
+    if "error" in metrics:
+        return metrics, None, None
+    curves = attack_cells(model, cell, scenario, prepared, seed, store, robust=opts.robust) if opts.attacks else None
+    failed = next((c for c in curves or () if c and "error" in c), None)
+    if failed:
+        return {"error": failed["error"]}, None, None
+    if name == "retrain":
+        return metrics, None, curves  # a against itself: r = 1 at every tau by definition (tested in the audit)
+
+    def run_audit():
+        res = audit(model, refs.retrain, prepared, seed, spec)
+        res.write_csv(seed_dir / name / f"residual-{res.probe}.csv")
+        f = prepared.data.forget
+        write_per_sample(res, spec.make_probe(), f.x, f.y, f.index, model, refs.retrain, seed_dir / name,
+                         num_classes=prepared.num_classes,
+                         title=f"{scenario.name}, seed {seed}: {name} vs Re-train ({res.probe}, c = {res.c})")
+        return res.to_json(scenario=scenario.name, seed=seed, method=name, reference=f"retrain@{seed}")
+
+    residual = _cached(store, "audit", cell | {"audit": spec.key()}, run_audit, scenario, seed)
+    if "error" in residual:
+        return {"error": residual["error"]}, None, None
+    return metrics, residual, curves
 
 
 def attack_cells(model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, seed: int,
@@ -227,7 +247,10 @@ def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, se
         hit = store.get(kind, key)  # another run may have finished it while we waited
         if hit is not None:
             return hit["metrics"]
-        value = compute()
+        try:
+            value = compute()
+        except NonFiniteLogits as e:  # recorded like a failed method: a rerun, or another executor, reports it again
+            value = {"error": str(e)}
         store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value)
     return value
 
@@ -326,7 +349,9 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
         # every cell is in the store now: the results are assembled from it by the local code, through a view
         # that refuses to compute anything (a missing cell would be an executor bug, never silently recomputed)
         cells, opts = ProbeStore(store), replace(opts, retry_failed=False, device="cpu")
-    results = [run_seed(scenario, prepared, s, cells, names, opts, out_dir, spec=spec, progress=progress, log=log)
+    quiet = executor is not None and getattr(executor, "quiet_assembly", False)  # the workers printed the rows
+    results = [run_seed(scenario, prepared, s, cells, names, opts, out_dir, spec=spec, progress=progress,
+                        log=(lambda *a: None) if quiet else log)
                for s in seeds]
     with store.claim("report", scenario.name):  # two runs sharing a store write their reports one after the other
         return write_report(scenario, spec, results, out_dir, [*REFERENCE_ROWS, *names])

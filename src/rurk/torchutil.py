@@ -118,6 +118,21 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
                 p.requires_grad_(flag)
 
 
+# ---------------------------------------------------------------------------------------------- finite outputs
+class NonFiniteLogits(ValueError):
+    """A model's logits hold NaN or inf. No score of such a model means anything -- argmax of an all-NaN row is
+    class 0, so a NaN model would be "perfectly accurate" on class 0 -- so the audit and every metric refuse it
+    instead of returning a number."""
+
+
+def require_finite(what: str, bad: torch.Tensor | int, total: int) -> None:
+    """Raise :class:`NonFiniteLogits` naming ``what`` (e.g. "the unlearned model") when ``bad``, the number of
+    inputs whose logits hold NaN or inf (a count that may still be on the device: read here, once), is not 0."""
+    n = int(bad)
+    if n:
+        raise NonFiniteLogits(f"{what} returns non-finite logits (NaN or inf) for {n} of {total} inputs")
+
+
 # ---------------------------------------------------------------------------------------------- batched inference
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
     """``fn`` over ``x`` in batches of ``batch_size`` moved to ``device`` (channels_last for images), concatenated."""
@@ -127,6 +142,10 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device,
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Float logits of ``model`` on ``x`` in eval mode (modes restored afterwards), batched, on the model's device."""
+    """Float logits of ``model`` on ``x`` in eval mode (modes restored afterwards), batched, on the model's device.
+    Every accuracy, MIA feature and loss of rurk comes through here, so a model with NaN/inf logits is refused here
+    (:class:`NonFiniteLogits`; one reduction over the result)."""
     with eval_mode(model):
-        return batched(lambda b: model(b).float(), x, model_device(model), batch_size)
+        out = batched(lambda b: model(b).float(), x, model_device(model), batch_size)
+    require_finite(f"the model ({type(model).__name__})", out.shape[0] - torch.isfinite(out).all(1).sum(), out.shape[0])
+    return out
