@@ -103,6 +103,9 @@ def test_records_round_trip(tmp_path):
     rec = store.get("cell", "a")
     assert rec["metrics"] == {"acc": 0.5} and rec["seed"] == 1 and rec["config"] == {"x": 1}
     assert store.get("cell", "b") is None
-    assert Store(tmp_path).get("cell", "a")["timings"] == {"wall_s": 2}  # persisted
+    # persisted, with torch's thread count at put time unless the caller names one (a worker's record keeps its own)
+    assert Store(tmp_path).get("cell", "a")["timings"] == {"wall_s": 2, "threads": torch.get_num_threads()}
+    store.put("worker", "w", timings={"wall_s": 1, "threads": 7})
+    assert store.get("worker", "w")["timings"] == {"wall_s": 1, "threads": 7}
     assert [r["key"] for r in store.records("cell")] == ["a"]
     assert json.loads(json.dumps(rec))  # JSON-able

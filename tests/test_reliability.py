@@ -1,6 +1,7 @@
 """Faults a user meets: damaged checkpoints heal, concurrent runs share a store, failures are visible, bad input
 is refused before any training, one-line errors."""
 
+import dataclasses
 import json
 import threading
 
@@ -130,9 +131,11 @@ def test_the_summary_lists_failures_with_their_seed(tmp_path):
     opts = RunOptions(methods=["ga"], seeds=[131, 42], taus=[0.0], draws=2, bootstrap=0, relearn=False, device="cpu")
     summary = run_experiment(scenario, opts, tmp_path, log=lambda *a: None)
     assert [f["seed"] for f in summary["methods"]["ga"]["failed"]] == [131, 42]
+    failed = Store(tmp_path).records("unlearned")
+    assert len(failed) == 2 and all(r["timings"]["wall_s"] > 0 for r in failed)  # failures have their wall time too
     on_disk = json.loads((tmp_path / "digits5" / "summary.json").read_text())
     assert on_disk["run"]["methods"]["ga"]["lr"] == 1e6 and on_disk["run"]["audit"]["draws"] == 2
-    assert on_disk["run"]["threads"] == torch.get_num_threads() == 1  # conftest: RURK_THREADS=1
+    assert on_disk["run"]["threads"] == [torch.get_num_threads()] == [1]  # conftest: RURK_THREADS=1
 
 
 # ---------------------------------------------------------------------------------------------- user checkpoints
@@ -370,3 +373,37 @@ def test_a_row_with_non_finite_logits_is_marked_failed_in_rurk_run(tmp_path, mon
     assert "non-finite logits" in failed["error"] and summary["methods"]["gd"]["retain_acc"]["mean"] is None
     monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: pytest.fail("recomputed a recorded failure"))
     assert main(args) == 1 and "returns non-finite logits" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- timings and threads
+def test_every_record_has_its_wall_time_and_threads_and_the_report_says_where_the_time_went(tmp_path):
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=3", "methods.gd.epochs=1", "methods.ga.epochs=1"]))
+    opts = RunOptions(methods=["gd"], seeds=[131], taus=[0.0, 0.1], draws=2, bootstrap=0, relearn=False, device="cpu")
+    run_experiment(scenario, opts, tmp_path, log=lambda *a: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # ga and its cells computed at 2 threads; gd's and the references' are reused from the 1-thread run
+        summary = run_experiment(scenario, dataclasses.replace(opts, methods=["gd", "ga"]), tmp_path,
+                                 log=lambda *a: None)
+    finally:
+        torch.set_num_threads(before)
+    records = Store(tmp_path).records()
+    kinds = {r["kind"] for r in records}
+    assert {"model", "unlearned", "eval", "audit", "relearn_curve"} <= kinds
+    for r in records:
+        t = r["timings"]
+        assert isinstance(t.get("wall_s"), (int, float)) and t["wall_s"] >= 0, r["kind"]
+        assert t["threads"] == (2 if (r["config"] or {}).get("method") == "ga" else 1), (r["kind"], t)
+    assert summary["run"]["threads"] == [1, 2]  # what the cells were computed with, not this process's count
+    report = (tmp_path / "digits5" / "report.md").read_text()
+    section = report[report.index("## Where the time went"):]
+    walls = {}
+    for r in records:
+        walls[r["kind"]] = walls.get(r["kind"], 0.0) + r["timings"]["wall_s"]
+    for phase, kind in (("training (Original, Re-train)", "model"), ("unlearning", "unlearned"),
+                        ("evaluation", "eval"), ("audit", "audit"), ("curves", "relearn_curve")):
+        assert f"| {phase} | {walls[kind]:.1f} |" in section
+    gd, ga = (next(r["timings"]["wall_s"] for r in records if r["kind"] == "unlearned"
+                   and r["metrics"].get("method") == m) for m in ("gd", "ga"))
+    slow = sorted([("gd", gd), ("ga", ga)], key=lambda kv: -kv[1])
+    assert "Slowest to unlearn: " + ", ".join(f"{n} {w:.1f} s" for n, w in slow) + "." in section

@@ -9,6 +9,7 @@ The per-seed records are then aggregated by :mod:`rurk.report`.
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,9 @@ class SeedResult:
     records: dict[str, dict]  # method -> MethodRecord JSON (wall time etc.)
     relearn_curves: dict[str, dict] = field(default_factory=dict)  # row -> attacks.relearn_curve() JSON
     robust: dict[str, dict] = field(default_factory=dict)  # row -> attacks.robust_curves() JSON (with --robust)
+    #: every cell of the seed as the store records it: {"row", "kind", "wall_s", "threads"} (kind: the store's,
+    #: "model" for Original/Re-train); what report.md's "Where the time went" and summary.json's threads read
+    spent: list[dict] = field(default_factory=list)
 
 
 def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, names: list[str],
@@ -134,45 +138,52 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
     base = _base_cell(prepared, refs, seed)
     original_loss = M.mean_ce(refs.original, prepared.data.forget)
     metrics, residual, records = {}, {}, {}
-    relearn_curves, robust = {}, {}
+    relearn_curves, robust, spent = {}, {}, []
     seed_dir = out_dir / f"seed-{seed}"
 
     for name in [*REFERENCE_ROWS, *names]:
         if name in REFERENCE_ROWS:
             model, cell = (refs.original if name == "original" else refs.retrain), base | {"model": name}
-            records[name] = {"wall_s": (store.get("model", refs.keys[name]) or {}).get("timings", {}).get("wall_s")}
+            timings = (store.get("model", refs.keys[name]) or {}).get("timings") or {}
+            records[name] = {"wall_s": timings.get("wall_s")}
+            spent.append({"row": name, "kind": "model", **timings})
         else:
             model, rec, cell = unlearned_model(name, scenario, prepared, refs, seed, store, log=log,
                                                retry_failed=opts.retry_failed)
             records[name] = rec
+            timings = (store.get("unlearned", cache_key(kind="unlearned", **cell)) or {}).get("timings") or {}
+            spent.append({"row": name, "kind": "unlearned", **timings})
             if model is None:
                 metrics[name] = {k: rec[k] for k in ("error", "diverged", "diverged_step") if rec.get(k)}
                 continue
+        cells: list[dict] = []
         metrics[name], residual[name], curves = _scored(name, model, cell, scenario, prepared, refs, seed, store, opts,
-                                                        spec, original_loss, seed_dir)
+                                                        spec, original_loss, seed_dir, cells)
+        spent += [{"row": name, **c} for c in cells]
         if "error" in metrics[name]:  # NaN/inf logits: the row is marked failed with the reason, never a number
             log(f"  seed {seed} {name}: FAILED: {metrics[name]['error']}")
             continue
         if opts.attacks:
             relearn_curves[name], robust[name] = curves
         log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
-    return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v})
+    return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v}, spent)
 
 
 def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, refs: References,
             seed: int, store: Store, opts: RunOptions, spec: AuditSpec, original_loss: float,
-            seed_dir: Path) -> tuple[dict, dict | None, tuple[dict, dict | None] | None]:
+            seed_dir: Path, spent: list[dict]) -> tuple[dict, dict | None, tuple[dict, dict | None] | None]:
     """The cached cells of one row's model: (its metrics, its audit against Re-train (None for Re-train itself),
-    with ``opts.attacks`` its (relearn curve, robust curves)). When a cell found non-finite logits the metrics are
-    ``{"error": why}`` and nothing else of the row is computed."""
+    with ``opts.attacks`` its (relearn curve, robust curves)); each cell's timings are appended to ``spent``. When a
+    cell found non-finite logits the metrics are ``{"error": why}`` and nothing else of the row is computed."""
     metrics = _cached(store, "eval", cell | {"relearn": to_dict(scenario.relearn) if opts.relearn else False,
                                              "mia_cap": opts.mia_max_per_side},
                       lambda: evaluate(model, prepared, seed, original_loss, relearn=opts.relearn
                                        and name != "original", mia_max_per_side=opts.mia_max_per_side),
-                      scenario, seed)
+                      scenario, seed, spent)
     if "error" in metrics:
         return metrics, None, None
-    curves = attack_cells(model, cell, scenario, prepared, seed, store, robust=opts.robust) if opts.attacks else None
+    curves = (attack_cells(model, cell, scenario, prepared, seed, store, robust=opts.robust, spent=spent)
+              if opts.attacks else None)
     failed = next((c for c in curves or () if c and "error" in c), None)
     if failed:
         return {"error": failed["error"]}, None, None
@@ -188,14 +199,14 @@ def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepare
                          title=f"{scenario.name}, seed {seed}: {name} vs Re-train ({res.probe}, c = {res.c})")
         return res.to_json(scenario=scenario.name, seed=seed, method=name, reference=f"retrain@{seed}")
 
-    residual = _cached(store, "audit", cell | {"audit": spec.key()}, run_audit, scenario, seed)
+    residual = _cached(store, "audit", cell | {"audit": spec.key()}, run_audit, scenario, seed, spent)
     if "error" in residual:
         return {"error": residual["error"]}, None, None
     return metrics, residual, curves
 
 
 def attack_cells(model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, seed: int,
-                 store: Store, *, robust: bool = False) -> tuple[dict, dict | None]:
+                 store: Store, *, robust: bool = False, spent: list[dict] | None = None) -> tuple[dict, dict | None]:
     """The relearning-attack curve and the robust-accuracy curves of one model (Original, Re-train or a method's),
     each a cached cell keyed by the model's cell and its settings. Robust: the forget set, and retain and test
     subsampled (seeded) to at most ``RobustSettings.max_samples`` each."""
@@ -205,13 +216,13 @@ def attack_cells(model: nn.Module, cell: dict, scenario: Scenario, prepared: Pre
     relearn = _cached(store, "relearn_curve", cell | {"relearn_curve": to_dict(curve), "relearn": to_dict(scenario.relearn),
                                                       "loader": scenario.seeds.loader},
                       lambda: relearn_curve(model, d.forget, scenario.relearn, seed, settings=curve,
-                                            loader_seed=scenario.seeds.loader), scenario, seed)
+                                            loader_seed=scenario.seeds.loader), scenario, seed, spent)
     if not robust:
         return relearn, None
     sets = {"forget": d.forget, **{k: subsample(getattr(d, k), rob.max_samples, seed, k) for k in ("retain", "test")}}
     robust = _cached(store, "robust", cell | {"robust": rob.key()},
                      lambda: robust_curves(model, {k: v for k, v in sets.items() if len(v)}, seed,
-                                           prepared.num_classes, rob), scenario, seed)
+                                           prepared.num_classes, rob), scenario, seed, spent)
     return relearn, robust
 
 
@@ -238,22 +249,27 @@ def unlearned_key(name: str, scenario: Scenario, prepared: Prepared, ref_keys: d
     return cache_key(kind="unlearned", **cell)
 
 
-def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, seed: int) -> dict:
+def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, seed: int,
+            spent: list[dict] | None = None) -> dict:
+    """The record ``kind`` of ``cell``: read from the store, or computed (under the cell's claim) and recorded with
+    its wall time. Its timings (``wall_s``, ``threads``) are appended to ``spent`` either way."""
     key = cache_key(kind=kind, **cell)
     hit = store.get(kind, key)
-    if hit is not None:
-        return hit["metrics"]
-    with store.claim(kind, key):
-        hit = store.get(kind, key)  # another run may have finished it while we waited
-        if hit is not None:
-            return hit["metrics"]
-        try:
-            value = compute()
-        except NonFiniteLogits as e:  # recorded like a failed method: a rerun, or another executor, reports it again
-            value = {"error": str(e)}
-        store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value)
-    return value
-
+    if hit is None:
+        with store.claim(kind, key):
+            hit = store.get(kind, key)  # another run may have finished it while we waited
+            if hit is None:
+                t0 = time.perf_counter()
+                try:
+                    value = compute()
+                except NonFiniteLogits as e:  # recorded like a failed method: a rerun, or another executor, reports it
+                    value = {"error": str(e)}
+                hit = {"metrics": value, "timings": {"wall_s": round(time.perf_counter() - t0, 3)}}
+                store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value,
+                          timings=hit["timings"])
+    if spent is not None:
+        spent.append({"kind": kind, **(hit.get("timings") or {})})
+    return hit["metrics"]
 
 def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, store: Store, cell, log,
                retry_failed: bool = False):
@@ -279,6 +295,7 @@ def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, sto
 
 
 def _compute_unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, store: Store, cell, key, log):
+    t0 = time.perf_counter()
     try:
         model, record = unlearn(parse_variant(name)[0], refs.original, udata, seed, cfg=cfg)
         rec = record.to_json()
@@ -286,12 +303,14 @@ def _compute_unlearned(name, cfg, scenario, prepared, refs: References, udata, s
         log(f"  seed {seed} {name}: FAILED: {type(e).__name__}: {e}")
         rec = MethodRecord(name, to_dict(cfg), seed).to_json() | {
             "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
-        store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec)
+        store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec,
+                  timings={"wall_s": round(time.perf_counter() - t0, 3)})
         return None, rec
     if record.diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
         rec["diverged"] = True
         log(f"  seed {seed} {name}: diverged at step {record.diverged_step}")
-        store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec)
+        store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec,
+                  timings={"wall_s": record.wall_s})
         return None, rec
     store.save_model(key, model, {"kind": "unlearned", "method": name, "scenario": scenario.name, "seed": seed,
                                   "num_classes": prepared.num_classes, "mean": _norm(model, "mean"),

@@ -588,7 +588,9 @@ class _Grid:
         self.store.put("task", key, scenario=self.scenario.name, seed=c.seed,
                        config={"cell": c.kind, "name": c.name, "executor": "ray"},
                        metrics={"host": result["host"], "records": [[r["kind"], r["key"]] for r in result["records"]]},
-                       timings={"wall_s": round(result["wall_s"], 3)})
+                       timings={"wall_s": round(result["wall_s"], 3),  # the worker's threads, not this driver's
+                                "threads": next((r["timings"].get("threads") for r in result["records"]
+                                                 if r.get("timings")), None)})
 
 
 def _one_line(e: BaseException) -> str:

@@ -276,7 +276,8 @@ def run_info(scenario, spec, results: list, names: list[str]) -> dict:
             configs[name] = rec["config"]
     return {"versions": {"rurk": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "device": audits[0].get("device") if audits else None, "cpu": cpu_model(),
-            "threads": torch.get_num_threads(),  # CPU results are bit-identical only at the same count
+            # the counts the cells were computed with (CPU results are bit-identical only at the same count)
+            "threads": sorted({c["threads"] for r in results for c in r.spent if c.get("threads")}),
             "seeds": [r.seed for r in results],
             "audit": spec.key(), "original_recipe": to_dict(scenario.train), "retrain_recipe": to_dict(scenario.retrain_optim()),
             "pretrain": to_dict(scenario.pretrain) if scenario.pretrain.dataset else None, "tuned": scenario.tuned,
@@ -427,9 +428,39 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
         "",
         *attack_sections(results, out_dir, names, probe, scenario.name),
     ]
-    text += _run_markdown(summary)
+    text += _run_markdown(summary) + time_markdown(results)
     (out_dir / "report.md").write_text("\n".join(text))
     return summary
+
+
+#: report phases by the store's record kinds (SeedResult.spent)
+PHASES = {"model": "training (Original, Re-train)", "unlearned": "unlearning", "eval": "evaluation",
+          "audit": "audit", "relearn_curve": "curves", "robust": "curves"}
+
+
+def time_markdown(results: list, top: int = 5) -> list[str]:
+    """The report's section "Where the time went": compute seconds per phase summed over seeds, and the slowest
+    methods to unlearn, so a user sees what to trim. Cells reused from the store count the time they took when
+    computed."""
+    per_phase = {phase: 0.0 for phase in PHASES.values()}
+    per_method: dict[str, float] = {}
+    for r in results:
+        for c in r.spent:
+            w = c.get("wall_s") or 0.0
+            phase = PHASES.get(c["kind"], c["kind"])
+            per_phase[phase] = per_phase.get(phase, 0.0) + w
+            if c["kind"] == "unlearned":
+                per_method[c["row"]] = per_method.get(c["row"], 0.0) + w
+    total = sum(per_phase.values())
+    if not total:
+        return []
+    rows = [[phase, f"{sec:.1f}", f"{100 * sec / total:.0f}%"] for phase, sec in per_phase.items()]
+    slow = sorted(per_method.items(), key=lambda kv: -kv[1])[:top]
+    return ["## Where the time went", "",
+            f"Compute seconds per phase, summed over {len(results)} seed(s); cells reused from the store count the "
+            "time they took when computed.", "",
+            markdown(["phase", "seconds", "share"], rows + [["total", f"{total:.1f}", "100%"]]), "",
+            "Slowest to unlearn: " + (", ".join(f"{n} {sec:.1f} s" for n, sec in slow) or "none") + ".", ""]
 
 
 def calibration_rows(results: list, names: list[str]) -> dict[str, list[tuple[int, dict]]]:

@@ -97,7 +97,10 @@ class Store:
     # ------------------------------------------------------------------------------------ records
     def put(self, kind: str, key: str, *, scenario: str = "", seed: int | None = None, config: Any = None,
             metrics: Any = None, timings: Any = None) -> None:
-        """Record a finished piece of work (replacing an older record of the same kind and key)."""
+        """Record a finished piece of work (replacing an older record of the same kind and key). Its timings carry
+        ``threads``, torch's CPU thread count when it was computed (CPU results are bit-identical only at the same
+        count), unless the caller's timings already name it (a record copied from a worker keeps the worker's)."""
+        timings = {"threads": torch.get_num_threads(), **(timings or {})}
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?)",
