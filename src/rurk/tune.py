@@ -12,8 +12,9 @@ region is often a few optimiser steps wide (spec: baselines.md §0 "Tuning"). So
   and 2) at a tuning run seed that is not reported (default 1), so one lucky forget set does not decide;
 - a trial that fails or diverges is recorded as failed with its reason and never stops the study;
 - the study lives in the run store (``OUT/tune.db``, Optuna's SQLite storage): killing `rurk tune` and
-  starting it again continues it — a trial cut off by the interrupt is re-run with its own values, none is
-  lost or repeated;
+  starting it again continues it — a trial cut off by the interrupt, at any moment, is re-run with its own
+  values (or, when the interrupt came before all its values were drawn, marked failed, no longer counted and
+  replaced by a trial from the same sampler seed), none is lost or counted twice;
 - the chosen values go to a TOML file with their full provenance (sampler and seed, spaces, every trial's
   values, gaps and state, the best trial, Optuna's parameter importances), which `rurk run` reads.
 """
