@@ -352,3 +352,33 @@ def test_bf16_autocast_is_validated(digits):
     assert r.bf16 and r.bf16_mismatch is not None and 0.0 <= r.bf16_mismatch <= 0.1
     assert any("bf16" in note for note in r.notes)
     assert audit(digits, taus=[0.05], draws=5).bf16_mismatch is None
+
+
+# --------------------------------------------------------------------------------------------------
+# shared reference predictions (rurk run: Re-train's predictions computed once per seed)
+
+
+def test_shared_reference_predictions_change_no_number_and_halve_the_work(digits):
+    from rurk.audit import ReferencePredictions
+
+    other = _train(small_cnn(seed=2), digits["x"], digits["y"], steps=10)
+    shared = ReferencePredictions()
+    for m in (digits["m"], other, digits["m"]):
+        alone = residual_knowledge(m, digits["a"], digits["x"], digits["y"], TAUS, draws=20, progress=False,
+                                   bootstrap=50, index=digits["index"], batch_size=64)
+        first = not shared.preds
+        together = residual_knowledge(m, digits["a"], digits["x"], digits["y"], TAUS, draws=20, progress=False,
+                                      bootstrap=50, index=digits["index"], batch_size=64, reference=shared)
+        for f in ("k_m", "k_a", "d"):
+            np.testing.assert_array_equal(getattr(alone, f), getattr(together, f))
+        assert [s.to_dict() for s in alone.per_tau] == [s.to_dict() for s in together.per_tau]
+        # after the first audit only the audited model runs
+        want = alone.timing.forward_passes if first else alone.timing.forward_passes // 2
+        assert together.timing.forward_passes == want
+    # another draw count (or seed, probe, reference model, forget set) is refused, never served stale predictions
+    with pytest.raises(ValueError, match="ReferencePredictions"):
+        residual_knowledge(other, digits["a"], digits["x"], digits["y"], TAUS, draws=10, progress=False,
+                           bootstrap=0, batch_size=64, reference=shared)
+    with pytest.raises(ValueError, match="ReferencePredictions"):
+        residual_knowledge(other, other, digits["x"], digits["y"], TAUS, draws=20, progress=False, bootstrap=0,
+                           batch_size=64, index=digits["index"], reference=shared)

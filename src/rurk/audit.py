@@ -527,6 +527,25 @@ class AuditInputs:
 
 
 @dataclass
+class ReferencePredictions:
+    """The reference model's predictions on an audit's perturbed copies, shared by the audits of every row of a
+    seed. With a random probe both models see the same copies (common random numbers), so the reference's
+    predictions are the same whichever model is audited against it: the first audit fills this, the next ones
+    read it and run only the audited model (half the forward passes). Bound to one reference model, forget
+    set, spec and noise seed; an audit with anything else is refused (ValueError), never served stale numbers."""
+
+    key: tuple | None = None
+    preds: dict = field(default_factory=dict)
+
+    def bind(self, key: tuple) -> None:
+        if self.key is None:
+            self.key = key
+        elif key != self.key:
+            raise ValueError("ReferencePredictions: this audit differs from the one the predictions were made for "
+                             "(another reference model, forget set, probe, tau grid, draws, seed or batch size)")
+
+
+@dataclass
 class Counts:
     """What the counting kernel measured: per-sample correct counts (len(taus), n), disagreements (None when
     the models saw different copies), clipped coordinates per tau, and the work done."""
@@ -618,12 +637,14 @@ def _group_draws(pr: Probe, x_rep, y_rep, blocks: list[int], r0: int, n: int, bl
 
 def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInputs, pr: Probe, spec: AuditSpec,
                   seed: int, *, batch_size: int | None = None, channels_last: bool | None = None,
-                  progress: bool | None = None) -> Counts:
+                  progress: bool | None = None, reference: ReferencePredictions | None = None) -> Counts:
     """The counting kernel: for every tau and sample, how many of its c perturbed copies each model classifies
     as the true label (and how many copies the two models label differently). Both models in eval mode (restored
     afterwards); noise from fixed-size sample blocks seeded ``derive_seed(seed, probe, block)``, reused at every
     tau; counts stay on the device until the end. A model whose logits are NaN or inf on any input it classified is
-    refused (:class:`rurk.torchutil.NonFiniteLogits`, naming it and how many inputs), never counted."""
+    refused (:class:`rurk.torchutil.NonFiniteLogits`, naming it and how many inputs), never counted. ``reference``
+    (random probes only) shares the retrained model's predictions across audits against it
+    (:class:`ReferencePredictions`)."""
     x, y, dev = inputs.x, inputs.y, inputs.device
     n = x.shape[0]
     c, block_size, taus, bf16 = spec.draws, spec.block_size, list(spec.taus), spec.bf16
@@ -668,6 +689,10 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
         pbar = tqdm(total=n_blocks * n_tau, desc=f"audit {pr.name}", unit="block", leave=False)
 
     m, a = unlearned, retrained
+    shared = reference if eff is None else None  # attacks craft copies on the audited model: nothing to share
+    if shared is not None:
+        shared.bind((id(a), seed, tuple(taus), c, block_size, bs, pr.name, repr(sorted(params.items())), n, bf16,
+                     use_cl, spec.tau0_shortcut, inputs.index.tobytes()))
     grad_ctx = torch.no_grad() if adversarial else torch.inference_mode()
     try:
         with eval_mode(m, a), _channels_last_weights((m, a), use_cl), grad_ctx:
@@ -702,7 +727,15 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                         seen[key] += top.shape[0]
                         kept.clear()
 
-            def predict(model, xb, ref_check: bool = False):
+            reused = [0]  # reference predictions served from ``shared`` (no forward pass)
+
+            def predict(model, xb, ref_check: bool = False, slot=None):
+                if model is a and shared is not None and slot is not None:
+                    if slot in shared.preds:
+                        reused[0] += xb.shape[0]
+                    else:  # the first audit against a: compute (checked finite like any prediction) and keep
+                        shared.preds[slot] = predict(model, xb, ref_check)
+                    return shared.preds[slot]
                 with torch.inference_mode():
                     with amp:
                         top, pred = _logits(model, xb).max(1)
@@ -717,7 +750,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                 for s, e in _chunks(n, bs):
                     xb = in_format(x[s:e], fmt)
                     pm0[s:e] = predict(m, xb)
-                    pa0[s:e] = predict(a, xb)
+                    pa0[s:e] = predict(a, xb, slot=("tau0", s))
                 check_tops()
                 fwd += 2 * n
                 for t in zero_t:
@@ -748,7 +781,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                         check = bf16 and gi == 0 and ci == 0
                         xm, xa = _perturbed_chunk(pr, m, a, x_rep[s:e], ys, tau, noise, target, s, e, eff, clipped, t)
                         pm = predict(m, xm, check)
-                        pa = predict(a, xa, check)
+                        pa = predict(a, xa, check, slot=(t, gi, ci))
                         hm[s:e] = pm == ys
                         ha[s:e] = pa == ys
                         if hd is not None:
@@ -765,6 +798,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                     if pbar is not None:
                         pbar.update(len(blocks))
 
+            fwd -= reused[0]
             for mdl, what in ((m, "the unlearned model"), (a, "the reference (retrained) model")):
                 require_finite(what, bad[id(mdl)], seen[id(mdl)])
             km_np = k_m.cpu().numpy()
@@ -832,6 +866,7 @@ def residual_knowledge(
     channels_last: bool | None = None,
     tau0_shortcut: bool = True,
     spec: AuditSpec | None = None,
+    reference: ReferencePredictions | None = None,
 ) -> AuditResult:
     """Audit residual knowledge of ``unlearned`` (m) against ``retrained`` (a) on forget samples (x, y).
 
@@ -865,6 +900,8 @@ def residual_knowledge(
         for 4-D inputs when a model has a Conv2d.
     progress: tqdm bar over tau x blocks; None follows the global switch (``RURK_PROGRESS=0`` / ``--quiet``).
     tau0_shortcut: at tau = 0 evaluate each sample once (every copy equals x) and set k = c*1[pred=y].
+    reference: a :class:`ReferencePredictions` shared by several audits against the same ``retrained`` model on
+        the same samples and spec (random probes): its predictions are computed once (`rurk run` does this per seed).
     spec: a resolved :class:`AuditSpec` (what `rurk run` and `rurk audit` pass); it replaces ``taus``, ``probe``
         (by name), ``draws``, ``craft_on``, ``bootstrap``, ``bootstrap_seed``, ``probe_params``, ``max_forget``,
         ``block_size``, ``bf16`` and ``tau0_shortcut``, and its ``noise_seed`` (when set) replaces ``seed``.
@@ -881,7 +918,7 @@ def residual_knowledge(
     seed = int(spec.noise_seed if spec.noise_seed is not None else seed)
     inputs = check_inputs(unlearned, retrained, x, y, index=index, device=device, max_forget=spec.max_forget, seed=seed)
     counts = count_correct(unlearned, retrained, inputs, pr, spec, seed, batch_size=batch_size,
-                           channels_last=channels_last, progress=progress)
+                           channels_last=channels_last, progress=progress, reference=reference)
     bseed = int(seed if spec.bootstrap_seed is None else spec.bootstrap_seed)
     per_tau = tau_statistics(counts, spec, int(np.prod(inputs.x.shape[1:])), bseed)
     notes = list(pr.notes)

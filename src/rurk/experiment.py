@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
-from .audit import AuditSpec, audit_spec, residual_knowledge
+from .audit import AuditSpec, ReferencePredictions, audit_spec, residual_knowledge
 from .config import ConfigError, Scenario, merge, to_dict
 from .methods import load_all
 from .methods.base import FinetuneConfig, MethodRecord, get_method, parse_variant, unlearn
@@ -109,11 +109,12 @@ def audit_settings(scenario: Scenario, opts: RunOptions) -> AuditSpec:
         raise ConfigError(str(e)) from None
 
 
-def audit(model: nn.Module, retrain: nn.Module, prepared: Prepared, seed: int, spec: AuditSpec):
+def audit(model: nn.Module, retrain: nn.Module, prepared: Prepared, seed: int, spec: AuditSpec,
+          reference: ReferencePredictions | None = None):
     """Residual-knowledge audit of ``model`` against Re-train on the forget set (noise seed: the run seed
-    unless the spec fixes one)."""
+    unless the spec fixes one); ``reference`` shares Re-train's predictions between the rows of a seed."""
     f = prepared.data.forget
-    return residual_knowledge(model, retrain, f.x, f.y, seed=seed, index=f.index, spec=spec)
+    return residual_knowledge(model, retrain, f.x, f.y, seed=seed, index=f.index, spec=spec, reference=reference)
 
 
 # ---------------------------------------------------------------------------------------------- the grid
@@ -140,6 +141,7 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
     metrics, residual, records = {}, {}, {}
     relearn_curves, robust, spent = {}, {}, []
     seed_dir = out_dir / f"seed-{seed}"
+    shared = ReferencePredictions()  # Re-train's predictions on the audit's copies: the same for every row
 
     for name in [*REFERENCE_ROWS, *names]:
         if name in REFERENCE_ROWS:
@@ -158,7 +160,7 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
                 continue
         cells: list[dict] = []
         metrics[name], residual[name], curves = _scored(name, model, cell, scenario, prepared, refs, seed, store, opts,
-                                                        spec, original_loss, seed_dir, cells)
+                                                        spec, original_loss, seed_dir, cells, reference=shared)
         spent += [{"row": name, **c} for c in cells]
         if "error" in metrics[name]:  # NaN/inf logits: the row is marked failed with the reason, never a number
             log(f"  seed {seed} {name}: FAILED: {metrics[name]['error']}")
@@ -171,7 +173,8 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
 
 def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, refs: References,
             seed: int, store: Store, opts: RunOptions, spec: AuditSpec, original_loss: float,
-            seed_dir: Path, spent: list[dict]) -> tuple[dict, dict | None, tuple[dict, dict | None] | None]:
+            seed_dir: Path, spent: list[dict], *, reference: ReferencePredictions | None = None
+            ) -> tuple[dict, dict | None, tuple[dict, dict | None] | None]:
     """The cached cells of one row's model: (its metrics, its audit against Re-train (None for Re-train itself),
     with ``opts.attacks`` its (relearn curve, robust curves)); each cell's timings are appended to ``spent``. When a
     cell found non-finite logits the metrics are ``{"error": why}`` and nothing else of the row is computed."""
@@ -191,7 +194,7 @@ def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepare
         return metrics, None, curves  # a against itself: r = 1 at every tau by definition (tested in the audit)
 
     def run_audit():
-        res = audit(model, refs.retrain, prepared, seed, spec)
+        res = audit(model, refs.retrain, prepared, seed, spec, reference)
         res.write_csv(seed_dir / name / f"residual-{res.probe}.csv")
         f = prepared.data.forget
         write_per_sample(res, spec.make_probe(), f.x, f.y, f.index, model, refs.retrain, seed_dir / name,
