@@ -39,3 +39,37 @@ def test_bad_jobs_are_refused_before_any_work(tmp_path, capsys, extra, match):
     assert main(["run", *RUN, "--out", str(tmp_path), *extra]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """kill -9 of `rurk run --jobs 2` leaves no worker computing on (Linux: PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux only")
+    rurk = os.path.join(os.path.dirname(sys.executable), "rurk")
+    parent = subprocess.Popen([rurk, "run", *RUN, "--out", str(tmp_path), "--jobs", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout
+        kids = [int(p) for p in out.split()]
+        return [k for k in kids if "spawn_main" in open(f"/proc/{k}/cmdline").read().replace("\0", " ")]
+
+    deadline = time.time() + 60
+    while len(workers()) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    kids = workers()
+    assert len(kids) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(os.path.exists(f"/proc/{k}") and
+                                         open(f"/proc/{k}/stat").read().split()[2] != "Z" for k in kids):
+        time.sleep(0.2)
+    alive = [k for k in kids if os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z"]
+    assert not alive

@@ -16,6 +16,7 @@ by the same code at the same thread count, in whichever process.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 
@@ -42,7 +43,8 @@ class ProcessExecutor:
             order = seeds[w % len(seeds):] + seeds[: w % len(seeds)]
             rows = names if w % 2 == 0 else names[::-1]
             p = ctx.Process(target=_worker, name=f"rurk-worker-{w}",
-                            args=(w, scenario, opts, str(store.root), order, rows, spec, str(out_dir), self.threads))
+                            args=(w, scenario, opts, str(store.root), order, rows, spec, str(out_dir), self.threads,
+                                  os.getpid()))
             p.start()
             procs.append(p)
         try:
@@ -59,10 +61,9 @@ class ProcessExecutor:
                                "command again to continue")
 
 
-def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads) -> None:
-    import os
-
+def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads, parent: int) -> None:
     os.environ["RURK_PROGRESS"] = "0"  # K workers' progress bars would overwrite each other; rows are printed
+    _die_with_parent(parent)
     import torch
 
     from .experiment import run_seed
@@ -78,3 +79,20 @@ def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads) -> No
 
     for seed in seeds:
         run_seed(scenario, prepared, seed, store, names, opts, Path(out_dir), spec=spec, progress=False, log=log)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: end this worker when the process that started it dies, however it dies (``kill -9`` included), so no
+    orphan keeps computing; elsewhere the parent's ``finally`` terminates the workers on an exception or Ctrl-C.
+    A parent that died before the signal was armed (while this worker was still starting) ends it here."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        sys.exit(1)

@@ -1,0 +1,96 @@
+"""Where the demo's time goes: runs `rurk demo` from a cold cache and prints its wall time and the compute seconds
+per phase and per method, read from the run store's records (every record carries the wall time its cell took).
+Prints tables; asserts nothing.
+
+    .venv/bin/python bench/bench_demo.py                       # the demo as a user runs it (three seeds, --jobs default)
+    .venv/bin/python bench/bench_demo.py --busy 1              # beside one competing busy process
+    .venv/bin/python bench/bench_demo.py --args "--jobs 1"     # the same demo in one process (the slow path)
+
+"Compute seconds" add up the cells' own wall times over every worker process, so with K workers they can exceed
+the wall time up to K times; "process" is the wall time not spent in any cell (start-up, data loading, reports).
+A competitor is ``python -c "while True: pass"`` started just before the run and killed after it.
+Run it on an otherwise idle machine: anything else running changes every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+PHASE = {"model": "training (Original, Re-train)", "unlearned": "unlearning", "eval": "evaluation (acc, MIA, re-learn)",
+         "audit": "audit (+ per-sample files, gallery)", "relearn_curve": "curves", "robust": "curves"}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def run_demo(extra: list[str], busy: int) -> tuple[float, Path]:
+    out = Path(tempfile.mkdtemp(prefix="rurk-bench-demo-"))
+    competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        t0 = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "rurk"), "demo", "--out", str(out), "--quiet", *extra],
+                       check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t0, out
+    finally:
+        for p in competitors:
+            p.kill()
+
+
+def spent(out: Path) -> tuple[dict[str, float], dict[str, dict[str, float]], set]:
+    """Seconds per phase and per (row, phase) from the store, and the thread counts the cells ran with."""
+    per_phase: dict[str, float] = defaultdict(float)
+    per_row: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    threads = set()
+    with sqlite3.connect(out / "rurk.sqlite") as db:
+        for kind, config, timings in db.execute("SELECT kind, config, timings FROM records"):
+            t = json.loads(timings or "{}")
+            w = t.get("wall_s") or 0.0
+            threads.add(t.get("threads"))
+            per_phase[PHASE.get(kind, kind)] += w
+            cfg = json.loads(config or "{}")
+            row = "Original/Re-train" if kind == "model" else cfg.get("method") or cfg.get("model") or kind
+            per_row[str(row)][PHASE.get(kind, kind)] += w
+    return per_phase, per_row, threads
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--busy", type=int, default=0, help="competing busy processes during the run [default: 0]")
+    ap.add_argument("--args", default="", help="extra arguments for `rurk demo`, e.g. \"--jobs 1\"")
+    ap.add_argument("--top", type=int, default=8, help="rows to list by compute seconds [default: 8]")
+    a = ap.parse_args()
+    wall, out = run_demo(shlex.split(a.args), a.busy)
+    per_phase, per_row, threads = spent(out)
+    total = sum(per_phase.values())
+    print(f"rurk demo {a.args}".strip() + f" on {cpu_model()}, {a.busy} competing process(es), cells at "
+          f"{'/'.join(str(t) for t in sorted(x for x in threads if x is not None))} torch thread(s); run store {out}")
+    print(f"\nwall time: {wall:.0f} s; compute seconds over all processes: {total:.0f} s\n")
+    rows = [[k, f"{v:.0f}", f"{100 * v / total:.0f}%"] for k, v in sorted(per_phase.items(), key=lambda kv: -kv[1])]
+    print(table(["phase", "compute s", "share"], rows + [["total", f"{total:.0f}", "100%"]]))
+    heavy = sorted(per_row.items(), key=lambda kv: -sum(kv[1].values()))[: a.top]
+    phases = sorted({p for _, d in heavy for p in d})
+    print()
+    print(table(["row (3 seeds)", *phases, "total"],
+                [[r, *[f"{d.get(p, 0):.0f}" for p in phases], f"{sum(d.values()):.0f}"] for r, d in heavy]))
+
+
+if __name__ == "__main__":
+    main()
