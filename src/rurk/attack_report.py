@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .figures import agg_figure, line_style, save_png
+from .tables import markdown, write_csv
 
 PerSeed = list[tuple[int, dict[str, dict]]]
 RELEARN_TABLE_STEPS = (0, 1, 2, 5, 10, 20)
@@ -48,16 +49,8 @@ def _eps_label(e: float) -> str:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    from .report import write_csv
-
     path.parent.mkdir(parents=True, exist_ok=True)
     write_csv(path, header, [["" if v is None else v for v in r] for r in rows])
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    from .report import markdown
-
-    return markdown(header, rows)
 
 
 # ---------------------------------------------------------------------------------------------- relearning
@@ -92,7 +85,7 @@ def write_relearn(per_seed: PerSeed, out_dir, title: str = "") -> list[str]:
             f"batch {cfg['batch_size']}). The paper's re-learn time is one point on such a curve (loss back to 1.05 × "
             "Original's, fine-tuning on all of S_f). Table: relearn_curve.csv.", "",
             "![relearning attack](relearn_curve.png)", "",
-            _table(["method", *[f"step {s}" for s in shown]],
+            markdown(["method", *[f"step {s}" for s in shown]],
                    [[n, *[_pct(m[s], sd[s], n_seeds) for s in shown]] for n, (m, sd) in stats.items()]), ""]
 
 
@@ -136,7 +129,7 @@ def write_robust(per_seed: PerSeed, out_dir, title: str = "", stem: str = "robus
     for att in ATTACKS:
         body = [[n, *[_pct(stats[(n, s, att)][0][j], stats[(n, s, att)][1][j], n_seeds) for s in sets
                       for j in range(len(eps))]] for n in names]
-        lines += [f"### {att}", "", _table(header, body), ""]
+        lines += [f"### {att}", "", markdown(header, body), ""]
     return lines
 
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import metrics as M
+from .attacks import RelearnCurveSettings, RobustSettings, relearn_curve, robust_curves, subsample
 from .audit import AuditSpec, ReferencePredictions, audit_spec, residual_knowledge
-from .config import ConfigError, Scenario, merge, to_dict
+from .config import ConfigError, Scenario, from_dict, merge, to_dict
+from .dryrun import ProbeStore
 from .methods import load_all
 from .methods.base import FinetuneConfig, MethodRecord, get_method, parse_variant, unlearn
-from .report import REFERENCE_ROWS
+from .report import REFERENCE_ROWS, write_report
 from .pipeline import Prepared, References, load_run_model, prepare, reference_models
 from .gallery import write_per_sample
 from .store import Store, cache_key
@@ -213,8 +215,6 @@ def attack_cells(model: nn.Module, cell: dict, scenario: Scenario, prepared: Pre
     """The relearning-attack curve and the robust-accuracy curves of one model (Original, Re-train or a method's),
     each a cached cell keyed by the model's cell and its settings. Robust: the forget set, and retain and test
     subsampled (seeded) to at most ``RobustSettings.max_samples`` each."""
-    from .attacks import RelearnCurveSettings, RobustSettings, relearn_curve, robust_curves, subsample
-
     d, curve, rob = prepared.data, RelearnCurveSettings(), RobustSettings()
     relearn = _cached(store, "relearn_curve", cell | {"relearn_curve": to_dict(curve), "relearn": to_dict(scenario.relearn),
                                                       "loader": scenario.seeds.loader},
@@ -351,10 +351,6 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
     ``executor`` (None = local, in this process) is an object whose ``fill(...)`` computes the grid's missing
     cells elsewhere and commits them to the store (:class:`rurk.ray_exec.RayExecutor`); the summary is then
     assembled here by the same code as a local rerun, from the store alone."""
-    from dataclasses import replace
-
-    from .report import write_report
-
     out_dir = Path(out) / scenario.name
     names = method_names(scenario, opts)  # every method, variant and audit setting checked before any work
     spec = audit_settings(scenario, opts)
@@ -365,8 +361,6 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
         f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {spec.probe}")
     cells = store
     if executor is not None:
-        from .grid import ProbeStore
-
         executor.fill(scenario, opts, store, prepared, seeds, names, spec, out_dir, progress=progress, log=log)
         # every cell is in the store now: the results are assembled from it by the local code, through a view
         # that refuses to compute anything (a missing cell would be an executor bug, never silently recomputed)
@@ -383,6 +377,4 @@ def scenario_with(scenario: Scenario, tuned: dict | None) -> Scenario:
     """The scenario with tuned per-method values merged under its own [methods] table."""
     if not tuned:
         return scenario
-    from .config import from_dict
-
     return from_dict(Scenario, merge(to_dict(scenario), {"methods": merge(tuned, scenario.methods)}))

@@ -22,8 +22,11 @@ executor would skip it, whatever cells that code caches now or in the future.
 from __future__ import annotations
 
 import heapq
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+
+from .dryrun import Missing, ProbeStore  # noqa: F401 (re-exported: the status below is decided against it)
+from .experiment import run_seed, unlearned_model
+from .pipeline import reference_keys, reference_models
 
 #: Cell kinds in graph order.
 KINDS = ("pretrained", "original", "retrain", "unlearn", "eval")
@@ -65,65 +68,12 @@ def cell_graph(scenario, names: list[str], seeds: list[int], *, references_only:
 
 
 # ------------------------------------------------------------------------------------------------ status
-class Missing(RuntimeError):
-    """Raised by :class:`ProbeStore` where the code would compute (kind, key)."""
-
-    def __init__(self, kind: str, key: str):
-        super().__init__(f"cell {kind} {key} is not in the store")
-        self.kind, self.key = kind, key
-
-
-class ProbeStore:
-    """A read-only view of a :class:`~rurk.store.Store` for dry runs: a missing record (or reference
-    checkpoint), or any write, raises :class:`Missing` instead of letting the caller compute it. ``model``
-    records may be missing (the references are decided by their checkpoints)."""
-
-    def __init__(self, store):
-        self._store = store
-        self.root = store.root
-        self.db_path = store.db_path
-
-    def get(self, kind: str, key: str):
-        hit = self._store.get(kind, key)
-        if hit is None and kind != "model":
-            raise Missing(kind, key)
-        return hit
-
-    def load_model(self, key: str, model):
-        meta = self._store.load_model(key, model)
-        if meta is None:
-            raise Missing("model", key)
-        return meta
-
-    def load_meta(self, key: str):
-        return self._store.load_meta(key)
-
-    @contextmanager
-    def claim(self, kind: str, key: str):
-        yield
-
-    def put(self, kind: str, key: str, **_):
-        raise Missing(kind, key)
-
-    def save_model(self, key: str, *_a, **_k):
-        raise Missing("model", key)
-
-    def delete(self, kind: str, key: str):
-        raise Missing(kind, key)
-
-    def __getattr__(self, name):  # records(), model_dir(), ...
-        return getattr(self._store, name)
-
-
 def _quiet(*_a, **_k) -> None:
     pass
 
 
 def grid_status(scenario, prepared, store, cells: list[Cell], opts, spec, out_dir) -> set[str]:
     """The ids of the cells the store already holds (computes nothing; loads the finished checkpoints)."""
-    from .experiment import run_seed, unlearned_model
-    from .pipeline import reference_keys, reference_models
-
     done: set[str] = set()
     probe = ProbeStore(store)
     probe_opts = replace(opts, device="cpu")

@@ -14,14 +14,22 @@ Every number in the report is recomputed from the stored per-seed results, never
 
 from __future__ import annotations
 
-import csv
 import math
+import platform
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from . import __version__
+from .attack_report import attack_sections
+from .claims import check_claims, claims_markdown
+from .config import ConfigError, to_dict
+from .methods.base import FinetuneConfig, get_method, parse_variant
 from .metrics import GAP_KEYS, aggregate, avg_gap
+from .plots import calibration_figure, plot_residual_curves
 from .store import write_json
+from .tables import markdown, write_csv  # re-exported: cli and readme import them from here
 
 REFERENCE_ROWS = ("original", "retrain")
 #: A row whose retain accuracy is this many points below Re-train's is marked degenerate (decision).
@@ -46,9 +54,6 @@ def _kind(name: str) -> tuple[str, str]:
     """(base method, "reference" | "finetune" | "training-free") of a report row."""
     if name in REFERENCE_ROWS:
         return name, "reference"
-    from .config import ConfigError
-    from .methods.base import FinetuneConfig, get_method, parse_variant
-
     try:
         base = parse_variant(name)[0]
     except ConfigError:  # a row that is not a registered method (hand-made results)
@@ -115,8 +120,6 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
         m = entry["retain_acc"]["mean"]
         if rt is not None and m is not None and rt - m > DEGENERATE_RETAIN_DROP:
             entry["degenerate"] = f"retain accuracy {m:.1f}% is {rt - m:.1f} points below Re-train's {rt:.1f}%"
-    from .claims import check_claims
-
     out["claims"] = check_claims(out)
     return out
 
@@ -229,24 +232,9 @@ def curve_table(summary: dict, fieldname: str, transform=lambda v: v, nd: int = 
     return header, rows
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): CPU numbers are bit-identical only
     on the same model, so every summary records it."""
-    import platform
-
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -260,13 +248,6 @@ def cpu_model() -> str:
 def run_info(scenario, spec, results: list, names: list[str]) -> dict:
     """What was run, for the report: versions, device, torch's CPU threads, seeds, the audit settings, the reference recipe and every
     method's resolved config (after presets, tuning, ``--set`` and variants)."""
-    import platform
-
-    import torch
-
-    from . import __version__
-    from .config import to_dict
-
     audits = [a for r in results for a in r.residual.values() if a]
     configs = {}
     for name in names:
@@ -339,10 +320,6 @@ def _compact(d: dict) -> str:
 
 def write_report(scenario, spec, results: list, out_dir: Path, names: list[str]) -> dict:
     """Aggregate, then write summary.json, report.md, the CSV tables and residual.png."""
-    from .attack_report import attack_sections
-    from .claims import claims_markdown
-    from .plots import plot_residual_curves
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     probe = spec.make_probe().name
@@ -374,8 +351,6 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
                              title=f"{scenario.name}: residual knowledge vs Re-train ({probe} probe, {bands})")
     calib = calibration_rows(results, names)
     if calib:
-        from .plots import calibration_figure
-
         calibration_figure(calib, f"{scenario.name}: calibrated stopping (ring = kept checkpoint)").savefig(
             out_dir / "calibration.png", dpi=110, format="png")
     planned = {n: next(((r.records.get(n) or {}).get("extra") or {}).get("planned_steps") for r in results)

@@ -5,25 +5,10 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from .base import REGISTRY, FinetuneConfig, MethodRecord, MethodSpec, UnlearnData, get_method, register, unlearn
+from .base import (REGISTRY, FinetuneConfig, MethodRecord, MethodSpec, UnlearnData, get_method, load_all, register,
+                   unlearn)
 
 __all__ = [
     "REGISTRY", "FinetuneConfig", "MethodRecord", "MethodSpec", "UnlearnData", "get_method", "register", "unlearn",
     "load_all",
 ]
-
-_LOADED = False
-
-
-def load_all() -> dict[str, MethodSpec]:
-    """Import every method module so that each registers itself."""
-    global _LOADED
-    if not _LOADED:
-        for info in pkgutil.iter_modules(__path__):
-            if info.name not in ("base",) and not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _LOADED = True
-    return REGISTRY

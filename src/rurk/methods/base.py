@@ -17,16 +17,21 @@ self-contained classes.
 from __future__ import annotations
 
 import copy
+import importlib
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..calibrate import CalibrationSpec, Calibrator
 from ..config import ConfigError, from_dict, merge, parse_value, to_dict
 from ..data.tensordata import TensorData
+from ..perturb import PROBES
 from ..train import LoopRecord, OptimConfig
 
 
@@ -115,9 +120,6 @@ class FinetuneConfig:
         self.calibration_spec()  # validates the calib_* fields
 
     def calibration_spec(self):
-        from ..calibrate import CalibrationSpec
-        from ..perturb import PROBES
-
         if self.calib_probe not in PROBES:
             raise ValueError(f"calib_probe = {self.calib_probe!r}: expected one of {', '.join(sorted(PROBES))}")
         return CalibrationSpec(self.calib_probe, self.calib_tau, self.calib_every, self.calib_draws, self.calib_trace)
@@ -235,9 +237,24 @@ def register(name: str, config_cls: type, summary: str, presets: dict[str, dict]
     return deco
 
 
-def get_method(name: str) -> MethodSpec:
-    from . import load_all
+_LOADED = False
 
+
+def load_all() -> dict[str, MethodSpec]:
+    """Import every method module so that each registers itself.
+
+    It lives here, beside the registry it fills, and imports the method modules by name, so that the package
+    ``rurk.methods`` (which re-exports it) and this module never import each other."""
+    global _LOADED
+    if not _LOADED:
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if info.name not in ("base",) and not info.name.startswith("_"):
+                importlib.import_module(f"{__package__}.{info.name}")
+        _LOADED = True
+    return REGISTRY
+
+
+def get_method(name: str) -> MethodSpec:
     load_all()
     if name not in REGISTRY:
         raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(REGISTRY))}")
@@ -282,8 +299,6 @@ def calibrator(cfg: FinetuneConfig, data: UnlearnData, seed: int):
     if data.calib is None or len(data.calib) == 0:
         raise ConfigError("calibrate = true needs a calibration set: set forget.calibration (held-out images of "
                           "the forget class) in the scenario, e.g. --set forget.calibration=500")
-    from ..calibrate import Calibrator
-
     return Calibrator(cfg.calibration_spec(), data.forget, data.calib, seed, num_classes=data.num_classes,
                       retain=data.retain, test=data.test)
 
