@@ -14,7 +14,6 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import metrics as M
@@ -28,7 +27,8 @@ from .report import REFERENCE_ROWS, write_report
 from .pipeline import Prepared, References, load_run_model, prepare, reference_models
 from .gallery import write_per_sample
 from .store import Store, cache_key
-from .torchutil import NonFiniteLogits
+from .torchutil import NonFiniteLogits, model_device
+from .train import diverged
 
 
 
@@ -290,7 +290,7 @@ def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, sto
                     log(f"  seed {seed} {name}: failed in an earlier run ({why}); --retry-failed runs it again")
                     return None, rec
             elif store.load_meta(key) is not None:
-                return load_run_model(store, key, scenario, prepared, device=_device(refs.original)), rec
+                return load_run_model(store, key, scenario, prepared, device=model_device(refs.original)), rec
             else:
                 log(f"  seed {seed} {name}: its checkpoint is missing or damaged; recomputing")
             store.delete("unlearned", key)
@@ -309,7 +309,7 @@ def _compute_unlearned(name, cfg, scenario, prepared, refs: References, udata, s
         store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec,
                   timings={"wall_s": round(time.perf_counter() - t0, 3)})
         return None, rec
-    if record.diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
+    if diverged(record, model):
         rec["diverged"] = True
         log(f"  seed {seed} {name}: diverged at step {record.diverged_step}")
         store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec,
@@ -326,10 +326,6 @@ def _compute_unlearned(name, cfg, scenario, prepared, refs: References, udata, s
 def _norm(model: nn.Module, which: str):
     norm = getattr(model, "norm", None)
     return getattr(norm, which).flatten().tolist() if norm is not None else None
-
-
-def _device(model: nn.Module):
-    return next(model.parameters()).device
 
 
 def _line(m: dict, r: dict | None) -> str:

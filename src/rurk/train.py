@@ -174,6 +174,17 @@ class LoopRecord:
         return asdict(self)
 
 
+class _Run(Protocol):
+    diverged: bool  # a LoopRecord, or a method's MethodRecord
+
+
+def diverged(record: _Run, model: nn.Module) -> bool:
+    """Whether a run failed numerically: its loop stopped on a non-finite loss, or it left a non-finite weight
+    (a step can blow up the weights without the loss turning NaN first). One test for `rurk run` and
+    `rurk tune`, so a setting that one of them records as failed the other never scores as a number."""
+    return record.diverged or not all(torch.isfinite(p).all() for p in model.parameters())
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 class Calibration(Protocol):
     """A stopping rule that watches the model (:class:`rurk.calibrate.Calibrator`): ``start`` sees the model

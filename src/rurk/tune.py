@@ -41,6 +41,7 @@ from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .metrics import GAP_KEYS, avg_gap
 from .methods.base import get_method, unlearn
 from .torchutil import derive_seed
+from .train import diverged
 
 #: TPE's random start-up trials before it models the objective (decision: Optuna's default is 10; 8 leaves
 #: more model-based trials in a CPU budget of ~24).
@@ -86,15 +87,13 @@ class _Objective:
         return get_method(self.method).config(self.scenario.preset, merge(self.base, params))
 
     def __call__(self, params: dict) -> tuple[float, list[float]]:
-        import torch
-
         from .experiment import evaluate
 
         cfg = self.config(params)
         gaps = []
         for prepared, refs, udata, ref in self.splits:
             model, rec = unlearn(self.method, refs.original, udata, self.seed, cfg=cfg)
-            if rec.diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
+            if diverged(rec, model):
                 raise TrialFailed(f"diverged at step {rec.diverged_step} on split seed {prepared.scenario.seeds.split}")
             gaps.append(avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref, GAP_KEYS))
         return float(sum(gaps) / len(gaps)), gaps
