@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..data.tensordata import TensorData
 from ..torchutil import derive_seed, model_device, to_layout
 from ..train import Batch, BatchStream, prepare_model, run_loop
 from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator
@@ -161,6 +162,14 @@ class _Tracker:
                     "the signature of gradient-ascent divergence (lower lr/lambda or fewer steps)")
 
 
+def forget_stream(forget: TensorData, batch_size: int, loader_seed: int, device) -> tuple[BatchStream, int]:
+    """The forget stream of the methods that step through S_f beside the retain stream (RURK, NegGrad+, RL,
+    SalUn) and the seed it was shuffled with (for the record): its own generator, seeded
+    ``derive_seed(loader_seed, "forget")``, so it never shares the retain stream's numbers."""
+    seed = derive_seed(loader_seed, "forget")
+    return BatchStream(forget, batch_size, seed, device=device), seed
+
+
 def forget_passes(steps: int, forget_batches: int) -> float:
     """How many passes over S_f a run of ``steps`` iterations made (one forget batch per step)."""
     return steps / max(forget_batches, 1)
@@ -186,8 +195,7 @@ def train_with_forget(
     device = model_device(model)
     optim = cfg.optim()
     retain = BatchStream(data.retain, cfg.batch_size, data.loader_seed, device=device)
-    forget_seed = derive_seed(data.loader_seed, "forget")
-    forget = BatchStream(data.forget, cfg.batch_size, forget_seed, device=device)
+    forget, forget_seed = forget_stream(data.forget, cfg.batch_size, data.loader_seed, device)
     watch = ("L_f", "L_adv") if perturb is not None and not getattr(perturb, "targeted", False) else ("L_f",)
     tracker = _Tracker(watch)
 

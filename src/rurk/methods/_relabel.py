@@ -32,6 +32,7 @@ from ..data.tensordata import TensorData
 from ..perturb import random_wrong_labels
 from ..torchutil import derive_seed, make_generator, model_device
 from ..train import Batch, BatchStream, prepare_model, run_loop
+from ._forget import forget_stream
 from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator
 
 LABEL_TAG = "random-labels"  # the label generator's tag (derive_seed(seed, LABEL_TAG))
@@ -100,8 +101,7 @@ def train_relabel(
         def batches(epoch: int):
             return union.epoch()
     else:
-        forget_seed = derive_seed(data.loader_seed, "forget")
-        forget = BatchStream(marked, cfg.batch_size, forget_seed, device=device)
+        forget, forget_seed = forget_stream(marked, cfg.batch_size, data.loader_seed, device)
         retain = BatchStream(data.retain, cfg.batch_size, data.loader_seed, device=device)
         per_epoch = len(forget) + len(retain)
         record.extra.update(forget_loader_seed=forget_seed, forget_steps_per_epoch=len(forget),

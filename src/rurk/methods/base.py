@@ -125,18 +125,14 @@ class FinetuneConfig:
         return CalibrationSpec(self.calib_probe, self.calib_tau, self.calib_every, self.calib_draws, self.calib_trace)
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            optimizer="sgd",
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            schedule=self.schedule,
-            cosine_t_max=self.cosine_t_max,
-            max_steps=self.max_steps,
-            clip_grad_norm=self.clip_grad_norm,
-        )
+        """The training loop's settings: SGD with this config's values of the fields it shares with
+        :class:`OptimConfig` (only FinetuneConfig's own fields, so a subclass field that happens to share a name
+        never leaks in); the rest keep OptimConfig's defaults."""
+        return OptimConfig(optimizer="sgd", **{name: getattr(self, name) for name in _OPTIM_FIELDS})
+
+
+#: the OptimConfig fields that FinetuneConfig declares (what :meth:`FinetuneConfig.optim` passes on)
+_OPTIM_FIELDS = tuple(f.name for f in fields(FinetuneConfig) if f.name in {g.name for g in fields(OptimConfig)})
 
 
 @dataclass(frozen=True)

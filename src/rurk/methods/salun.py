@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..torchutil import eval_mode, model_device
+from ..torchutil import model_device
 from ..train import BatchStream, prepare_model
+from ._grads import summed_gradients
 from ._relabel import RelabelConfig, train_relabel
 from .base import FINETUNE_SPACE, MethodRecord, Param, UnlearnData, fresh_copy, register
 
@@ -58,14 +59,8 @@ def saliency_mask(model: nn.Module, forget: TensorData, fraction: float, *, batc
     |Σ_batches ∇_θ(−CE)| over S_f, ranked globally. Computed in eval mode (mode restored); ``model`` is unchanged."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     stream = BatchStream(forget, batch_size, loader_seed, device=model_device(model))
-    with eval_mode(model):
-        for x, y in stream.epoch():
-            loss = -F.cross_entropy(model(x).float(), y)
-            for acc, g in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
-                if g is not None:
-                    acc.add_(g.float())
+    grads, _ = summed_gradients(model, params, stream, lambda out, y: -F.cross_entropy(out, y), lambda g: g)
     scores = torch.cat([g.abs().flatten() for g in grads])
     keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     k = int(fraction * scores.numel())

@@ -27,6 +27,7 @@ from torch import nn
 from ..data.tensordata import TensorData
 from ..train import BatchStream, prepare_model
 from ..torchutil import model_device
+from ._grads import summed_gradients
 from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 
 
@@ -68,27 +69,9 @@ class SynapticDampener:
         parameter (float32), with the model in eval mode; the model's mode and parameters are left as they were."""
         model = self.model
         named = list(model.named_parameters())
-        params = [p for _, p in named]
-        imp = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
         stream = BatchStream(data, self.batch_size, self.loader_seed, shuffle=self.shuffle, device=model_device(model))
-        was_training = model.training
-        flags = [p.requires_grad for p in params]
-        model.eval()
-        n_batches = 0
-        try:
-            for p in params:
-                p.requires_grad_(True)
-            for x, y in stream.epoch():
-                loss = F.cross_entropy(model(x).float(), y)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                for (n, _), g in zip(named, grads):
-                    if g is not None:
-                        imp[n].add_(g.float().square())
-                n_batches += 1
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
-            model.train(was_training)
+        sums, n_batches = summed_gradients(model, [p for _, p in named], stream, F.cross_entropy, torch.square)
+        imp = {n: v for (n, _), v in zip(named, sums)}
         for v in imp.values():
             v.div_(max(n_batches, 1))
         if name:
