@@ -167,6 +167,13 @@ def _taus_of(summary: dict) -> list[float]:
     return next((e["residual"]["taus"] for e in summary["methods"].values() if (e.get("residual") or {}).get("taus")), [])
 
 
+def shown_gap(name: str, entry: dict, k: str) -> float | None:
+    """The gap to Re-train of metric ``k`` that the tables show for row ``name``: the paired gap the summary
+    stores (``entry[k]["gap"]``, see :func:`_paired_gaps`); none for Re-train itself, whose gap is 0 by
+    definition."""
+    return None if name == "retrain" else entry[k].get("gap")
+
+
 def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     """Table-1 rows: mean ± std (|gap to Re-train|) per metric, Avg. Gap, Re-learn, then r_pooled at the key τ
     and the prevalence (with the fraction of ties k_m = k_a) at the largest τ, and wall time."""
@@ -194,7 +201,7 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
         cells = [name + (f" ({'; '.join(marks)})" if marks else "")]
         for k in PCT_KEYS:
             m, s = e[k]["mean"], e[k]["std"]
-            gap = "" if name == "retrain" or e[k].get("gap") is None else f" ({e[k]['gap']:.2f})"
+            gap = "" if (g := shown_gap(name, e, k)) is None else f" ({g:.2f})"
             cells.append(f"{_fmt(m)} ± {_fmt(s)}{gap}")
         # the gap of the seed means, ± the spread of the per-seed gaps (what a reader needs to judge a difference)
         sd = e["avg_gap_per_seed"]["std"] if len(e.get("gap_seeds", [])) > 1 and name != "retrain" else None
@@ -281,7 +288,7 @@ def numeric_table(summary: dict) -> tuple[list[str], list[list]]:
     for name, e in summary["methods"].items():
         row: list = [name, e["n_seeds"]]
         for k in PCT_KEYS:
-            row += [e[k]["mean"], e[k]["std"], None if name == "retrain" else e[k].get("gap")]
+            row += [e[k]["mean"], e[k]["std"], shown_gap(name, e, k)]
         rl = e["relearn_epochs"]
         row += [e["avg_gap"], e["avg_gap_per_seed"]["mean"], e["avg_gap_per_seed"]["std"], rl["mean"], rl["std"],
                 rl.get("censored", 0)]
