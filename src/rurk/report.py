@@ -62,52 +62,17 @@ def _kind(name: str) -> tuple[str, str]:
 
 
 def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -> dict:
-    """Aggregate per-seed results (``experiment.SeedResult``) into the summary.json structure (with the
-    per-seed values that the claims check needs)."""
-    seeds = [r.seed for r in results]
-    out = {"scenario": scenario_name, "seeds": seeds, "probe": probe, "methods": {}}
-    for name in names:
-        per_seed = [r.metrics.get(name, {}) for r in results]
-        failed = [m for m in per_seed if "retain_acc" not in m]
-        base, kind = _kind(name)
-        entry: dict = {"base": base, "kind": kind, "n_seeds": len(per_seed) - len(failed)}
-        if failed:
-            entry["failed"] = [{"seed": r.seed, **{k: v for k, v in m.items() if k != "traceback"}}
-                               for r, m in zip(results, per_seed) if "retain_acc" not in m]
-        ok = [m for m in per_seed if "retain_acc" in m]
-        for k in PCT_KEYS:
-            agg = aggregate([100.0 * m[k] for m in ok]) if ok else {"mean": None, "std": None}
-            entry[k] = {"mean": agg["mean"], "std": agg["std"],
-                        "per_seed": [100.0 * m[k] if "retain_acc" in m else None for m in per_seed]}
-        if ok and "relearn_epochs" in ok[0]:
-            agg = aggregate([m.get("relearn_epochs") for m in ok])
-            entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"]}
-        else:
-            entry["relearn_epochs"] = {"mean": None, "std": None, "censored": 0}
-        calib = [{"seed": r.seed, **{k: c[k] for k in ("target", "chosen_step", "reached_at", "forget_at_chosen")}}
-                 for r in results if (c := ((r.records.get(name) or {}).get("extra") or {}).get("calibration"))]
-        if calib:
-            entry["calibration"] = calib
-        walls = [r.records.get(name, {}).get("wall_s") for r in results]
-        walls = [w for w in walls if w is not None]
-        entry["wall_s"] = float(np.mean(walls)) if walls else None
-        audits = [r.residual.get(name) for r in results if r.residual.get(name)]
-        if name == "retrain":
-            taus = results[0].residual.get("original", {}) or {}
-            taus = [t["tau"] for t in taus.get("per_tau", [])]
-            n = len(taus)
-            entry["residual"] = {"probe": probe, "taus": taus, "r_paper": [1.0] * n, "r_pooled": [1.0] * n,
-                                 "prevalence": [0.0] * n, "ties": [1.0] * n, "disagreement": [0.0] * n,
-                                 "note": "reference: r = 1"}
-        elif audits:
-            res = {"probe": probe, "taus": [t["tau"] for t in audits[0]["per_tau"]]}
-            for f in CURVE_FIELDS:
-                res[f], res[f + "_std"] = _mean_curve(audits, f)
-            res["n_unbounded"] = _mean_curve(audits, "n_unbounded")[0]
-            res["r_pooled_per_seed"] = [[t["r_pooled"] for t in a["per_tau"]] for a in audits]
-            res["r_pooled_ci95_per_seed"] = [[(t.get("ci95") or {}).get("r_pooled") for t in a["per_tau"]] for a in audits]
-            entry["residual"] = res
-        out["methods"][name] = entry
+    """The summary.json structure: :func:`aggregate_seeds`, then the claims check on it (:mod:`rurk.claims`)."""
+    out = aggregate_seeds(scenario_name, probe, results, names)
+    out["claims"] = check_claims(out)
+    return out
+
+
+def aggregate_seeds(scenario_name: str, probe: str, results: list, names: list[str]) -> dict:
+    """Aggregate per-seed results (``experiment.SeedResult``) per row, with the per-seed values that the claims
+    check needs: metrics, then the paired gaps to Re-train (they need every row), then the degenerate marks."""
+    out = {"scenario": scenario_name, "seeds": [r.seed for r in results], "probe": probe,
+           "methods": {name: _row_entry(name, probe, results) for name in names}}
     for name, entry in out["methods"].items():
         _paired_gaps(entry, name, results)
         per_seed_gaps = [avg_gap(r.metrics[name], r.metrics["retrain"], GAP_KEYS)
@@ -115,13 +80,69 @@ def summarise(scenario_name: str, probe: str, results: list, names: list[str]) -
                          else None for r in results]
         agg = aggregate([g for g in per_seed_gaps if g is not None])
         entry["avg_gap_per_seed"] = {"mean": agg["mean"], "std": agg["std"], "values": per_seed_gaps}
-    rt = out["methods"].get("retrain", {}).get("retain_acc", {}).get("mean")
-    for name, entry in out["methods"].items():
+    _mark_degenerate(out["methods"])
+    return out
+
+
+def _row_entry(name: str, probe: str, results: list) -> dict:
+    """One row's entry: what it is, its failures, the metrics over seeds, calibration, wall time, residual curves."""
+    per_seed = [r.metrics.get(name, {}) for r in results]
+    failed = [m for m in per_seed if "retain_acc" not in m]
+    base, kind = _kind(name)
+    entry: dict = {"base": base, "kind": kind, "n_seeds": len(per_seed) - len(failed)}
+    if failed:
+        entry["failed"] = [{"seed": r.seed, **{k: v for k, v in m.items() if k != "traceback"}}
+                           for r, m in zip(results, per_seed) if "retain_acc" not in m]
+    ok = [m for m in per_seed if "retain_acc" in m]
+    for k in PCT_KEYS:
+        agg = aggregate([100.0 * m[k] for m in ok]) if ok else {"mean": None, "std": None}
+        entry[k] = {"mean": agg["mean"], "std": agg["std"],
+                    "per_seed": [100.0 * m[k] if "retain_acc" in m else None for m in per_seed]}
+    if ok and "relearn_epochs" in ok[0]:
+        agg = aggregate([m.get("relearn_epochs") for m in ok])
+        entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"]}
+    else:
+        entry["relearn_epochs"] = {"mean": None, "std": None, "censored": 0}
+    calib = [{"seed": r.seed, **{k: c[k] for k in ("target", "chosen_step", "reached_at", "forget_at_chosen")}}
+             for r in results if (c := ((r.records.get(name) or {}).get("extra") or {}).get("calibration"))]
+    if calib:
+        entry["calibration"] = calib
+    walls = [r.records.get(name, {}).get("wall_s") for r in results]
+    walls = [w for w in walls if w is not None]
+    entry["wall_s"] = float(np.mean(walls)) if walls else None
+    residual = _residual_entry(name, probe, results)
+    if residual is not None:
+        entry["residual"] = residual
+    return entry
+
+
+def _residual_entry(name: str, probe: str, results: list) -> dict | None:
+    """A row's residual-knowledge curves over seeds (mean and std per tau); Re-train is the reference (r = 1)."""
+    if name == "retrain":
+        taus = results[0].residual.get("original", {}) or {}
+        taus = [t["tau"] for t in taus.get("per_tau", [])]
+        n = len(taus)
+        return {"probe": probe, "taus": taus, "r_paper": [1.0] * n, "r_pooled": [1.0] * n,
+                "prevalence": [0.0] * n, "ties": [1.0] * n, "disagreement": [0.0] * n, "note": "reference: r = 1"}
+    audits = [r.residual.get(name) for r in results if r.residual.get(name)]
+    if not audits:
+        return None
+    res = {"probe": probe, "taus": [t["tau"] for t in audits[0]["per_tau"]]}
+    for f in CURVE_FIELDS:
+        res[f], res[f + "_std"] = _mean_curve(audits, f)
+    res["n_unbounded"] = _mean_curve(audits, "n_unbounded")[0]
+    res["r_pooled_per_seed"] = [[t["r_pooled"] for t in a["per_tau"]] for a in audits]
+    res["r_pooled_ci95_per_seed"] = [[(t.get("ci95") or {}).get("r_pooled") for t in a["per_tau"]] for a in audits]
+    return res
+
+
+def _mark_degenerate(methods: dict) -> None:
+    """Mark the rows whose retain accuracy is more than DEGENERATE_RETAIN_DROP points below Re-train's."""
+    rt = methods.get("retrain", {}).get("retain_acc", {}).get("mean")
+    for entry in methods.values():
         m = entry["retain_acc"]["mean"]
         if rt is not None and m is not None and rt - m > DEGENERATE_RETAIN_DROP:
             entry["degenerate"] = f"retain accuracy {m:.1f}% is {rt - m:.1f} points below Re-train's {rt:.1f}%"
-    out["claims"] = check_claims(out)
-    return out
 
 
 def _ok(metrics: dict, name: str) -> bool:
@@ -333,6 +354,25 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
     summary = summarise(scenario.name, probe, results, names)
     summary["run"] = run_info(scenario, spec, results, names)
     write_json(out_dir / "summary.json", summary)
+    tables = write_tables(summary, out_dir)
+    _plot_residual(summary, results, out_dir, f"{scenario.name}: residual knowledge vs Re-train ({probe} probe, ")
+    calib = calibration_rows(results, names)
+    if calib:
+        calibration_figure(calib, f"{scenario.name}: calibrated stopping (ring = kept checkpoint)").savefig(
+            out_dir / "calibration.png", dpi=110, format="png")
+    planned = {n: next(((r.records.get(n) or {}).get("extra") or {}).get("planned_steps") for r in results)
+               for n in calib}
+    text = [*_head_markdown(scenario, results, tables), *_marks_markdown(summary),
+            "## Claims check (computed from the numbers above; see `rurk.claims` for the rules)", "",
+            claims_markdown(summary["claims"]), "", *calibration_markdown(calib, planned),
+            *_residual_markdown(probe, tables), *attack_sections(results, out_dir, names, probe, scenario.name)]
+    text += _run_markdown(summary) + time_markdown(results)
+    (out_dir / "report.md").write_text("\n".join(text))
+    return summary
+
+
+def write_tables(summary: dict, out_dir: Path) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Write metrics.csv and one CSV per report table; return the report tables by name."""
     write_csv(out_dir / "metrics.csv", *numeric_table(summary))
     tables = {
         "table": main_table(summary),
@@ -345,6 +385,11 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
     }
     for name, (h, r) in tables.items():
         write_csv(out_dir / f"{name}.csv", h, r)
+    return tables
+
+
+def _plot_residual(summary: dict, results: list, out_dir: Path, title: str) -> None:
+    """residual.png: r_tau of every row but Re-train, with bootstrap bands (one seed) or ± std over seeds."""
     one = len(results) == 1
     curves = {
         n: {"taus": e["residual"]["taus"], "r_paper": e["residual"]["r_paper"], "r_pooled": e["residual"]["r_pooled"],
@@ -354,16 +399,13 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
     }
     if curves:
         bands = "one seed; bands: bootstrap 95% over forget samples" if one else f"{len(results)} seeds; bands: ± std over seeds"
-        plot_residual_curves(curves, out_dir / "residual.png",
-                             title=f"{scenario.name}: residual knowledge vs Re-train ({probe} probe, {bands})")
-    calib = calibration_rows(results, names)
-    if calib:
-        calibration_figure(calib, f"{scenario.name}: calibrated stopping (ring = kept checkpoint)").savefig(
-            out_dir / "calibration.png", dpi=110, format="png")
-    planned = {n: next(((r.records.get(n) or {}).get("extra") or {}).get("planned_steps") for r in results)
-               for n in calib}
+        plot_residual_curves(curves, out_dir / "residual.png", title=f"{title}{bands})")
+
+
+def _head_markdown(scenario, results: list, tables: dict) -> list[str]:
+    """The report's title, what its numbers mean, and the main table."""
     seeds = ", ".join(str(r.seed) for r in results)
-    text = [
+    return [
         f"# {scenario.name}: unlearning report",
         "",
         f"{scenario.description}",
@@ -374,45 +416,26 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
         "",
         markdown(*tables["table"]),
         "",
-        *_marks_markdown(summary),
-        "## Claims check (computed from the numbers above; see `rurk.claims` for the rules)",
-        "",
-        claims_markdown(summary["claims"]),
-        "",
-        *calibration_markdown(calib, planned),
-        f"## Residual knowledge ({probe} probe)",
-        "",
-        "![r_tau vs tau](residual.png)",
-        "",
-        "### r_pooled = acc_m / acc_a on perturbed forget samples (> 1: residual knowledge; < 1: over-forgetting)",
-        "",
-        markdown(*tables["r_pooled"]),
-        "",
-        "### r_paper: the paper's mean of per-sample k_m/k_a over samples Re-train recognises at least once",
-        "",
-        markdown(*tables["r_paper"]),
-        "",
-        "### Prevalence: % of forget samples with k_m > k_a",
-        "",
-        markdown(*tables["prevalence"]),
-        "",
-        "### Ties: % of forget samples with k_m = k_a (ties that break as τ grows inflate the prevalence)",
-        "",
-        markdown(*tables["ties"]),
-        "",
-        "### Unlearn accuracy on perturbed forget samples (1 − acc_m)",
-        "",
-        markdown(*tables["perturbed_unlearn"]),
-        "",
-        "### Disagreement Pr[m(x′) ≠ a(x′)]",
-        "",
-        markdown(*tables["disagreement"]),
-        "",
-        *attack_sections(results, out_dir, names, probe, scenario.name),
     ]
-    text += _run_markdown(summary) + time_markdown(results)
-    (out_dir / "report.md").write_text("\n".join(text))
-    return summary
+
+
+#: the residual-knowledge tables of report.md: (table name, heading)
+RESIDUAL_SECTIONS = (
+    ("r_pooled", "r_pooled = acc_m / acc_a on perturbed forget samples (> 1: residual knowledge; < 1: over-forgetting)"),
+    ("r_paper", "r_paper: the paper's mean of per-sample k_m/k_a over samples Re-train recognises at least once"),
+    ("prevalence", "Prevalence: % of forget samples with k_m > k_a"),
+    ("ties", "Ties: % of forget samples with k_m = k_a (ties that break as τ grows inflate the prevalence)"),
+    ("perturbed_unlearn", "Unlearn accuracy on perturbed forget samples (1 − acc_m)"),
+    ("disagreement", "Disagreement Pr[m(x′) ≠ a(x′)]"),
+)
+
+
+def _residual_markdown(probe: str, tables: dict) -> list[str]:
+    """The residual-knowledge section: the plot, then one table per field over tau."""
+    out = [f"## Residual knowledge ({probe} probe)", "", "![r_tau vs tau](residual.png)", ""]
+    for name, heading in RESIDUAL_SECTIONS:
+        out += [f"### {heading}", "", markdown(*tables[name]), ""]
+    return out
 
 
 #: report phases by the store's record kinds (SeedResult.spent)
