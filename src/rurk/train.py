@@ -235,11 +235,7 @@ def run_loop(
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = build_optimizer(params, cfg)
-    per_epoch = [steps_per_epoch] * cfg.epochs if isinstance(steps_per_epoch, int) else list(steps_per_epoch)
-    if len(per_epoch) != cfg.epochs:
-        raise ValueError(f"steps_per_epoch has {len(per_epoch)} entries for {cfg.epochs} epochs")
-    planned = sum(per_epoch)
-    total = min(planned, cfg.max_steps) if cfg.max_steps else planned
+    per_epoch, planned, total = _plan(steps_per_epoch, cfg)
     rec = LoopRecord(
         planned_steps=total,
         schedule={"kind": cfg.schedule, "horizon": cfg.cosine_t_max or planned, "max_steps": cfg.max_steps},
@@ -257,19 +253,7 @@ def run_loop(
             n_in_epoch = 0
             for batch in batches(epoch):
                 lr = lr_at(cfg, rec.steps, planned)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                with autocast_for(device, cfg.amp):
-                    out = loss_fn(model, batch)
-                loss, logs = (out if isinstance(out, tuple) else (out, {}))
-                if not torch.isfinite(loss):
-                    raise Diverged
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                logs = {"loss": loss.detach(), **{k: v.detach() for k, v in logs.items()}}
-                if cfg.clip_grad_norm is not None:
-                    logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-                opt.step()
+                logs = _step(model, batch, loss_fn, opt, params, cfg, device, lr)
                 rec.steps += 1
                 n_in_epoch += 1
                 for k, v in logs.items():
@@ -294,6 +278,35 @@ def run_loop(
         rec.calibration = calibration.finish(model)
     rec.wall_s = time.perf_counter() - t0
     return rec
+
+
+def _plan(steps_per_epoch: int | Sequence[int], cfg: OptimConfig) -> tuple[list[int], int, int]:
+    """(steps of each epoch, planned steps — the cosine horizon —, steps the loop will take at most)."""
+    per_epoch = [steps_per_epoch] * cfg.epochs if isinstance(steps_per_epoch, int) else list(steps_per_epoch)
+    if len(per_epoch) != cfg.epochs:
+        raise ValueError(f"steps_per_epoch has {len(per_epoch)} entries for {cfg.epochs} epochs")
+    planned = sum(per_epoch)
+    return per_epoch, planned, (min(planned, cfg.max_steps) if cfg.max_steps else planned)
+
+
+def _step(model: nn.Module, batch: Batch, loss_fn: LossFn, opt: torch.optim.Optimizer, params: list[nn.Parameter],
+          cfg: OptimConfig, device: torch.device, lr: float) -> dict[str, torch.Tensor]:
+    """One optimiser step at learning rate ``lr``; returns the step's logged scalars (on the device, so that no
+    host sync is added per step). A non-finite loss raises :class:`Diverged` before any weight changes."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast_for(device, cfg.amp):
+        out = loss_fn(model, batch)
+    loss, logs = (out if isinstance(out, tuple) else (out, {}))
+    if not torch.isfinite(loss):
+        raise Diverged
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    logs = {"loss": loss.detach(), **{k: v.detach() for k, v in logs.items()}}
+    if cfg.clip_grad_norm is not None:
+        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+    opt.step()
+    return logs
 
 
 def _close_epoch(rec: LoopRecord, sums: dict[str, torch.Tensor], n: int, lr: float) -> None:
