@@ -635,6 +635,86 @@ def _group_draws(pr: Probe, x_rep, y_rep, blocks: list[int], r0: int, n: int, bl
     return (None if noises[0] is None else torch.cat(noises)), (None if targets[0] is None else torch.cat(targets))
 
 
+def _craft_on(pr: Probe, spec: AuditSpec) -> str | None:
+    """The crafting model of an attack (the spec's, the probe's own, else its default; checked against what the
+    probe allows); None for a random probe."""
+    if not pr.adversarial:
+        return None
+    eff = spec.craft_on or getattr(pr, "craft_on", None) or pr.default_craft_on
+    if eff not in pr.allowed_craft_on:
+        raise ValueError(f"probe {pr.name!r} allows craft_on in {pr.allowed_craft_on}, got {eff!r}")
+    return eff
+
+
+def _wants_channels_last(channels_last: bool | None, x: torch.Tensor, models: tuple[nn.Module, ...]) -> bool:
+    """channels_last as asked, else on for 4-D inputs to a model with a Conv2d; never for other inputs."""
+    use_cl = (
+        channels_last
+        if channels_last is not None
+        else (x.dim() == 4 and any(isinstance(mod, nn.Conv2d) for mdl in models for mod in mdl.modules()))
+    )
+    return bool(use_cl and x.dim() == 4)
+
+
+class _Predictor:
+    """Predictions of the audited model m and the reference a, with the checks every prediction needs.
+
+    argmax of NaN logits is class 0, so a NaN model must never reach a count: every prediction also keeps its
+    winning logit (max gives it with the argmax), checked when a pass over the copies is done (:meth:`check`);
+    the verdict is given once at the end (:meth:`require_finite`). NaN and +inf win the max, so every row whose
+    argmax would be made up is caught (a lone -inf never wins). The reference's predictions can be served from a
+    shared :class:`ReferencePredictions` (``slot`` names them), and bf16 runs compare some chunks with fp32."""
+
+    def __init__(self, m: nn.Module, a: nn.Module, dev, amp, bf16_check, shared: ReferencePredictions | None):
+        self.m, self.a, self.amp, self.bf16_check, self.shared = m, a, amp, bf16_check, shared
+        self.tops: dict[int, list[torch.Tensor]] = {id(mdl): [] for mdl in (m, a)}
+        self.bad = {id(mdl): torch.zeros((), dtype=torch.long, device=dev) for mdl in (m, a)}
+        self.seen = {id(mdl): 0 for mdl in (m, a)}
+        self.reused = 0  # reference predictions served from ``shared`` (no forward pass)
+
+    def __call__(self, model: nn.Module, xb: torch.Tensor, ref_check: bool = False, slot=None) -> torch.Tensor:
+        shared = self.shared
+        if model is self.a and shared is not None and slot is not None:
+            if slot in shared.preds:
+                self.reused += xb.shape[0]
+            else:  # the first audit against a: compute (checked finite like any prediction) and keep
+                shared.preds[slot] = self(model, xb, ref_check)
+            return shared.preds[slot]
+        with torch.inference_mode():
+            with self.amp:
+                top, pred = _logits(model, xb).max(1)
+                self.tops[id(model)].append(top)
+            if self.bf16_check is not None and ref_check:
+                self.bf16_check.add(_logits(model, xb).argmax(1) != pred)
+        return pred
+
+    def check(self) -> None:
+        """Count the non-finite winning logits kept since the last check."""
+        for key, kept in self.tops.items():
+            if kept:
+                top = torch.cat(kept)
+                self.bad[key] += top.shape[0] - torch.isfinite(top).sum()
+                self.seen[key] += top.shape[0]
+                kept.clear()
+
+    def require_finite(self) -> None:
+        for mdl, what in ((self.m, "the unlearned model"), (self.a, "the reference (retrained) model")):
+            require_finite(what, self.bad[id(mdl)], self.seen[id(mdl)])
+
+
+def _num_classes(m: nn.Module, a: nn.Module, x: torch.Tensor, y: torch.Tensor, fmt) -> int:
+    """The number of classes both models output (they must agree, and the labels must be in range)."""
+    with torch.inference_mode():
+        out_m = _logits(m, in_format(x[:1], fmt))
+        out_a = _logits(a, in_format(x[:1], fmt))
+    num_classes = out_m.shape[1]
+    if out_a.shape[1] != num_classes:
+        raise ValueError(f"models disagree on the number of classes ({num_classes} vs {out_a.shape[1]})")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
+    return num_classes
+
+
 def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInputs, pr: Probe, spec: AuditSpec,
                   seed: int, *, batch_size: int | None = None, channels_last: bool | None = None,
                   progress: bool | None = None, reference: ReferencePredictions | None = None) -> Counts:
@@ -649,12 +729,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     n = x.shape[0]
     c, block_size, taus, bf16 = spec.draws, spec.block_size, list(spec.taus), spec.bf16
     adversarial = pr.adversarial
-    if adversarial:
-        eff = spec.craft_on or getattr(pr, "craft_on", None) or pr.default_craft_on
-        if eff not in pr.allowed_craft_on:
-            raise ValueError(f"probe {pr.name!r} allows craft_on in {pr.allowed_craft_on}, got {eff!r}")
-    else:
-        eff = None
+    eff = _craft_on(pr, spec)
     both = eff == "both"
     params = dict(pr.params)
     if adversarial:
@@ -662,12 +737,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     bs = int(batch_size) if batch_size else default_batch_size(dev, adversarial)
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    use_cl = (
-        channels_last
-        if channels_last is not None
-        else (x.dim() == 4 and any(isinstance(mod, nn.Conv2d) for mdl in (unlearned, retrained) for mod in mdl.modules()))
-    )
-    use_cl = bool(use_cl and x.dim() == 4)
+    use_cl = _wants_channels_last(channels_last, x, (unlearned, retrained))
     fmt = torch.channels_last if use_cl else torch.contiguous_format
     amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -684,7 +754,7 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
 
     pbar = None
     if progress_enabled(progress):
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when a bar is shown
 
         pbar = tqdm(total=n_blocks * n_tau, desc=f"audit {pr.name}", unit="block", leave=False)
 
@@ -696,68 +766,17 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     grad_ctx = torch.no_grad() if adversarial else torch.inference_mode()
     try:
         with eval_mode(m, a), _channels_last_weights((m, a), use_cl), grad_ctx:
-            with torch.inference_mode():
-                out_m = _logits(m, in_format(x[:1], fmt))
-                out_a = _logits(a, in_format(x[:1], fmt))
-            num_classes = out_m.shape[1]
-            if out_a.shape[1] != num_classes:
-                raise ValueError(f"models disagree on the number of classes ({num_classes} vs {out_a.shape[1]})")
-            if int(y.min()) < 0 or int(y.max()) >= num_classes:
-                raise ValueError(f"labels must be in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
-
+            num_classes = _num_classes(m, a, x, y, fmt)
             k_m = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
             k_a = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
             k_d = None if both else torch.zeros(n_tau, n, dtype=torch.long, device=dev)
             clipped = torch.zeros(n_tau, dtype=torch.long, device=dev)
             bf16_check = _BF16Check(dev) if bf16 else None
-
-            # argmax of NaN logits is class 0, so a NaN model must never reach a count: every prediction also keeps
-            # its winning logit (max gives it with the argmax), checked when a pass over the copies is done; the
-            # counts are read once at the end. NaN and +inf win the max, so every row whose argmax would be made up
-            # is caught (a lone -inf never wins)
-            tops: dict[int, list[torch.Tensor]] = {id(mdl): [] for mdl in (m, a)}
-            bad = {id(mdl): torch.zeros((), dtype=torch.long, device=dev) for mdl in (m, a)}
-            seen = {id(mdl): 0 for mdl in (m, a)}
-
-            def check_tops() -> None:
-                for key, kept in tops.items():
-                    if kept:
-                        top = torch.cat(kept)
-                        bad[key] += top.shape[0] - torch.isfinite(top).sum()
-                        seen[key] += top.shape[0]
-                        kept.clear()
-
-            reused = [0]  # reference predictions served from ``shared`` (no forward pass)
-
-            def predict(model, xb, ref_check: bool = False, slot=None):
-                if model is a and shared is not None and slot is not None:
-                    if slot in shared.preds:
-                        reused[0] += xb.shape[0]
-                    else:  # the first audit against a: compute (checked finite like any prediction) and keep
-                        shared.preds[slot] = predict(model, xb, ref_check)
-                    return shared.preds[slot]
-                with torch.inference_mode():
-                    with amp:
-                        top, pred = _logits(model, xb).max(1)
-                        tops[id(model)].append(top)
-                    if bf16_check is not None and ref_check:
-                        bf16_check.add(_logits(model, xb).argmax(1) != pred)
-                return pred
+            predict = _Predictor(m, a, dev, amp, bf16_check, shared)
             # -- tau = 0 shortcut: every copy is x --------------------------------------------
             if zero_t:
-                pm0 = torch.empty(n, dtype=torch.long, device=dev)
-                pa0 = torch.empty(n, dtype=torch.long, device=dev)
-                for s, e in _chunks(n, bs):
-                    xb = in_format(x[s:e], fmt)
-                    pm0[s:e] = predict(m, xb)
-                    pa0[s:e] = predict(a, xb, slot=("tau0", s))
-                check_tops()
+                _count_tau0(predict, x, y, zero_t, c, bs, fmt, (k_m, k_a, k_d))
                 fwd += 2 * n
-                for t in zero_t:
-                    k_m[t] = c * (pm0 == y)
-                    k_a[t] = c * (pa0 == y)
-                    if k_d is not None:
-                        k_d[t] = c * (pm0 != pa0)
                 if pbar is not None:
                     pbar.update(n_blocks * len(zero_t))
 
@@ -770,37 +789,21 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                 noise = None if noise is None else in_format(noise, fmt)
                 x_rep = in_format(x_rep, fmt)
                 N = x_rep.shape[0]
-                bounds = _chunks(N, bs)
                 for t in work_t:
-                    tau = taus[t]
-                    hm = torch.empty(N, dtype=torch.bool, device=dev)
-                    ha = torch.empty(N, dtype=torch.bool, device=dev)
-                    hd = None if both else torch.empty(N, dtype=torch.bool, device=dev)
-                    for ci, (s, e) in enumerate(bounds):
-                        ys = y_rep[s:e]
-                        check = bf16 and gi == 0 and ci == 0
-                        xm, xa = _perturbed_chunk(pr, m, a, x_rep[s:e], ys, tau, noise, target, s, e, eff, clipped, t)
-                        pm = predict(m, xm, check)
-                        pa = predict(a, xa, check, slot=(t, gi, ci))
-                        hm[s:e] = pm == ys
-                        ha[s:e] = pa == ys
-                        if hd is not None:
-                            hd[s:e] = pm != pa
-                    check_tops()
-                    k_m[t, r0:r1] = hm.view(-1, c).sum(1)
-                    k_a[t, r0:r1] = ha.view(-1, c).sum(1)
-                    if k_d is not None:
-                        k_d[t, r0:r1] = hd.view(-1, c).sum(1)
+                    hits = _group_hits(predict, pr, x_rep, y_rep, noise, target, taus[t], t, gi, bs, eff,
+                                       bf16 and gi == 0, clipped)
+                    for k, h in zip((k_m, k_a, k_d), hits):
+                        if k is not None:
+                            k[t, r0:r1] = h.view(-1, c).sum(1)
                     fwd += 2 * N
-                    if adversarial and tau > 0:
+                    if adversarial and taus[t] > 0:
                         fwd += crafts * steps * N
                         bwd += crafts * steps * N
                     if pbar is not None:
                         pbar.update(len(blocks))
 
-            fwd -= reused[0]
-            for mdl, what in ((m, "the unlearned model"), (a, "the reference (retrained) model")):
-                require_finite(what, bad[id(mdl)], seen[id(mdl)])
+            fwd -= predict.reused
+            predict.require_finite()
             km_np = k_m.cpu().numpy()
             ka_np = k_a.cpu().numpy()
             kd_np = None if k_d is None else k_d.cpu().numpy()
@@ -810,6 +813,48 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
             pbar.close()
     return Counts(km_np, ka_np, kd_np, clipped_np, eff, params, bs, int(fwd), int(bwd),
                   bf16_check.fraction() if bf16_check is not None else None)
+
+
+def _count_tau0(predict: _Predictor, x, y, zero_t: list[int], c: int, bs: int, fmt, k) -> None:
+    """The tau = 0 shortcut: every copy is x, so one prediction per sample and model gives k = c * 1[pred = y]
+    (and c * 1[pred_m != pred_a]) at every tau of ``zero_t``."""
+    n, dev = x.shape[0], x.device
+    k_m, k_a, k_d = k
+    pm0 = torch.empty(n, dtype=torch.long, device=dev)
+    pa0 = torch.empty(n, dtype=torch.long, device=dev)
+    for s, e in _chunks(n, bs):
+        xb = in_format(x[s:e], fmt)
+        pm0[s:e] = predict(predict.m, xb)
+        pa0[s:e] = predict(predict.a, xb, slot=("tau0", s))
+    predict.check()
+    for t in zero_t:
+        k_m[t] = c * (pm0 == y)
+        k_a[t] = c * (pa0 == y)
+        if k_d is not None:
+            k_d[t] = c * (pm0 != pa0)
+
+
+def _group_hits(predict: _Predictor, pr: Probe, x_rep, y_rep, noise, target, tau: float, t: int, gi: int, bs: int,
+                eff: str | None, check_first: bool, clipped: torch.Tensor):
+    """Per copy of one group of blocks at one tau: whether m and a label it correctly and whether they disagree
+    (None when each model is attacked on its own copies); ``check_first``: compare the first chunk with fp32."""
+    N, dev = x_rep.shape[0], x_rep.device
+    m, a = predict.m, predict.a
+    hm = torch.empty(N, dtype=torch.bool, device=dev)
+    ha = torch.empty(N, dtype=torch.bool, device=dev)
+    hd = None if eff == "both" else torch.empty(N, dtype=torch.bool, device=dev)
+    for ci, (s, e) in enumerate(_chunks(N, bs)):
+        ys = y_rep[s:e]
+        check = check_first and ci == 0
+        xm, xa = _perturbed_chunk(pr, m, a, x_rep[s:e], ys, tau, noise, target, s, e, eff, clipped, t)
+        pm = predict(m, xm, check)
+        pa = predict(a, xa, check, slot=(t, gi, ci))
+        hm[s:e] = pm == ys
+        ha[s:e] = pa == ys
+        if hd is not None:
+            hd[s:e] = pm != pa
+    predict.check()
+    return hm, ha, hd
 
 
 class _BF16Check:
@@ -921,6 +966,12 @@ def residual_knowledge(
                            channels_last=channels_last, progress=progress, reference=reference)
     bseed = int(seed if spec.bootstrap_seed is None else spec.bootstrap_seed)
     per_tau = tau_statistics(counts, spec, int(np.prod(inputs.x.shape[1:])), bseed)
+    return _audit_result(pr, spec, inputs, counts, per_tau, seed, bseed, time.perf_counter() - t_start)
+
+
+def _audit_result(pr: Probe, spec: AuditSpec, inputs: AuditInputs, counts: Counts, per_tau: list[TauStats],
+                  seed: int, bseed: int, seconds: float) -> AuditResult:
+    """The :class:`AuditResult` of one audit from its parts (the notes say how far bf16 changed predictions)."""
     notes = list(pr.notes)
     if spec.bf16:
         frac = counts.bf16_mismatch
@@ -944,7 +995,7 @@ def residual_knowledge(
         batch_size=counts.batch_size,
         device=str(inputs.device),
         bf16=spec.bf16,
-        timing=Timing(seconds=time.perf_counter() - t_start, forward_passes=counts.forward_passes,
+        timing=Timing(seconds=seconds, forward_passes=counts.forward_passes,
                       backward_passes=counts.backward_passes),
         notes=notes,
         bf16_mismatch=counts.bf16_mismatch if spec.bf16 else None,
