@@ -515,8 +515,8 @@ def _raise_on_failures(summary: dict) -> None:
     raise CellFailed(f"{len(failures)} cell{'s' * (len(failures) > 1)} failed")
 
 
-#: The demo's perturbed copies per sample: 32 instead of the paper's 100 keeps 13 audits x 8 taus within
-#: the 3-minute CPU budget (decision); `rurk run fmnist5` uses 100.
+#: The demo's perturbed copies per sample: 32 instead of the paper's 100 keeps 18 audits x 8 taus x 3 seeds within
+#: a first look's budget on a 2-core CPU (decision); `rurk run fmnist5` uses 100.
 DEMO_DRAWS = 32
 
 
@@ -559,9 +559,10 @@ def cmd_tune(args) -> None:
     from .tune import tune
 
     scenario = _scenario(args)
+    jobs, args.jobs = args.jobs, 1  # tune's --jobs is trials at once (its own processes, or Ray tasks): not run's pool
     executor = _executor(args)
     path = tune(scenario, args.methods, args.out, trials=args.trials,
-                timeout=args.timeout, jobs=args.jobs, seed=args.seed, split_seeds=args.split_seeds,
+                timeout=args.timeout, jobs=jobs, seed=args.seed, split_seeds=args.split_seeds, prune=args.prune,
                 sampler_seed=args.sampler_seed, write=args.write, device=args.device, executor=executor)
     print(f"wrote {path}")
 
@@ -863,18 +864,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
     c.set_defaults(fn=cmd_demo, seed=None)
 
-    c = scenario_cmd("tune", "search methods' hyperparameters (Optuna TPE) by the mean Avg. Gap over two tuning "
-                             "forget sets; resumable (the study lives in OUT/tune.db)", cmd_tune)
+    c = scenario_cmd("tune", "search methods' hyperparameters (Optuna TPE) by the mean Avg. Gap over three tuning "
+                             "forget sets, pruning a trial bad on the first; resumable (the study lives in "
+                             "OUT/tune.db)", cmd_tune)
     c.add_argument("--methods", "--method", dest="methods", required=True,
                    help="methods to tune, comma-separated, or all (every method with a search space)")
     _action(c, "seed").help = (f"the tuning run seed, never one of the scenario's run seeds [default: "
                                f"{DEFAULT_TUNING_SEED}]")
     c.add_argument("--trials", type=int, default=24, help="finished trials per method the study should hold [default: 24]")
     c.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds per method")
-    c.add_argument("--jobs", type=int, default=1,
-                   help="trials evaluated at once (threads; with --executor ray, Ray tasks) [default: 1]")
-    c.add_argument("--split-seeds", default="1,2",
-                   help="split seeds of the tuning forget sets, never the scenario's [default: 1,2]")
+    c.add_argument("--jobs", type=int, default=None,
+                   help="trials evaluated at once (worker processes of one torch thread each; with --executor ray, "
+                        "Ray tasks) [default: the CPUs this process may use]")
+    c.add_argument("--no-prune", dest="prune", action="store_false",
+                   help="run every trial on every tuning forget set (default: stop a trial whose gap on the first "
+                        "one is worse than the median of earlier trials there)")
+    c.add_argument("--split-seeds", default="1,2,3",
+                   help="split seeds of the tuning forget sets, never the scenario's [default: 1,2,3]")
     c.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler [default: 0]")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     _executor_args(c)

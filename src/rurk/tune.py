@@ -8,8 +8,17 @@ region is often a few optimiser steps wide (spec: baselines.md §0 "Tuning"). So
   epochs, λ_f, λ_a and its training τ independently);
 - a seeded TPE sampler (Optuna) searches it; trial *k* is asked with a sampler seeded from
   ``(sampler_seed, k)``, so the same seed gives the same trials, also across an interrupted and resumed run;
-- the objective is the **mean Avg. Gap over two tuning forget sets** (split seeds never reported, default 1
-  and 2) at a tuning run seed that is not reported (default 1), so one lucky forget set does not decide;
+- the objective is the **mean Avg. Gap over three tuning forget sets** (split seeds never reported, default
+  1, 2 and 3) at a tuning run seed that is not reported (default 1), so one lucky forget set does not decide;
+- a trial whose gap on the first tuning forget set is worse than the median of earlier trials' there is
+  pruned (Optuna's MedianPruner on that intermediate value, recorded as PRUNED with its one gap): a setting
+  that is bad on one forget set is not worth two more;
+- trials run side by side (``jobs``, default the CPUs this process may use) in worker processes of one torch
+  thread each: on a small CPU they beat threads of one process (torch's intra-op threads idle at every small
+  op and Python's lock serialises the rest; :mod:`rurk.pool_exec` measured the same for `rurk run`); the
+  study itself (ask, tell, the SQLite storage) stays in this process, so it is as consistent and
+  interrupt-safe as a serial run. Each worker loads the tuning forget sets and their references from the
+  store once, and Re-train's metrics per forget set are computed once, here;
 - a trial that fails or diverges is recorded as failed with its reason and never stops the study;
 - the study lives in the run store (``OUT/tune.db``, Optuna's SQLite storage): killing `rurk tune` and
   starting it again continues it — a trial cut off by the interrupt, at any moment, is re-run with its own
@@ -28,6 +37,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -46,7 +56,10 @@ from .train import diverged
 #: TPE's random start-up trials before it models the objective (decision: Optuna's default is 10; 8 leaves
 #: more model-based trials in a CPU budget of ~24).
 N_STARTUP_TRIALS = 8
-DEFAULT_SPLIT_SEEDS = (1, 2)
+#: complete trials the pruner waits for before it prunes (decision: fewer would set the bar on noise; more would
+#: leave most of a 12-24 trial budget unpruned; 4 lets half of TPE's random start-up trials be pruned)
+PRUNER_STARTUP_TRIALS = 4
+DEFAULT_SPLIT_SEEDS = (1, 2, 3)
 DEFAULT_TUNING_SEED = 1
 
 
@@ -63,22 +76,49 @@ def _optuna():
     return optuna
 
 
-def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_seeds, sampler_seed: int) -> str:
+def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_seeds, sampler_seed: int,
+               prune: bool = True) -> str:
     """The study's name: method plus a hash of everything a trial's score depends on (scenario data, model,
-    recipes, the method's base config and space, seeds). A changed setting starts a new study."""
+    recipes, the method's base config and space, seeds) and of the pruning (which decides what the sampler
+    learns from). A changed setting starts a new study."""
     spec = get_method(method)
-    # the re-learn metric is not part of the objective (trials skip it), so its settings stay out of the identity
+    # trials neither compute the re-learn metric nor audit, so those settings stay out of the identity (adding
+    # an audit field must not orphan a study)
     ident = {"scenario": {k: v for k, v in to_dict(scenario).items()
-                          if k not in ("methods", "tuned", "description", "relearn")},
+                          if k not in ("methods", "tuned", "description", "relearn", "audit")},
              "method": method, "base": base, "space": {k: p.to_json() for k, p in spec.space.items()},
              "seed": seed, "split_seeds": list(split_seeds), "sampler_seed": sampler_seed,
              "n_startup": N_STARTUP_TRIALS}
+    ident["pruner"] = _pruner_name() if prune else None
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{scenario.name}/{method}/{digest}"
 
 
+def _pruner_name() -> str:
+    return f"MedianPruner(n_startup_trials={PRUNER_STARTUP_TRIALS}) on the first tuning forget set's gap"
+
+
+def _pruner(optuna, prune: bool):
+    """The study's pruner: prune at step 0 (the first forget set) against the median of earlier trials there."""
+    if not prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
+
+
+def _mean_over_splits(gap, n: int, params: dict, report=None) -> tuple[float, list[float]]:
+    """Mean of ``gap(params, i)`` over the ``n`` tuning forget sets, in order; ``report(gap_0)`` after the first
+    (it raises ``optuna.TrialPruned`` to stop a trial that is already bad there)."""
+    gaps = []
+    for i in range(n):
+        gaps.append(gap(params, i))
+        if i == 0 and n > 1 and report is not None:
+            report(gaps[0])
+    return float(sum(gaps) / len(gaps)), gaps
+
+
 class _Objective:
-    """Mean Avg. Gap of one setting over the tuning forget sets (references trained once, from the store)."""
+    """Mean Avg. Gap of one setting over the tuning forget sets (references trained once, from the store).
+    ``splits``: (prepared, references, unlearning data, Re-train's metrics) per tuning forget set."""
 
     def __init__(self, scenario: Scenario, method: str, base: dict, seed: int, splits: list):
         self.scenario, self.method, self.base, self.seed, self.splits = scenario, method, base, seed, splits
@@ -86,17 +126,103 @@ class _Objective:
     def config(self, params: dict):
         return get_method(self.method).config(self.scenario.preset, merge(self.base, params))
 
-    def __call__(self, params: dict) -> tuple[float, list[float]]:
+    def gap(self, params: dict, i: int) -> float:
+        """Avg. Gap to Re-train of ``params`` on tuning forget set ``i``."""
         from .experiment import evaluate
 
-        cfg = self.config(params)
-        gaps = []
-        for prepared, refs, udata, ref in self.splits:
-            model, rec = unlearn(self.method, refs.original, udata, self.seed, cfg=cfg)
-            if diverged(rec, model):
-                raise TrialFailed(f"diverged at step {rec.diverged_step} on split seed {prepared.scenario.seeds.split}")
-            gaps.append(avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref, GAP_KEYS))
-        return float(sum(gaps) / len(gaps)), gaps
+        prepared, refs, udata, ref = self.splits[i]
+        model, rec = unlearn(self.method, refs.original, udata, self.seed, cfg=self.config(params))
+        if diverged(rec, model):
+            raise TrialFailed(f"diverged at step {rec.diverged_step} on split seed {prepared.scenario.seeds.split}")
+        return avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref, GAP_KEYS)
+
+    def __call__(self, params: dict, report=None) -> tuple[float, list[float]]:
+        return _mean_over_splits(self.gap, len(self.splits), params, report)
+
+
+def _load_splits(scenario: Scenario, split_seeds, seed: int, store, device: str, refs_metrics=None) -> list:
+    """The tuning forget sets as :class:`_Objective` wants them. References come from the store (trained
+    there on first use); Re-train's metrics are computed unless given (``refs_metrics``: one dict per split)."""
+    from .experiment import evaluate
+    from .pipeline import prepare, reference_models
+
+    splits = []
+    for k, s in enumerate(split_seeds):
+        tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
+        prepared = prepare(tuning, store)
+        refs = reference_models(tuning, prepared, seed, store, device=device)
+        ref = refs_metrics[k] if refs_metrics is not None else evaluate(refs.retrain, prepared, seed, None,
+                                                                      relearn=False)
+        splits.append((prepared, refs, prepared.unlearn_data(refs.pretrained), ref))
+    return splits
+
+
+#: a worker process's tuning forget sets, loaded once by :func:`_worker_init`
+_WORKER: dict = {}
+
+
+def _worker_init(scenario: Scenario, split_seeds: list, seed: int, root: str, device: str, refs_metrics: list,
+                 parent: int) -> None:
+    """Start of a trial worker process: one torch thread, no progress bars, Ctrl-C left to the parent (which
+    ends the workers), the forget sets loaded once; and a watchdog so a worker whose parent was killed exits
+    instead of waiting for work forever."""
+    import signal
+
+    os.environ["RURK_PROGRESS"] = "0"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    from .store import Store
+
+    torch.set_num_threads(1)
+
+    def watchdog() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    _WORKER["scenario"], _WORKER["seed"] = scenario, seed
+    _WORKER["splits"] = _load_splits(scenario, split_seeds, seed, Store(root), device, refs_metrics)
+
+
+def _worker_gap(method: str, base: dict, params: dict, i: int) -> float:
+    return _Objective(_WORKER["scenario"], method, base, _WORKER["seed"], _WORKER["splits"]).gap(params, i)
+
+
+class _PoolObjective:
+    """:class:`_Objective` with each forget set's gap computed in a worker process (see :func:`_trial_pool`)."""
+
+    def __init__(self, objective: _Objective, pool):
+        self.objective, self.pool = objective, pool
+
+    def gap(self, params: dict, i: int) -> float:
+        o = self.objective
+        return self.pool.submit(_worker_gap, o.method, o.base, params, i).result()
+
+    def __call__(self, params: dict, report=None) -> tuple[float, list[float]]:
+        return _mean_over_splits(self.gap, len(self.objective.splits), params, report)
+
+
+@contextmanager
+def _trial_pool(jobs: int, scenario: Scenario, split_seeds: list, seed: int, store, device: str, splits: list):
+    """``jobs`` worker processes (spawned: torch's threads set before any work) that compute trials' gaps; on
+    any exit, Ctrl-C included, they are ended at once rather than after their current trial."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(scenario, split_seeds, seed, str(store.root), device,
+                                         [ref for *_, ref in splits], os.getpid()))
+    try:
+        yield pool
+    finally:
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public way to stop a running task
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
 
 
 def _alive(pid: int) -> bool:
@@ -129,21 +255,42 @@ def _counted(trial) -> bool:
 
 
 def run_study(objective, space: dict, storage: str, name: str, *, trials: int, timeout: float | None = None,
-              jobs: int = 1, sampler_seed: int = 0, log=print):
+              jobs: int = 1, sampler_seed: int = 0, prune: bool = False, log=print):
     """Run (or continue) the study until it holds ``trials`` finished trials or ``timeout`` seconds passed.
-    ``objective(params) -> (value, per-split values)``; exceptions make a failed trial. Returns the study."""
+    ``objective(params) -> (value, per-split values)``; exceptions make a failed trial. With ``prune`` it is
+    called as ``objective(params, report)`` and must call ``report(first split's value)`` after its first split:
+    a trial worse there than the median of earlier trials is stopped and recorded PRUNED with that one value.
+    ``jobs`` threads ask, evaluate and tell trials at once (the objective may hand its work to processes).
+    Returns the study."""
     optuna = _optuna()
     from optuna.trial import TrialState
 
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+    pruner = _pruner(optuna, prune)
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+                                pruner=pruner)
     distributions = None
     lock = threading.Lock()
     t0 = time.monotonic()
 
     def evaluate(trial) -> None:
         params, t = dict(trial.params), time.perf_counter()
+
+        def report(first: float) -> None:
+            if not math.isfinite(first):
+                return  # left to the end, where a non-finite mean is a failed trial
+            trial.report(first, 0)  # a resumed trial's repeated report of step 0 is ignored by Optuna (same value)
+            if trial.should_prune():
+                raise optuna.TrialPruned(first)
+
         try:
-            value, per_split = objective(params)
+            value, per_split = objective(params, report) if prune else objective(params)
+        except optuna.TrialPruned as e:  # before the generic handler: a pruned trial is no failure
+            first = float(e.args[0])
+            trial.set_user_attr("gaps", [first])
+            trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
+            study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the first split's gap as its value
+            log(f"  trial {trial.number:3d} pruned (first split gap {first:6.2f}): {_fmt_params(params)}")
+            return
         except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr("interrupted", True)  # the next run finishes it with these values
             raise
@@ -196,7 +343,7 @@ def run_study(objective, space: dict, storage: str, name: str, *, trials: int, t
                 n = sum(_counted(t) for t in study.get_trials(deepcopy=False))  # = the trial's number when none was discarded
                 sampler = optuna.samplers.TPESampler(seed=derive_seed(sampler_seed, "tpe", n) % 2**32,
                                                      n_startup_trials=N_STARTUP_TRIALS)
-                s = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+                s = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
                 if distributions is None:
                     distributions = {k: _distribution(optuna, p) for k, p in space.items()}
                 trial = s.ask(distributions)
@@ -238,8 +385,10 @@ def _fmt_params(params: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds, preset: str, wall_s: float) -> dict:
-    """Everything needed to audit the choice: sampler and seed, spaces, every trial, best trial, importances."""
+def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds, preset: str, wall_s: float,
+               prune: bool = False) -> dict:
+    """Everything needed to audit the choice: sampler and seed, pruner, spaces, every trial (a pruned one with its
+    first forget set's gap), the best trial with its gap per tuning forget set, importances."""
     optuna = _optuna()
     from optuna.trial import TrialState
 
@@ -251,37 +400,46 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
                      "seconds": t.user_attrs.get("seconds")})
     complete = [r for r in rows if r["avg_gap"] is not None]
     best = min(complete, key=lambda r: (r["avg_gap"], r["number"])) if complete else None
+    if best is not None and best["gaps"] is not None:  # keyed by split seed: the README compares these per method
+        best = {**best, "split_gaps": {str(s): g for s, g in zip(split_seeds, best["gaps"])}}
     try:
         importances = {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
     except Exception as e:  # too few complete trials, or a constant parameter
         importances = {"unavailable": f"{type(e).__name__}: {e}"[:200]}
     return {"optimizer": f"optuna {optuna.__version__} TPESampler", "sampler_seed": sampler_seed,
             "n_startup_trials": N_STARTUP_TRIALS, "study": study.study_name,
+            "pruner": _pruner_name() if prune else None,
             "space": {k: p.to_json() for k, p in space.items()},
             "objective": "mean Avg. Gap to Re-train over the tuning forget sets", "tuning_seed": seed,
             "split_seeds": list(split_seeds), "preset": preset, "trials": len(rows),
-            "failed": sum(r["state"] == "FAIL" for r in rows), "wall_s": round(wall_s, 1),
-            "best": best, "importances": importances, "all_trials": rows}
+            "failed": sum(r["state"] == "FAIL" for r in rows), "pruned": sum(r["state"] == "PRUNED" for r in rows),
+            "wall_s": round(wall_s, 1), "best": best, "importances": importances, "all_trials": rows}
 
 
 def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int = 24, timeout: float | None = None,
-         jobs: int = 1, seed: int | None = None, split_seeds=DEFAULT_SPLIT_SEEDS, sampler_seed: int = 0,
-         write: str | Path | None = None, device: str = "auto", log=print, executor=None) -> Path:
+         jobs: int | None = None, seed: int | None = None, split_seeds=DEFAULT_SPLIT_SEEDS, sampler_seed: int = 0,
+         prune: bool = True, write: str | Path | None = None, device: str = "auto", log=print,
+         executor=None) -> Path:
     """Tune each method in ``methods`` ("all" = every method with a search space) and write the TOML.
 
-    ``executor`` (None = local threads) is a :class:`rurk.ray_exec.RayExecutor`: the tuning references are
+    ``jobs`` trials run at once (None: the CPUs this process may use); locally each in a worker process of one
+    torch thread (``jobs`` = 1: in this process). ``prune`` stops a trial whose first forget set's gap is worse
+    than the median there (see :func:`run_study`).
+
+    ``executor`` (None = local) is a :class:`rurk.ray_exec.RayExecutor`: the tuning references are
     trained as Ray tasks and each trial is one Ray task (``jobs`` of them at once); trials are still asked and
     told here, under the same lock and with the same per-trial seeded sampler, so the study and its provenance
-    are those of the local path."""
+    are those of the local path. A Ray trial runs every forget set in one task, so it is never pruned."""
     from contextlib import nullcontext
 
-    from .experiment import evaluate
     from .methods import load_all
-    from .pipeline import prepare, reference_models
     from .store import Store
+    from .threads import available_cpus
 
     seed = DEFAULT_TUNING_SEED if seed is None else int(seed)
     split_seeds = [int(s) for s in split_seeds]
+    if jobs is None:
+        jobs = available_cpus()
     if trials < 1:
         raise ConfigError(f"--trials = {trials}: expected an integer >= 1")
     if jobs < 1:
@@ -301,46 +459,54 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
     for m in methods:
         if not get_method(m).space:
             raise ConfigError(f"method = {m!r}: declares no search space")
+    prune = prune and executor is None
     session = executor.session() if executor is not None else nullcontext()
     with session:  # one Ray session for the references and every method's trials
         store = Store(out)
-        splits = []
-        for s in split_seeds:
-            tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
-            prepared = prepare(tuning, store)
-            here = device
-            if executor is not None:  # the references as Ray tasks; the driver then only loads them (on its CPU)
-                from .experiment import RunOptions
+        here = device
+        if executor is not None:  # the references as Ray tasks; the driver then only loads them (on its CPU)
+            from .experiment import RunOptions
+            from .pipeline import prepare
 
-                executor.fill(tuning, RunOptions(device=device), store, prepared, [seed], [], None,
+            for s in split_seeds:
+                tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
+                executor.fill(tuning, RunOptions(device=device), store, prepare(tuning, store), [seed], [], None,
                               Path(out) / tuning.name, log=log, references_only=True)
-                here = "cpu"
-            refs = reference_models(tuning, prepared, seed, store, device=here)
-            ref = evaluate(refs.retrain, prepared, seed, None, relearn=False)
-            splits.append((prepared, refs, prepared.unlearn_data(refs.pretrained), ref))
+            here = "cpu"
+        splits = _load_splits(scenario, split_seeds, seed, store, here)
+        local_pool = executor is None and jobs > 1
+        pool = (_trial_pool(jobs, scenario, split_seeds, seed, store, device, splits) if local_pool
+                else nullcontext())
         storage = f"sqlite:///{(Path(out) / 'tune.db').resolve()}"
         path = Path(write) if write else Path(out) / f"tuned-{scenario.name}.toml"
         existing = _read(path) if path.exists() else {}
-        for method in methods:
-            spec = get_method(method)
-            base = scenario.methods.get(method, {})
-            name = study_name(scenario, method, base, seed, split_seeds, sampler_seed)
-            log(f"{method}: study {name} ({trials} trials, {jobs} job{'s' * (jobs > 1)})")
-            t0 = time.perf_counter()
-            objective = _Objective(scenario, method, base, seed, splits)
-            remote = executor.objective(objective, store, device=device) if executor is not None else nullcontext(objective)
-            with remote as evaluate_params:
-                study = run_study(evaluate_params, spec.space, storage, name, trials=trials, timeout=timeout, jobs=jobs,
-                                  sampler_seed=sampler_seed, log=log)
-            prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
-                              preset=scenario.preset, wall_s=time.perf_counter() - t0)
-            if prov["best"] is None:
-                log(f"{method}: every trial failed; nothing written")
-                continue
-            log(f"{method}: best trial {prov['best']['number']} avg gap {prov['best']['avg_gap']:.2f}: "
-                f"{_fmt_params(prov['best']['values'])}")
-            existing[method] = {"values": prov["best"]["values"], "provenance": prov}
-            _write(path, scenario.name, existing)
+        with pool as workers:
+            for method in methods:
+                spec = get_method(method)
+                base = scenario.methods.get(method, {})
+                name = study_name(scenario, method, base, seed, split_seeds, sampler_seed, prune)
+                how = f"{jobs} job{'s' * (jobs > 1)}" + (", pruning" if prune else "")
+                log(f"{method}: study {name} ({trials} trials, {how})")
+                t0 = time.perf_counter()
+                objective = _Objective(scenario, method, base, seed, splits)
+                if local_pool:
+                    remote = nullcontext(_PoolObjective(objective, workers))
+                elif executor is not None:
+                    remote = executor.objective(objective, store, device=device)
+                else:
+                    remote = nullcontext(objective)
+                with remote as evaluate_params:
+                    study = run_study(evaluate_params, spec.space, storage, name, trials=trials, timeout=timeout,
+                                      jobs=jobs, sampler_seed=sampler_seed, prune=prune, log=log)
+                prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
+                                  preset=scenario.preset, wall_s=time.perf_counter() - t0, prune=prune)
+                if prov["best"] is None:
+                    log(f"{method}: every trial failed; nothing written")
+                    continue
+                log(f"{method}: best trial {prov['best']['number']} avg gap {prov['best']['avg_gap']:.2f}: "
+                    f"{_fmt_params(prov['best']['values'])}")
+                existing[method] = {"values": prov["best"]["values"], "provenance": prov}
+                _write(path, scenario.name, existing)
     return path
 
 
