@@ -1,0 +1,128 @@
+"""`rurk tune` made fast (issue 21 item 3, issue 19 item 3): pruning after the first tuning forget set is done and
+recorded, parallel trials draw the values a serial run draws where that is by design, three tuning forget sets by
+default, the reported split seed refused before any work, the best trial's gap per forget set in the provenance."""
+
+import json
+import statistics
+import time
+
+import pytest
+
+import rurk.pipeline as pipeline
+from rurk.cli import build_parser, main
+from rurk.config import load_scenario, parse_overrides
+from rurk.methods.base import integer, log_uniform
+from rurk.tune import DEFAULT_SPLIT_SEEDS, N_STARTUP_TRIALS, PRUNER_STARTUP_TRIALS, run_study, tune
+
+SPACE = {"x": log_uniform(1e-3, 1.0), "k": integer(1, 5)}
+QUIET = dict(log=lambda *_: None)
+
+
+def bowl(params):
+    v = (params["x"] - 0.1) ** 2 + 0.01 * params["k"]
+    return v, [v, v, v]
+
+
+def storage(tmp_path, name="tune.db"):
+    return f"sqlite:///{tmp_path / name}"
+
+
+def test_a_trial_worse_than_the_median_on_the_first_split_is_pruned_and_recorded(tmp_path):
+    splits_run: dict[int, int] = {}  # trial's x -> forget sets evaluated
+
+    def three_splits(params, report):
+        first = (params["x"] - 0.1) ** 2 + 0.01 * params["k"]
+        splits_run[params["x"]] = 1
+        report(first)  # raises TrialPruned when the trial is already bad here
+        splits_run[params["x"]] = 3
+        return first, [first, first, first]
+
+    study = run_study(three_splits, SPACE, storage(tmp_path), "p", trials=16, sampler_seed=0, prune=True, **QUIET)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 16 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned, "no trial was pruned"
+    assert all(t.state.name == "COMPLETE" for t in trials[:PRUNER_STARTUP_TRIALS])  # the pruner's start-up
+    for t in pruned:
+        (first,) = t.user_attrs["gaps"]  # recorded with its one gap, as Optuna's value and step-0 value too
+        assert t.value == first == t.intermediate_values[0] and splits_run[t.params["x"]] == 1
+        earlier = [u.intermediate_values[0] for u in trials[:t.number] if u.state.name == "COMPLETE"]
+        assert first > statistics.median(earlier)  # worse than the median of the trials completed before it
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            assert splits_run[t.params["x"]] == 3 and len(t.user_attrs["gaps"]) == 3
+    # resuming counts a pruned trial as finished: nothing is asked again
+    assert len(run_study(three_splits, SPACE, storage(tmp_path), "p", trials=16, sampler_seed=0, prune=True,
+                         **QUIET).trials) == 16
+
+
+def test_without_pruning_the_objective_is_called_without_report(tmp_path):
+    study = run_study(bowl, SPACE, storage(tmp_path), "n", trials=6, sampler_seed=0, **QUIET)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+
+
+def slow_bowl(params):
+    time.sleep(0.02)  # long enough for the threads to overlap
+    return bowl(params)
+
+
+def values(study):
+    return {t.number: t.params for t in study.trials if t.state.name == "COMPLETE"}
+
+
+def test_parallel_trials_draw_the_serial_values_during_the_random_start_up(tmp_path):
+    """Trial k's sampler is seeded from (sampler seed, k), and TPE draws at random until N_STARTUP_TRIALS trials
+    have finished: in a parallel run trial k < N_STARTUP_TRIALS is asked with at most k finished, so those trials
+    are the serial run's, whatever the timing. Later trials differ by design: a parallel run asks them before its
+    running trials have told TPE their values (the model sees a shorter history), as in any parallel TPE."""
+    serial = run_study(slow_bowl, SPACE, storage(tmp_path), "s", trials=N_STARTUP_TRIALS, sampler_seed=5, **QUIET)
+    parallel = run_study(slow_bowl, SPACE, storage(tmp_path), "p", trials=N_STARTUP_TRIALS, jobs=4, sampler_seed=5,
+                         **QUIET)
+    assert values(parallel) == values(serial) and len(values(serial)) == N_STARTUP_TRIALS
+    more_s = run_study(slow_bowl, SPACE, storage(tmp_path), "s2", trials=12, sampler_seed=5, **QUIET)
+    more_p = run_study(slow_bowl, SPACE, storage(tmp_path), "p2", trials=12, jobs=3, sampler_seed=5, **QUIET)
+    start_up = range(N_STARTUP_TRIALS)
+    assert {n: values(more_p)[n] for n in start_up} == {n: values(more_s)[n] for n in start_up} == values(serial)
+    assert sorted(values(more_p)) == list(range(12))  # every trial once, none lost or doubled
+
+
+def test_three_tuning_forget_sets_by_default_on_the_cli_and_in_the_library():
+    assert DEFAULT_SPLIT_SEEDS == (1, 2, 3)
+    args = build_parser().parse_args(["tune", "digits5", "--method", "gd"])
+    assert args.split_seeds == "1,2,3" and args.jobs is None and args.prune is True
+    assert build_parser().parse_args(["tune", "digits5", "--method", "gd", "--no-prune"]).prune is False
+
+
+def test_split_seeds_holding_the_reported_one_are_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    def fit(*args, **kwargs):
+        raise AssertionError("a model was trained before the input was refused")
+
+    monkeypatch.setattr(pipeline, "fit", fit)
+    reported = load_scenario("digits5").seeds.split
+    capsys.readouterr()
+    assert main(["tune", "digits5", "--method", "gd", "--split-seeds", f"1,{reported}", "--out",
+                 str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rurk: error: --split-seeds = "), lines
+    assert "never reported" in lines[0] and f"reported split seed is {reported}" in lines[0]
+    assert not (tmp_path / "o" / "tune.db").exists()
+
+
+def test_digits5_tune_in_worker_processes_records_per_split_gaps(tmp_path):
+    """The real objective in two worker processes: pruned trials hold one gap, complete ones three, the best one
+    its gap per tuning forget set by split seed. (Whether one of 10 trials is pruned here depends on the draws;
+    the pruning rule itself is tested exactly above.)"""
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
+    path = tune(scenario, ["gd"], tmp_path, trials=10, seed=1, jobs=2, device="cpu", **QUIET)
+    prov = json.loads(__import__("tomllib").loads(path.read_text())["provenance"]["gd"])
+    assert prov["split_seeds"] == [1, 2, 3] and prov["pruner"].startswith("MedianPruner")
+    rows = prov["all_trials"]
+    assert len(rows) == 10 and prov["pruned"] == sum(r["state"] == "PRUNED" for r in rows)
+    assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    for r in rows:
+        assert len(r["gaps"]) == {"PRUNED": 1, "COMPLETE": 3}[r["state"]], r
+    best = prov["best"]
+    assert best["avg_gap"] == min(r["avg_gap"] for r in rows if r["avg_gap"] is not None)
+    assert list(best["split_gaps"]) == ["1", "2", "3"]
+    assert list(best["split_gaps"].values()) == best["gaps"]
+    assert best["avg_gap"] == pytest.approx(sum(best["gaps"]) / 3)
