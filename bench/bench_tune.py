@@ -1,0 +1,116 @@
+"""`rurk tune` before and after pruning and parallel trials: best value found against wall time (a benchmark).
+
+For each method (default RURK, GD and NegGrad+) on fmnist5 with a small trial budget it runs, in this order and
+as separate `rurk tune` processes on one run store (references trained once, beforehand, untimed):
+
+- ``before``: today's old behaviour — two tuning forget sets (split seeds 1,2), every trial to the end, one
+  trial at a time (``--split-seeds 1,2 --no-prune --jobs 1``);
+- ``after``: the defaults — three tuning forget sets (1,2,3), pruning after the first, ``--jobs`` = the CPUs.
+
+The two objectives average different forget sets, so the best setting of ``before`` is also scored on the three
+forget sets of ``after`` (``before@1,2,3``, in this process): that is the like-for-like quality comparison.
+Every timing is printed with the CPU model (``/proc/cpuinfo``), since numbers from another CPU differ.
+Each run starts from an empty study (this script deletes OUT/tune.db first, never the references).
+
+    nice -n 10 .venv/bin/python bench/bench_tune.py [--trials 12] [--methods rurk,gd,neggrad_plus] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+os.environ.setdefault("RURK_PROGRESS", "0")  # the re-scoring below runs in this process: no progress bars
+
+from rurk.config import load_scenario
+from rurk.store import Store
+from rurk.tune import _load_splits, _Objective, DEFAULT_TUNING_SEED
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def run_tune(scenario: str, method: str, out: Path, trials: int, flags: list[str]) -> tuple[float, str]:
+    """Wall seconds of one `rurk tune` process and the name of the study it made."""
+    storage = f"sqlite:///{out / 'tune.db'}"
+    before = set(optuna.get_all_study_names(storage)) if (out / "tune.db").exists() else set()
+    cmd = [sys.executable, "-m", "rurk.cli", "tune", scenario, "--method", method, "--trials", str(trials),
+           "--out", str(out), "--write", str(out / f"bench-{method}.toml"), "--device", "cpu", *flags]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, RURK_PROGRESS="0"))
+    wall = time.perf_counter() - t
+    (name,) = set(optuna.get_all_study_names(storage)) - before
+    return wall, name
+
+
+def trajectory(storage: str, name: str) -> tuple[list[tuple[float, float]], dict]:
+    """(seconds since the study's first trial started, best value so far) at every improvement, and counts."""
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    t0 = min(t.datetime_start for t in trials)
+    done = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.datetime_complete)
+    points, best = [], float("inf")
+    for t in done:
+        if t.value < best:
+            best = t.value
+            points.append(((t.datetime_complete - t0).total_seconds(), best))
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    best_params = min(done, key=lambda t: t.value).params if done else None
+    return points, {**counts, "params": best_params}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", default="fmnist5")
+    ap.add_argument("--methods", default="rurk,gd,neggrad_plus")
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--out", default="/tmp/rurk-bench-tune", help="run store (references are kept between runs)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    cpu = cpu_model()
+    scenario = load_scenario(args.scenario)
+    store = Store(out)
+    print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs); {args.scenario}, {args.trials} trials per run", flush=True)
+    t = time.perf_counter()
+    splits = _load_splits(scenario, [1, 2, 3], DEFAULT_TUNING_SEED, store, "cpu")  # trains what is not cached
+    print(f"references for split seeds 1,2,3 ready in {time.perf_counter() - t:.0f} s (untimed below)", flush=True)
+    (out / "tune.db").unlink(missing_ok=True)
+    storage = f"sqlite:///{out / 'tune.db'}"
+    modes = {"before": ["--split-seeds", "1,2", "--no-prune", "--jobs", "1"], "after": []}
+    rows = []
+    for method in args.methods.split(","):
+        result = {}
+        for mode, flags in modes.items():
+            wall, name = run_tune(args.scenario, method, out, args.trials, flags)
+            points, info = trajectory(storage, name)
+            result[mode] = (wall, points, info)
+            print(f"  {method:13s} {mode:6s} {wall:6.0f} s  [{cpu}]  best {points[-1][1]:.2f}  "
+                  f"complete/pruned/failed {info['COMPLETE']}/{info['PRUNED']}/{info['FAIL']}  "
+                  f"best so far (s: value) {', '.join(f'{s:.0f}: {v:.2f}' for s, v in points)}", flush=True)
+        rescored, _ = _Objective(scenario, method, scenario.methods.get(method, {}), DEFAULT_TUNING_SEED,
+                                 splits)(result["before"][2]["params"])
+        rows.append((method, result, rescored))
+
+    print(f"\n| method | CPU | before: wall s | before: best (1,2) | before best on 1,2,3 | after: wall s "
+          f"| after: best (1,2,3) | after: complete/pruned | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for method, r, rescored in rows:
+        (wb, pb, _), (wa, pa, ia) = r["before"], r["after"]
+        print(f"| {method} | {cpu} | {wb:.0f} | {pb[-1][1]:.2f} | {rescored:.2f} | {wa:.0f} | {pa[-1][1]:.2f} "
+              f"| {ia['COMPLETE']}/{ia['PRUNED']} | {wb / wa:.1f}× |")
+
+
+if __name__ == "__main__":
+    main()
