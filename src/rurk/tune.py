@@ -196,6 +196,11 @@ class _PoolObjective:
     def __init__(self, objective: _Objective, pool):
         self.objective, self.pool = objective, pool
 
+    @property
+    def splits(self) -> list:
+        """The tuning forget sets (those of the wrapped objective: the workers load the same ones)."""
+        return self.objective.splits
+
     def gap(self, params: dict, i: int) -> float:
         o = self.objective
         return self.pool.submit(_worker_gap, o.method, o.base, params, i).result()
