@@ -5,6 +5,7 @@ Prints tables; asserts nothing.
     .venv/bin/python bench/bench_demo.py                       # the demo as a user runs it (three seeds, --jobs default)
     .venv/bin/python bench/bench_demo.py --busy 1              # beside one competing busy process
     .venv/bin/python bench/bench_demo.py --args "--jobs 1"     # the same demo in one process (the slow path)
+    .venv/bin/python bench/bench_demo.py --store runs          # only the tables, from a finished demo's store
 
 "Compute seconds" add up the cells' own wall times over every worker process, so with K workers they can exceed
 the wall time up to K times; "process" is the wall time not spent in any cell (start-up, data loading, reports).
@@ -76,8 +77,9 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=0, help="competing busy processes during the run [default: 0]")
     ap.add_argument("--args", default="", help="extra arguments for `rurk demo`, e.g. \"--jobs 1\"")
     ap.add_argument("--top", type=int, default=8, help="rows to list by compute seconds [default: 8]")
+    ap.add_argument("--store", default=None, help="read a finished run's store instead of running the demo")
     a = ap.parse_args()
-    wall, out = run_demo(shlex.split(a.args), a.busy)
+    wall, out = (float("nan"), Path(a.store)) if a.store else run_demo(shlex.split(a.args), a.busy)
     per_phase, per_row, threads = spent(out)
     total = sum(per_phase.values())
     print(f"rurk demo {a.args}".strip() + f" on {cpu_model()}, {a.busy} competing process(es), cells at "
