@@ -537,7 +537,7 @@ def test_residual_curves_are_seed_means_ignoring_undefined_values():
     header, table = main_table(s)
     cells = dict(zip(header, next(r for r in table if r[0] == "gd")))
     assert cells["r_pooled τ=0.03"] == "1.100 ± 0.100" and cells["r_pooled τ=0"] == "1.000"
-    assert cells["prevalence (ties) τ=0.1"] == "60%"
+    assert cells["prevalence (ties) τ=0.1"] == "60% ± 10%"
 
 
 def test_curve_tables_transform_per_tau_values_and_skip_rows_without_the_field():
@@ -639,7 +639,7 @@ def test_main_and_numeric_tables_read_the_key_taus():
     t = {r[0].split(" (")[0]: dict(zip(header, r)) for r in rows}
     assert t["original"]["Re-learn (epochs)"] == "–" and t["retrain"]["Re-learn (epochs)"] == ">30"
     assert t["gd"]["Re-learn (epochs)"] == "2.00 ± 0.00 (1 >30)"
-    assert t["gd"]["prevalence (ties) τ=0.1"] == "60% (75%)" and t["gd"]["r_pooled τ=0.1"] == "1.200 ± 0.200"
+    assert t["gd"]["prevalence (ties) τ=0.1"] == "60% ± 10% (75%)" and t["gd"]["r_pooled τ=0.1"] == "1.200 ± 0.200"
     assert rows[2][0] == "gd (degenerate)"
     header, rows = numeric_table(s)
     n = {r[0]: dict(zip(header, r)) for r in rows}

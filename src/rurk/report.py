@@ -241,7 +241,9 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
             cells.append("–" if v is None else f"{v:.3f}" + ("" if not sd else f" ± {sd:.3f}"))
         if taus:
             p, t = (res.get("prevalence") or [None] * len(taus))[ki[-1]], (res.get("ties") or [None] * len(taus))[ki[-1]]
-            cells.append("–" if p is None else f"{100 * p:.0f}%" + ("" if t is None else f" ({100 * t:.0f}%)"))
+            sd = (res.get("prevalence_std") or [None] * len(taus))[ki[-1]]  # its seed spread, as for every cell
+            cells.append("–" if p is None else f"{100 * p:.0f}%" + ("" if not sd else f" ± {100 * sd:.0f}%")
+                         + ("" if t is None else f" ({100 * t:.0f}%)"))
         cells.append(_fmt(e["wall_s"], 1))
         rows.append(cells)
     return header, rows
