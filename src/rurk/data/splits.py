@@ -286,6 +286,26 @@ def _read_forget_file(path) -> list:
     return d
 
 
+def _calibration(source: Source, kept: list[int], cls: int, count: int, unused: dict, val_parts: list,
+                 remaining: dict, seed: int) -> np.ndarray:
+    """Step 5 of :func:`make_split`: ``count`` calibration images of class ``cls`` — unused images, else from its
+    validation hold-out, else held out of its kept training samples — removed from ``val_parts`` and
+    ``remaining`` (in place) so that the parts stay disjoint."""
+    i = kept.index(cls)
+    pool = unused.get(cls, np.zeros(0, dtype=np.int64))
+    if len(pool) < count:  # the validation hold-out of the class is never trained on either
+        pool = val_parts[i]
+    if len(pool) < count:
+        pool = remaining[cls]
+        if count >= len(pool):
+            raise ValueError(f"calib_count={count} but class {cls} ({source.classes[cls]!r}) has only "
+                             f"{len(pool)} kept training samples to hold out (and too few unused ones)")
+    calib = _pick(pool, count, _rng(seed, _CALIB, cls))
+    val_parts[i] = np.setdiff1d(val_parts[i], calib)
+    remaining[cls] = np.setdiff1d(remaining[cls], calib)
+    return calib
+
+
 def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
                train_per_class: int | None = None, test_per_class: int | None = None,
                val_fraction: float = 0.0, test_fraction: float | None = None,
@@ -387,22 +407,9 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
         val_parts.append(val_c)
         remaining[c] = np.setdiff1d(train_pool, val_c)
 
-    # ---- calibration set: unused images of the forget class, else a held-out part of its kept ones
-    calib_idx = np.zeros(0, dtype=np.int64)
-    if calib_count:
-        cls = kept[forget_class]
-        pool = unused.get(cls, np.zeros(0, dtype=np.int64))
-        if len(pool) < calib_count:  # the validation hold-out of the class is never trained on either
-            pool = val_parts[kept.index(cls)]
-        if len(pool) < calib_count:
-            pool = remaining[cls]
-            if calib_count >= len(pool):
-                raise ValueError(f"calib_count={calib_count} but class {cls} ({source.classes[cls]!r}) has only "
-                                 f"{len(pool)} kept training samples to hold out (and too few unused ones)")
-        calib_idx = _pick(pool, calib_count, _rng(seed, _CALIB, cls))
-        i = kept.index(cls)
-        val_parts[i] = np.setdiff1d(val_parts[i], calib_idx)  # the parts stay disjoint
-        remaining[cls] = np.setdiff1d(remaining[cls], calib_idx)
+    # ---- calibration set: unused images of the forget class, else its val hold-out, else a held-out part
+    calib_idx = (_calibration(source, kept, kept[forget_class], calib_count, unused, val_parts, remaining, seed)
+                 if calib_count else np.zeros(0, dtype=np.int64))
 
     # ---- forget selection
     if forget == "file":
