@@ -28,11 +28,14 @@ class Scripted(Calibrator):
 
     def __init__(self, script, target, every=1):
         tiny = TensorData(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        super().__init__(CalibrationSpec(every=every, trace=0), tiny, tiny, SEED, num_classes=2)
+        super().__init__(CalibrationSpec(every=every, trace=0, alpha=0), tiny, tiny, SEED, num_classes=2)
         self.script, self.fixed_target = script, target
 
+    def estimate_target(self, original):
+        return self.fixed_target
+
     def accuracy(self, model, name, data):
-        return self.fixed_target if name == "calib" else self.script[int(model.step)]
+        return self.script[int(model.step)]
 
 
 class Stepper(nn.Module):
@@ -86,9 +89,63 @@ def test_rule_checks_every_k_steps_only():
 
 
 def test_spec_refuses_bad_settings():
-    for kw in ({"tau": -0.1}, {"every": 0}, {"draws": 0}, {"trace": -1}):
+    for kw in ({"tau": -0.1}, {"every": 0}, {"draws": 0}, {"trace": -1}, {"alpha": -0.5}, {"alpha": float("nan")}):
         with pytest.raises(ValueError, match=f"calib_{next(iter(kw))}"):
             CalibrationSpec(**kw)
+
+
+# ---------------------------------------------------------------------------------------------- the target
+class PixelVote(nn.Module):
+    """A 'model' that predicts the class written in an image's first pixel (value k / 10 -> class k)."""
+
+    def forward(self, x):
+        return nn.functional.one_hot((x[:, 0, 0, 0] * 10).round().long(), 3).float()
+
+
+def labelled(labels: list[int], votes: list[int]) -> TensorData:
+    x = torch.zeros(len(labels), 1, 2, 2)
+    x[:, 0, 0, 0] = torch.tensor(votes, dtype=torch.float) / 10
+    return TensorData(x, torch.tensor(labels), torch.arange(len(labels)))
+
+
+def target_of(alpha: float, calib: TensorData) -> tuple[float, dict]:
+    # forget: three class-0 images, one class-1; retain: 3 of class 0 (half of 6 trained), 9 of class 1 (of 10)
+    forget = labelled([0, 0, 0, 1], [0, 0, 0, 1])
+    retain = labelled([0] * 3 + [1] * 9 + [2] * 5, [0] * 3 + [1] * 9 + [2] * 5)
+    cal = Calibrator(CalibrationSpec(tau=0.0, draws=2, trace=0, alpha=alpha), forget, calib, SEED, num_classes=3,
+                     retain=retain)
+    return cal.estimate_target(PixelVote()), cal.estimate
+
+
+# calibration set: class 0 wrong on 2 of 10 images (err 0.2), class 1 wrong on 1 of 10 (err 0.1)
+CALIB = labelled([0] * 10 + [1] * 10, [0] * 8 + [2] * 2 + [1] * 9 + [0])
+
+
+def test_target_is_originals_calibration_accuracy_weighted_by_the_forget_classes_without_correction():
+    target, est = target_of(0.0, CALIB)
+    assert target == pytest.approx(0.75 * 0.8 + 0.25 * 0.9)
+    assert est["original_calib_acc"] == pytest.approx(17 / 20) and est["kappa"] == {"0": 1.0, "1": 1.0}
+
+
+def test_target_scales_each_forget_class_error_by_the_learning_curve():
+    target, est = target_of(0.5, CALIB)
+    k0, k1 = (6 / 3) ** 0.5, (10 / 9) ** 0.5  # (n_train / n_retain)^alpha per forget class
+    assert target == pytest.approx(0.75 * (1 - k0 * 0.2) + 0.25 * (1 - k1 * 0.1))
+    assert est["kappa"] == {"0": pytest.approx(k0), "1": pytest.approx(k1)}
+    # a huge exponent: class 0's corrected error passes 1 and its share of the target is 0, never negative
+    assert target_of(8.0, CALIB)[0] == pytest.approx(0.25 * max(0.0, 1 - (10 / 9) ** 8 * 0.1))
+
+
+def test_target_falls_back_to_the_pooled_error_for_a_forget_class_without_calibration_images():
+    only_class_0 = labelled([0] * 10, [0] * 8 + [2] * 2)
+    target, _ = target_of(0.0, only_class_0)
+    assert target == pytest.approx(0.8)  # class 1 takes the pooled error 0.2
+
+
+def test_the_correction_needs_the_retain_counts():
+    tiny = labelled([0], [0])
+    with pytest.raises(ValueError, match="calib_alpha"):
+        Calibrator(CalibrationSpec(alpha=0.5), tiny, tiny, SEED, num_classes=3)
 
 
 # ---------------------------------------------------------------------------------------------- on a real run

@@ -486,16 +486,18 @@ def calibration_markdown(rows: dict[str, list[tuple[int, dict]]], planned: dict[
     checkpoint it kept (the figure shows the whole trajectories)."""
     if not rows:
         return []
-    header = ["row", "seed", "target (Original, calibration set)", "stopped at step", "kept step",
+    header = ["row", "seed", "Original on calibration set", "target", "stopped at step", "kept step",
               "forget acc at kept step", "budget (steps)"]
-    body = [[name, str(seed), f"{c['target']:.3f}",
+    body = [[name, str(seed), _fmt(c.get("original_calib_acc"), 3), f"{c['target']:.3f}",
              "not reached" if c["reached_at"] is None else str(c["reached_at"]), str(c["chosen_step"]),
              f"{c['forget_at_chosen']:.3f}", str(planned.get(name, "–"))]
             for name, seeds in rows.items() for seed, c in seeds]
     c0 = next(iter(rows.values()))[0][1]
     return ["## Calibrated stopping", "",
-            f"Target = Original's accuracy on {c0['n_calib']} held-out images of the forget class, perturbed "
-            f"(`{c0['probe']}`, τ = {c0['tau']:g}, {c0['draws']} copies each); the rule checks the forget accuracy "
+            f"Target = Re-train's expected forget accuracy, estimated from Original's accuracy on {c0['n_calib']} "
+            f"held-out images of the forget class, perturbed (`{c0['probe']}`, τ = {c0['tau']:g}, {c0['draws']} "
+            f"copies each), with each class's error scaled by (n_train / n_retain)^α, α = {c0.get('alpha', 0):g} "
+            "(Re-train saw fewer images of the class); the rule checks the forget accuracy "
             f"on perturbed copies every {c0['every']} step(s), stops at the first check at or below the target "
             "and keeps the closest check (`rurk.calibrate`).", "",
             markdown(header, body), "", "![calibrated stopping](calibration.png)", ""]
