@@ -38,6 +38,7 @@ from .perturb import Draw, Probe, block_generator, module_device
 DPI = 100
 TILE_PX = (200, 150)  # width, height of one sample's tile
 HEADER_PX = 25  # the line above each group
+TILE_TEXT_PX = 34  # the two lines above each tile's image
 TITLE_PX = 50  # the figure title
 
 
@@ -172,6 +173,19 @@ def _as_image(v: torch.Tensor) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
+def _paste(canvas: np.ndarray, img: np.ndarray, left: int, top: int, width: int, height: int) -> None:
+    """Draw ``img`` ((H, W) grey or (H, W, 3), in [0, 1]) into the box of ``canvas``, scaled up by nearest
+    neighbour as large as it fits with its aspect ratio, centred."""
+    h, w = img.shape[:2]
+    scale = min(width / w, height / h)
+    sh, sw = max(1, int(h * scale)), max(1, int(w * scale))
+    rows = np.minimum((np.arange(sh) / scale).astype(int), h - 1)
+    cols = np.minimum((np.arange(sw) / scale).astype(int), w - 1)
+    tile = img[rows][:, cols]
+    y0, x0 = top + (height - sh) // 2, left + (width - sw) // 2
+    canvas[y0:y0 + sh, x0:x0 + sw] = tile[..., None] if tile.ndim == 2 else tile
+
+
 def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Module, path,
                   a: nn.Module | None = None, *, k: int = 16, cols: int = 8, title: str | None = None,
                   num_classes: int | None = None) -> Gallery:
@@ -184,6 +198,8 @@ def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Mod
     tau = float(res.taus[t])
     shown = top + bottom
     copies = perturbed_copies(res, probe, x, y, shown, m, a, tau=tau, num_classes=num_classes)[:, 0] if shown else []
+    # one image holds every tile (an axes per tile made drawing the gallery cost more than the audit's counting)
+    canvas = np.ones((h_px, w_px, 3))
     fig = agg_figure(w_px / DPI, h_px / DPI)
     fig.text(0.5, 1 - (TITLE_PX / 2) / h_px, title or f"{res.probe} probe, tau = {tau:.4g}, c = {res.c}: clean | "
              "perturbed copy 0", ha="center", va="center", fontsize=10)
@@ -196,18 +212,19 @@ def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Mod
             r, col = divmod(g, cols)
             km, ka = int(res.k_m[t, i]), int(res.k_a[t, i])
             left, top_px = col * TILE_PX[0], y_px + r * TILE_PX[1]
-            ax = fig.add_axes([(left + 6) / w_px, 1 - (top_px + TILE_PX[1] - 4) / h_px, (TILE_PX[0] - 12) / w_px,
-                               (TILE_PX[1] - 38) / h_px])
             clean, pert = _as_image(x[i]), _as_image(copies[j])
             sep = np.ones(clean.shape[:1] + (max(1, clean.shape[1] // 16),) + clean.shape[2:])
-            ax.imshow(np.concatenate([clean, sep, pert], axis=1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _paste(canvas, np.concatenate([clean, sep, pert], axis=1), left + 6, top_px + TILE_TEXT_PX,
+                   TILE_PX[0] - 12, TILE_PX[1] - TILE_TEXT_PX - 4)
             color = "tab:red" if km > ka else "tab:blue" if km < ka else "black"
-            ax.set_title(f"#{int(res.index[i])}  y = {int(res.label[i])}\nk_m {km} / k_a {ka} of {res.c}", fontsize=7,
-                         color=color)
+            fig.text((left + TILE_PX[0] / 2) / w_px, 1 - (top_px + TILE_TEXT_PX / 2) / h_px,
+                     f"#{int(res.index[i])}  y = {int(res.label[i])}\nk_m {km} / k_a {ka} of {res.c}", fontsize=7,
+                     color=color, ha="center", va="center")
             j += 1
         y_px += n_rows * TILE_PX[1]
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
     save_png(fig, path, dpi=DPI)
     return Gallery(Path(path), tau, top, bottom, cols, rows, (w_px, h_px), heads)
 
