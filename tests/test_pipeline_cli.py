@@ -93,3 +93,22 @@ def test_cli_scenarios_lists_one_line_each(capsys):
     assert main(["scenarios"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("fmnist5 ") for line in lines) and len(lines) >= 6
+
+
+def test_normalisation_statistics_do_not_depend_on_the_thread_count():
+    """They enter the reference models' cache keys: a --jobs run's one-thread workers and its parent must agree."""
+    sc = load_scenario("fmnist5")
+    assert sc.model.mean is None  # computed from the training set
+    x = torch.rand(4000, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    old = torch.get_num_threads()
+    try:
+        stats = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            stats.append(pipeline.normalisation(sc, x))
+    finally:
+        torch.set_num_threads(old)
+    assert stats[0] == stats[1]
+    want_mean = [round(float(v), 6) for v in x.double().mean(dim=(0, 2, 3))]
+    want_std = [round(float(v), 6) for v in x.double().std(dim=(0, 2, 3))]
+    assert stats[0] == (want_mean, want_std)

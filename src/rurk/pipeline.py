@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,12 +94,19 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def normalisation(scenario: Scenario, train_x: torch.Tensor) -> tuple[list[float], list[float]]:
     """The model's in-built normalisation: the scenario's mean/std, or (decision) the per-channel
-    statistics of the scenario's training set when unset."""
+    statistics of the scenario's training set when unset.
+
+    The statistics enter every reference model's cache key, so they must not depend on how the sum was split:
+    torch's float32 reduction changes its last bits with the thread count, which once gave a ``--jobs`` run's
+    one-thread workers and its two-thread parent different keys for the same Original ("cell model … is not in
+    the store"). They are computed in float64 by numpy (one summation order) and rounded to 6 decimals."""
     m = scenario.model
     if m.mean is not None and m.std is not None:
         return list(m.mean), list(m.std)
-    dims = [0, 2, 3] if train_x.dim() == 4 else [0]
-    return train_x.mean(dims).tolist(), train_x.std(dims).clamp_min(1e-3).tolist()
+    x = train_x.detach().cpu().double().numpy()
+    x = x.transpose(1, 0, *range(2, x.ndim)).reshape(x.shape[1], -1) if x.ndim == 4 else x.T
+    mean, std = x.mean(axis=1), np.maximum(x.std(axis=1, ddof=1), 1e-3)
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
 def new_model(scenario: Scenario, num_classes: int, in_shape, mean, std, seed: int, device) -> nn.Module:
