@@ -163,3 +163,17 @@ def test_structure_must_match_exactly(change):
             if e.get("residual"):
                 e["residual"]["taus"] = [0.0, 0.05, 0.3]
     assert not compare(block(s), block(t)).ok
+
+
+def test_transfer_table_sets_each_tuned_methods_tuning_gap_beside_this_runs():
+    from rurk.readme import render_transfer
+
+    summary = {"seeds": [131, 42], "run": {"tuned": "t.toml", "split_seed": 0},
+               "methods": {"gd": {"avg_gap": 6.5}, "cr": {"avg_gap": 1.0}}}
+    tuned = {"gd": {"values": {}, "provenance": {"split_seeds": [1, 2, 3], "tuning_seed": 1,
+                                                 "best": {"avg_gap": 4.0, "gaps": [3.0, 4.0, 5.0]}}},
+             "ssd": {"values": {}, "provenance": {}}}  # tuned but not in this run
+    text = render_transfer(summary, tuned)
+    assert "split seed 0, seeds 131, 42" in text
+    assert "| gd | 1, 2, 3; 1 | 3.00 / 4.00 / 5.00 | 4.00 | 6.50 | +2.50 |" in text
+    assert "| ssd | ; – | – | – | – | – |" in text and "| cr |" not in text  # only the tuned file's methods

@@ -657,7 +657,18 @@ def cmd_readme(args) -> None:
         raise FileNotFoundError(f"{summary_path}: no summary.json (run `rurk run` or `rurk demo` first)")
     summary = json.loads(summary_path.read_text())
     _check_selection(summary, summary_path, args.rows, args.columns)
-    text = render(summary, rows=args.rows, columns=args.columns, claims=not args.no_claims)
+    if args.transfer:
+        from .readme import render_transfer
+        from .tune import read_tuned, tuned_path
+
+        if args.check:
+            raise _refuse("--check", "with --transfer", "a results block (the transfer table is not checked)")
+        tuned = summary.get("run", {}).get("tuned")
+        if not tuned:
+            raise _refuse("--transfer", str(summary_path), "a run made with a tuned file (this one used none)")
+        text = render_transfer(summary, read_tuned(tuned_path(tuned)))
+    else:
+        text = render(summary, rows=args.rows, columns=args.columns, claims=not args.no_claims)
     if args.check:
         result = compare(read_block(args.readme, args.block), text if text.endswith("\n") else text + "\n")
         print(f"{args.readme}: block {args.block!r} against {summary_path}: {result.report()}")
@@ -894,6 +905,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--columns", default=None, help="only columns whose header starts with one of these")
     c.add_argument("--png", default=None, help="also copy the run's residual.png here")
     c.add_argument("--no-claims", action="store_true", help="leave the claims check out of the block")
+    c.add_argument("--transfer", action="store_true", help="instead of the results: each tuned method's Avg. Gap on "
+                   "its tuning forget sets (the tuned file's provenance) beside its Avg. Gap in this run")
     c.add_argument("--check", action="store_true", help="only compare; exit 1 when the block differs (exactly on the machine that wrote it, else beyond "
                         "the tolerances of rurk.readme)")
     c.set_defaults(fn=cmd_readme)

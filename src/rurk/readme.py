@@ -53,6 +53,27 @@ def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] |
     return "\n".join(lines)
 
 
+def render_transfer(summary: dict, tuned: dict) -> str:
+    """How well each tuned method transfers: its Avg. Gap on the tuning forget sets (the best trial of ``rurk
+    tune``, from the tuned file's provenance) beside its Avg. Gap in this run (another forget set and other seeds).
+    ``tuned`` is :func:`rurk.tune._read`'s ``{method: {"values", "provenance"}}``."""
+    header = ["method", "tuned on (split seeds; seed)", "Avg. Gap per tuning forget set", "Avg. Gap there (mean)",
+              "Avg. Gap here", "here − there"]
+    body = []
+    for m in sorted(tuned):
+        prov, entry = tuned[m]["provenance"], summary["methods"].get(m)
+        best = prov.get("best") or {}
+        there, here = best.get("avg_gap"), (entry or {}).get("avg_gap")
+        body.append([m, f"{', '.join(map(str, prov.get('split_seeds', [])))}; {prov.get('tuning_seed', '–')}",
+                     " / ".join(f"{g:.2f}" for g in best.get("gaps") or []) or "–",
+                     "–" if there is None else f"{there:.2f}", "–" if here is None else f"{here:.2f}",
+                     "–" if None in (here, there) else f"{here - there:+.2f}"])
+    seeds = summary.get("seeds", [])
+    return "\n".join([f"Tuned file `{summary.get('run', {}).get('tuned')}` against this run: split seed "
+                      f"{summary.get('run', {}).get('split_seed', '?')}, seeds {', '.join(map(str, seeds))}.", "",
+                      markdown(header, body), ""])
+
+
 def machine_line(run: dict) -> str:
     """``Machine: CPU, N torch threads, torch V, device D.`` — what a block's numbers are bit-identical on."""
     threads = run.get("threads")

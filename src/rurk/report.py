@@ -292,7 +292,7 @@ def run_info(scenario, spec, results: list, names: list[str]) -> dict:
             "seeds": [r.seed for r in results],
             "audit": spec.key(), "original_recipe": to_dict(scenario.train), "retrain_recipe": to_dict(scenario.retrain_optim()),
             "pretrain": to_dict(scenario.pretrain) if scenario.pretrain.dataset else None, "tuned": scenario.tuned,
-            "methods": configs}
+            "split_seed": scenario.seeds.split, "methods": configs}
 
 
 def numeric_table(summary: dict) -> tuple[list[str], list[list]]:

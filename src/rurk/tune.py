@@ -484,7 +484,7 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
                 else nullcontext())
         storage = f"sqlite:///{(Path(out) / 'tune.db').resolve()}"
         path = Path(write) if write else Path(out) / f"tuned-{scenario.name}.toml"
-        existing = _read(path) if path.exists() else {}
+        existing = read_tuned(path) if path.exists() else {}
         with pool as workers:
             for method in methods:
                 spec = get_method(method)
@@ -515,7 +515,8 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
     return path
 
 
-def _read(path: Path) -> dict:
+def read_tuned(path: Path) -> dict:
+    """{method: {"values": {...}, "provenance": {...}}} of a tuned TOML file, provenance decoded."""
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     prov = raw.get("provenance", {})
@@ -573,4 +574,4 @@ def load_tuned(name: str | Path) -> dict:
     return methods
 
 
-__all__ = ["tune", "run_study", "study_name", "provenance", "load_tuned", "tuned_path", "TrialFailed"]
+__all__ = ["tune", "run_study", "study_name", "provenance", "load_tuned", "read_tuned", "tuned_path", "TrialFailed"]
