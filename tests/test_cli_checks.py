@@ -245,3 +245,26 @@ def test_version_names_rurk_and_torch(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"rurk {__version__} (torch {torch.__version__}")
+
+
+def test_demo_is_fmnist5_on_three_seeds_with_its_own_copies_and_tau_grid(tmp_path, monkeypatch):
+    import rurk.experiment as experiment
+    from rurk.cli import DEMO_DRAWS, DEMO_TAUS
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def run_experiment(scenario, opts, out, **kw):
+        seen.update(scenario=scenario.name, opts=opts, executor=kw.get("executor"))
+        raise Stop
+
+    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    with pytest.raises(Stop):
+        main(["demo", "--out", str(tmp_path), "--quiet"])
+    opts = seen["opts"]
+    assert seen["scenario"] == "fmnist5" and opts.seeds == [131, 42, 7] and not opts.attacks
+    assert opts.draws == DEMO_DRAWS == 32 and opts.taus == DEMO_TAUS
+    # the three τ every table and claim reads are in the grid
+    assert {0.0, 0.03, max(load_scenario("fmnist5").audit.taus)} <= set(DEMO_TAUS)
