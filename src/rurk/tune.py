@@ -48,7 +48,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .config import ConfigError, Scenario, from_dict, merge, to_dict
-from .metrics import GAP_KEYS, avg_gap
+from .metrics import avg_gap
 from .methods.base import get_method, unlearn
 from .torchutil import derive_seed
 from .train import diverged
@@ -134,7 +134,7 @@ class _Objective:
         model, rec = unlearn(self.method, refs.original, udata, self.seed, cfg=self.config(params))
         if diverged(rec, model):
             raise TrialFailed(f"diverged at step {rec.diverged_step} on split seed {prepared.scenario.seeds.split}")
-        return avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref, GAP_KEYS)
+        return avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref)  # Avg. Gap over the declared keys
 
     def __call__(self, params: dict, report=None) -> tuple[float, list[float]]:
         return _mean_over_splits(self.gap, len(self.splits), params, report)
