@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .metric_specs import RETAIN, TEST
+
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 #: The verdict of every claim of a one-seed report.
 ONE_SEED = "inconclusive (one seed)"
@@ -137,7 +139,7 @@ def check_claims(summary: dict, tau: float = PAPER_TAU) -> list[dict]:
         claim("rurk_r_near_1", text, INCONCLUSIVE, "rurk (or Re-train) has no result")
     else:
         iv = _r_interval(methods["rurk"], i)
-        dr, dt = (_paired(methods["rurk"], methods["retrain"], k) for k in ("retain_acc", "test_acc"))
+        dr, dt = (_paired(methods["rurk"], methods["retrain"], k) for k in (RETAIN.key, TEST.key))
         v = both(within(iv, R_TOL, center=1.0), within(dr, ACC_TOL), within(dt, ACC_TOL))
         claim("rurk_r_near_1", text, v, f"r_pooled at {where} = {_fmt(iv)}; retain − Re-train = "
               f"{_fmt(dr, 2, ' pt')}; test − Re-train = {_fmt(dt, 2, ' pt')} ({how})")

@@ -23,6 +23,7 @@ from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .dryrun import ProbeStore
 from .methods import load_all
 from .methods.base import FinetuneConfig, MethodRecord, get_method, parse_variant, unlearn
+from .metric_specs import PCT_METRICS, cell_failure, failed_cell
 from .report import REFERENCE_ROWS, write_report
 from .pipeline import Prepared, References, load_run_model, prepare, reference_models
 from .gallery import write_per_sample
@@ -123,7 +124,7 @@ def audit(model: nn.Module, retrain: nn.Module, prepared: Prepared, seed: int, s
 @dataclass
 class SeedResult:
     seed: int
-    metrics: dict[str, dict]  # method -> evaluate() output (or {"error"/"diverged"})
+    metrics: dict[str, dict]  # method -> evaluate() output, or a failed cell ({"error"/"diverged"}: cell_failure)
     residual: dict[str, dict]  # method -> audit JSON summary
     records: dict[str, dict]  # method -> MethodRecord JSON (wall time etc.)
     relearn_curves: dict[str, dict] = field(default_factory=dict)  # row -> attacks.relearn_curve() JSON
@@ -164,8 +165,8 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
         metrics[name], residual[name], curves = _scored(name, model, cell, scenario, prepared, refs, seed, store, opts,
                                                         spec, original_loss, seed_dir, cells, reference=shared)
         spent += [{"row": name, **c} for c in cells]
-        if "error" in metrics[name]:  # NaN/inf logits: the row is marked failed with the reason, never a number
-            log(f"  seed {seed} {name}: FAILED: {metrics[name]['error']}")
+        if why := cell_failure(metrics[name]):  # NaN/inf logits: the row is marked failed with the reason
+            log(f"  seed {seed} {name}: FAILED: {why}")
             continue
         if opts.attacks:
             relearn_curves[name], robust[name] = curves
@@ -185,13 +186,13 @@ def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepare
                       lambda: evaluate(model, prepared, seed, original_loss, relearn=opts.relearn
                                        and name != "original", mia_max_per_side=opts.mia_max_per_side),
                       scenario, seed, spent)
-    if "error" in metrics:
+    if cell_failure(metrics):
         return metrics, None, None
     curves = (attack_cells(model, cell, scenario, prepared, seed, store, robust=opts.robust, spent=spent)
               if opts.attacks else None)
-    failed = next((c for c in curves or () if c and "error" in c), None)
+    failed = next((why for c in curves or () if c and (why := cell_failure(c))), None)
     if failed:
-        return {"error": failed["error"]}, None, None
+        return failed_cell(failed), None, None
     if name == "retrain":
         return metrics, None, curves  # a against itself: r = 1 at every tau by definition (tested in the audit)
 
@@ -205,8 +206,8 @@ def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepare
         return res.to_json(scenario=scenario.name, seed=seed, method=name, reference=f"retrain@{seed}")
 
     residual = _cached(store, "audit", cell | {"audit": spec.key()}, run_audit, scenario, seed, spent)
-    if "error" in residual:
-        return {"error": residual["error"]}, None, None
+    if why := cell_failure(residual):
+        return failed_cell(why), None, None
     return metrics, residual, curves
 
 
@@ -266,7 +267,7 @@ def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, se
                 try:
                     value = compute()
                 except NonFiniteLogits as e:  # recorded like a failed method: a rerun, or another executor, reports it
-                    value = {"error": str(e)}
+                    value = failed_cell(str(e))
                 hit = {"metrics": value, "timings": {"wall_s": round(time.perf_counter() - t0, 3)}}
                 store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value,
                           timings=hit["timings"])
@@ -284,9 +285,8 @@ def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, sto
         hit = store.get("unlearned", key)
         if hit is not None:
             rec = hit["metrics"]
-            if rec.get("error") or rec.get("diverged"):
+            if why := cell_failure(rec):
                 if not retry_failed:
-                    why = rec.get("error") or f"diverged at step {rec.get('diverged_step')}"
                     log(f"  seed {seed} {name}: failed in an earlier run ({why}); --retry-failed runs it again")
                     return None, rec
             elif store.load_meta(key) is not None:
@@ -304,8 +304,8 @@ def _compute_unlearned(name, cfg, scenario, prepared, refs: References, udata, s
         rec = record.to_json()
     except Exception as e:  # a broken method never stops the run
         log(f"  seed {seed} {name}: FAILED: {type(e).__name__}: {e}")
-        rec = MethodRecord(name, to_dict(cfg), seed).to_json() | {
-            "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
+        rec = MethodRecord(name, to_dict(cfg), seed).to_json() | failed_cell(f"{type(e).__name__}: {e}") | {
+            "traceback": traceback.format_exc(limit=5)}
         store.put("unlearned", key, scenario=scenario.name, seed=seed, config=cell, metrics=rec,
                   timings={"wall_s": round(time.perf_counter() - t0, 3)})
         return None, rec
@@ -329,9 +329,9 @@ def _norm(model: nn.Module, which: str):
 
 
 def _line(m: dict, r: dict | None) -> str:
-    if "error" in m or m.get("diverged"):
-        return "failed" if "error" in m else "diverged"
-    s = f"retain {m['retain_acc']:.1%} unlearn {m['unlearn_acc']:.1%} test {m['test_acc']:.1%} mia {m['mia']:.1%}"
+    if why := cell_failure(m):
+        return f"failed: {why}"
+    s = " ".join(f"{spec.label.lower()} {m[spec.key]:.1%}" for spec in PCT_METRICS)
     if r:
         t = min(r["per_tau"], key=lambda t: abs(t["tau"] - 0.03))
         rp = t["r_pooled"]

@@ -32,6 +32,7 @@ from torch import nn
 
 from .config import RelearnConfig
 from .data.tensordata import TensorData
+from .metric_specs import GAP_KEYS
 from .torchutil import model_device, predict
 from .train import BatchStream, OptimConfig, accuracy, cross_entropy_loss, prepare_model, run_loop
 
@@ -53,8 +54,6 @@ __all__ = [
 
 #: The attacker of the paper's MIA (evaluation.md §1).
 MIA_SVC_PARAMS = dict(C=3, gamma="auto", kernel="rbf")
-#: The four metrics Avg. Gap averages over.
-GAP_KEYS = ("retain_acc", "unlearn_acc", "test_acc", "mia")
 
 
 # ---------------------------------------------------------------------------------------------- accuracies

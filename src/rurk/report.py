@@ -26,7 +26,8 @@ from .attack_report import attack_sections
 from .claims import check_claims, claims_markdown
 from .config import ConfigError, to_dict
 from .methods.base import FinetuneConfig, get_method, parse_variant
-from .metrics import GAP_KEYS, aggregate, avg_gap
+from .metric_specs import LABELS, PCT_KEYS, PCT_METRICS, RELEARN, RETAIN, cell_failure
+from .metrics import aggregate, avg_gap
 from .plots import calibration_figure, plot_residual_curves
 from .store import write_json
 from .tables import markdown, write_csv  # re-exported: cli and readme import them from here
@@ -34,8 +35,6 @@ from .tables import markdown, write_csv  # re-exported: cli and readme import th
 REFERENCE_ROWS = ("original", "retrain")
 #: A row whose retain accuracy is this many points below Re-train's is marked degenerate (decision).
 DEGENERATE_RETAIN_DROP = 20.0
-PCT_KEYS = ("retain_acc", "unlearn_acc", "test_acc", "mia")
-LABELS = {"retain_acc": "Retain", "unlearn_acc": "Unlearn", "test_acc": "Test", "mia": "MIA"}
 CURVE_FIELDS = ("r_paper", "r_pooled", "prevalence", "ties", "acc_m", "acc_a", "disagreement")
 
 
@@ -75,9 +74,8 @@ def aggregate_seeds(scenario_name: str, probe: str, results: list, names: list[s
            "methods": {name: _row_entry(name, probe, results) for name in names}}
     for name, entry in out["methods"].items():
         _paired_gaps(entry, name, results)
-        per_seed_gaps = [avg_gap(r.metrics[name], r.metrics["retrain"], GAP_KEYS)
-                         if "retain_acc" in r.metrics.get(name, {}) and "retain_acc" in r.metrics.get("retrain", {})
-                         else None for r in results]
+        per_seed_gaps = [avg_gap(r.metrics[name], r.metrics["retrain"])
+                         if _ok(r.metrics, name) and _ok(r.metrics, "retrain") else None for r in results]
         agg = aggregate([g for g in per_seed_gaps if g is not None])
         entry["avg_gap_per_seed"] = {"mean": agg["mean"], "std": agg["std"], "values": per_seed_gaps}
     _mark_degenerate(out["methods"])
@@ -87,19 +85,20 @@ def aggregate_seeds(scenario_name: str, probe: str, results: list, names: list[s
 def _row_entry(name: str, probe: str, results: list) -> dict:
     """One row's entry: what it is, its failures, the metrics over seeds, calibration, wall time, residual curves."""
     per_seed = [r.metrics.get(name, {}) for r in results]
-    failed = [m for m in per_seed if "retain_acc" not in m]
+    failed = [m for m in per_seed if cell_failure(m)]
     base, kind = _kind(name)
     entry: dict = {"base": base, "kind": kind, "n_seeds": len(per_seed) - len(failed)}
     if failed:
         entry["failed"] = [{"seed": r.seed, **{k: v for k, v in m.items() if k != "traceback"}}
-                           for r, m in zip(results, per_seed) if "retain_acc" not in m]
-    ok = [m for m in per_seed if "retain_acc" in m]
-    for k in PCT_KEYS:
-        agg = aggregate([100.0 * m[k] for m in ok]) if ok else {"mean": None, "std": None}
+                           for r, m in zip(results, per_seed) if cell_failure(m)]
+    ok = [m for m in per_seed if not cell_failure(m)]
+    for spec in PCT_METRICS:
+        k = spec.key
+        agg = aggregate([spec.scale * m[k] for m in ok]) if ok else {"mean": None, "std": None}
         entry[k] = {"mean": agg["mean"], "std": agg["std"],
-                    "per_seed": [100.0 * m[k] if "retain_acc" in m else None for m in per_seed]}
-    if ok and "relearn_epochs" in ok[0]:
-        agg = aggregate([m.get("relearn_epochs") for m in ok])
+                    "per_seed": [None if cell_failure(m) else spec.scale * m[k] for m in per_seed]}
+    if ok and RELEARN.key in ok[0]:
+        agg = aggregate([m.get(RELEARN.key) for m in ok])
         entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"]}
     else:
         entry["relearn_epochs"] = {"mean": None, "std": None, "censored": 0}
@@ -138,15 +137,21 @@ def _residual_entry(name: str, probe: str, results: list) -> dict | None:
 
 def _mark_degenerate(methods: dict) -> None:
     """Mark the rows whose retain accuracy is more than DEGENERATE_RETAIN_DROP points below Re-train's."""
-    rt = methods.get("retrain", {}).get("retain_acc", {}).get("mean")
+    rt = methods.get("retrain", {}).get(RETAIN.key, {}).get("mean")
     for entry in methods.values():
-        m = entry["retain_acc"]["mean"]
+        m = entry[RETAIN.key]["mean"]
         if rt is not None and m is not None and rt - m > DEGENERATE_RETAIN_DROP:
             entry["degenerate"] = f"retain accuracy {m:.1f}% is {rt - m:.1f} points below Re-train's {rt:.1f}%"
 
 
+def failure_reason(failed: dict) -> str:
+    """The reason of one of a row's ``failed`` entries in summary.json (``{"seed", "error" | "diverged", ...}``)."""
+    return cell_failure({k: v for k, v in failed.items() if k != "seed"}) or "no result"
+
+
 def _ok(metrics: dict, name: str) -> bool:
-    return "retain_acc" in metrics.get(name, {})
+    """Row ``name`` has its metrics in this seed's ``metrics`` (it neither failed nor diverged)."""
+    return not cell_failure(metrics.get(name))
 
 
 def _paired_gaps(entry: dict, name: str, results: list) -> None:
@@ -165,9 +170,9 @@ def _paired_gaps(entry: dict, name: str, results: list) -> None:
     else:
         mean = {k: float(np.mean([r.metrics[name][k] for r in both])) for k in PCT_KEYS}
         ref = {k: float(np.mean([r.metrics["retrain"][k] for r in both])) for k in PCT_KEYS}
-        for k in PCT_KEYS:
-            entry[k]["gap"] = 100.0 * abs(mean[k] - ref[k])
-        entry["avg_gap"] = avg_gap(mean, ref, GAP_KEYS)
+        for spec in PCT_METRICS:
+            entry[spec.key]["gap"] = spec.scale * abs(mean[spec.key] - ref[spec.key])
+        entry["avg_gap"] = avg_gap(mean, ref)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -201,7 +206,7 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     methods = summary["methods"]
     taus = _taus_of(summary)
     ki = key_taus(taus)
-    header = ["method", *[LABELS[k] for k in PCT_KEYS], "Avg. Gap", "Re-learn (epochs)",
+    header = ["method", *[LABELS[k] for k in PCT_KEYS], "Avg. Gap", RELEARN.label,
               *[f"r_pooled τ={taus[i]:.3g}" for i in ki]]
     if taus:
         header.append(f"prevalence (ties) τ={taus[ki[-1]]:.3g}")
@@ -209,7 +214,7 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, e in methods.items():
         if e["n_seeds"] == 0:
-            why = "; ".join(f.get("error") or f"diverged at step {f.get('diverged_step')}" for f in e.get("failed", []))
+            why = "; ".join(map(failure_reason, e.get("failed", [])))
             n = len(e.get("failed", []))
             rows.append([f"{name} (failed on {n} of {n} seeds)", *(["–"] * (len(header) - 2)), f"failed: {why}"[:80]])
             continue
@@ -220,10 +225,10 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
         if e.get("degenerate"):
             marks.append("degenerate")
         cells = [name + (f" ({'; '.join(marks)})" if marks else "")]
-        for k in PCT_KEYS:
-            m, s = e[k]["mean"], e[k]["std"]
-            gap = "" if (g := shown_gap(name, e, k)) is None else f" ({g:.2f})"
-            cells.append(f"{_fmt(m)} ± {_fmt(s)}{gap}")
+        for spec in PCT_METRICS:
+            m, s, nd = e[spec.key]["mean"], e[spec.key]["std"], spec.decimals
+            gap = "" if (g := shown_gap(name, e, spec.key)) is None else f" ({g:.{nd}f})"
+            cells.append(f"{_fmt(m, nd)} ± {_fmt(s, nd)}{gap}")
         # the gap of the seed means, ± the spread of the per-seed gaps (what a reader needs to judge a difference)
         sd = e["avg_gap_per_seed"]["std"] if len(e.get("gap_seeds", [])) > 1 and name != "retrain" else None
         cells.append(_fmt(e["avg_gap"]) + ("" if sd is None else f" ± {_fmt(sd)}"))
@@ -508,7 +513,7 @@ def _marks_markdown(summary: dict) -> list[str]:
     out = []
     for name, e in summary["methods"].items():
         for f in e.get("failed", []):
-            out.append(f"- **{name}** failed on seed {f.get('seed')}: {f.get('error') or 'diverged at step ' + str(f.get('diverged_step'))}")
+            out.append(f"- **{name}** failed on seed {f.get('seed')}: {failure_reason(f)}")
         if e.get("degenerate"):
             out.append(f"- **{name}** is degenerate: {e['degenerate']}")
     return out + [""] if out else []
