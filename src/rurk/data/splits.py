@@ -306,33 +306,9 @@ def _calibration(source: Source, kept: list[int], cls: int, count: int, unused: 
     return calib
 
 
-def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
-               train_per_class: int | None = None, test_per_class: int | None = None,
-               val_fraction: float = 0.0, test_fraction: float | None = None,
-               forget: str = "sample", forget_class: int = 0,
-               forget_fraction: float | None = _DEFAULT_FORGET_FRACTION, forget_count: int | None = None,
-               forget_file: str | Path | None = None, calib_count: int = 0, seed: int = 0) -> Split:
-    """Build a seeded :class:`Split` of ``source`` (order of operations: see the module docstring).
-
-    - ``classes``: ``None`` = all, int ``k`` = the first ``k``, or a list of source class ids.
-    - ``train_per_class`` / ``test_per_class``: random per-class subset sizes (``None`` = all).
-    - ``val_fraction``: stratified hold-out from the kept training samples, in [0, 1).
-    - ``test_fraction``: for sources with an empty test set only, the stratified fraction of train that becomes
-      test, in (0, 1). Without it such a source gets an empty test set.
-    - ``forget``: ``"sample"`` (``forget_fraction`` in (0, 1] or exact ``forget_count`` of kept class
-      ``forget_class``'s remaining training samples), ``"class"`` (all of them) or ``"file"`` (``forget_file``:
-      a JSON list of source-train indices, or an object with a ``"forget"`` key).
-    - ``forget_class``: index into the kept classes (0 = the first kept class).
-    - ``forget_count`` overrides the default ``forget_fraction`` (0.5); giving both explicitly is an error.
-    - ``calib_count``: calibration images per forget-set class (step 5; ``forget="sample"`` only).
-    """
-    n_cls = len(source.classes)
-    seed = _int(seed, "seed")
-    if seed < 0:
-        raise ValueError(f"seed={seed}: expected a non-negative integer")
-    kept = _kept_classes(classes, n_cls)
-
-    # ---- argument checks (before any work)
+def _forget_args(forget: str, forget_class, forget_fraction, forget_count, forget_file, kept: list[int]):
+    """Decides whether the forget-set arguments fit together; returns (forget_class, forget_fraction, forget_count)
+    checked, with ``forget_count`` replacing the default fraction."""
     if forget not in ("sample", "class", "file"):
         raise ValueError(f"forget={forget!r}; expected 'sample', 'class' or 'file'")
     fraction_explicit = forget_fraction is not None and forget_fraction is not _DEFAULT_FORGET_FRACTION
@@ -360,6 +336,13 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
         if not 0 <= forget_class < len(kept):
             raise ValueError(f"forget_class={forget_class}: expected an index into the {len(kept)} kept classes "
                              f"(0..{len(kept) - 1}; source ids {kept})")
+    return forget_class, forget_fraction, forget_count
+
+
+def _size_args(source: Source, forget: str, calib_count, val_fraction: float, test_fraction: float | None,
+               train_per_class, test_per_class) -> int:
+    """Decides whether the calibration, validation, test carve-out and per-class sizes are valid; returns
+    ``calib_count`` as an int."""
     calib_count = _int(calib_count, "calib_count")
     if calib_count < 0:
         raise ValueError(f"calib_count={calib_count}: expected an integer >= 0")
@@ -368,8 +351,7 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
                          "forgotten Re-train's accuracy on it is 0, and a forget file names no class to calibrate on")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: expected a fraction in [0, 1)")
-    carve = test_fraction is not None
-    if carve:
+    if test_fraction is not None:
         if len(source.test):
             raise ValueError(f"test_fraction={test_fraction} given but source {source.name!r} has an official "
                              f"test set of {len(source.test)} samples; test_fraction is for sources without one")
@@ -378,15 +360,19 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
     for what, v in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
         if v is not None and _int(v, what) < 1:
             raise ValueError(f"{what}={v}: expected a positive integer or None (= all)")
+    return calib_count
 
+
+def _class_parts(source: Source, kept: list[int], seed: int, test_fraction: float | None,
+                 train_per_class: int | None, test_per_class: int | None, val_fraction: float):
+    """Steps 2-4 of :func:`make_split`, per kept class: which samples are test, unused, validation and remaining
+    training samples; returns (test_parts, val_parts, remaining, unused)."""
     y_tr = source.train.y.numpy()
     y_te = source.test.y.numpy()
-
-    # ---- per class: test carve-out, per-class subsets, val hold-out
     test_parts, val_parts, remaining, unused = [], [], {}, {}
     for c in kept:
         train_pool = np.flatnonzero(y_tr == c)
-        if carve:
+        if test_fraction is not None:
             te_pool = _pick(train_pool, _round(test_fraction * len(train_pool)), _rng(seed, _TEST_CARVE, c))
             train_pool = np.setdiff1d(train_pool, te_pool)
         else:
@@ -406,52 +392,95 @@ def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
         test_parts.append(te_pool)
         val_parts.append(val_c)
         remaining[c] = np.setdiff1d(train_pool, val_c)
+    return test_parts, val_parts, remaining, unused
 
+
+def _forget_from_file(forget_file, remaining: dict, val_parts: list) -> np.ndarray:
+    """Step 6, ``forget="file"``: the listed source-train indices, refused unless all are kept training samples."""
+    listed = np.unique(np.asarray(_read_forget_file(forget_file), dtype=np.int64))
+    if len(listed) == 0:
+        raise ValueError(f"forget_file {forget_file}: empty forget set")
+    pool = np.concatenate(list(remaining.values()))
+    bad = np.setdiff1d(listed, pool)
+    if len(bad):
+        val_all = np.concatenate(val_parts)
+        in_val = np.intersect1d(bad, val_all)
+        note = f" ({len(in_val)} of them are in the validation hold-out)" if len(in_val) else ""
+        raise ValueError(f"forget_file {forget_file}: {len(bad)} indices are not in the kept training set"
+                         f"{note}, e.g. {bad[:5].tolist()}")
+    return listed
+
+
+def _forget_of_class(source: Source, forget: str, cls: int, pool: np.ndarray, forget_fraction,
+                     forget_count: int | None, seed: int) -> np.ndarray:
+    """Step 6, ``forget="sample"``/``"class"``: how many of class ``cls``'s remaining samples ``pool`` are
+    forgotten (all, ``forget_count`` or the fraction), and which (seeded)."""
+    if forget == "class":
+        n = len(pool)
+    elif forget_count is not None:
+        if forget_count > len(pool):
+            raise ValueError(f"forget_count={forget_count} but class {cls} ({source.classes[cls]!r}) has only "
+                             f"{len(pool)} kept training samples (after the validation hold-out)")
+        n = forget_count
+    else:
+        n = _round(float(forget_fraction) * len(pool))
+    if n == 0:
+        raise ValueError(f"empty forget set: class {cls} ({source.classes[cls]!r}) has {len(pool)} kept "
+                         f"training samples and forget={forget!r}, forget_fraction={forget_fraction} selects none")
+    return _pick(pool, n, _rng(seed, _FORGET, cls))
+
+
+def make_split(source: Source, *, classes: int | Sequence[int] | None = None,
+               train_per_class: int | None = None, test_per_class: int | None = None,
+               val_fraction: float = 0.0, test_fraction: float | None = None,
+               forget: str = "sample", forget_class: int = 0,
+               forget_fraction: float | None = _DEFAULT_FORGET_FRACTION, forget_count: int | None = None,
+               forget_file: str | Path | None = None, calib_count: int = 0, seed: int = 0) -> Split:
+    """Build a seeded :class:`Split` of ``source`` (order of operations: see the module docstring).
+
+    - ``classes``: ``None`` = all, int ``k`` = the first ``k``, or a list of source class ids.
+    - ``train_per_class`` / ``test_per_class``: random per-class subset sizes (``None`` = all).
+    - ``val_fraction``: stratified hold-out from the kept training samples, in [0, 1).
+    - ``test_fraction``: for sources with an empty test set only, the stratified fraction of train that becomes
+      test, in (0, 1). Without it such a source gets an empty test set.
+    - ``forget``: ``"sample"`` (``forget_fraction`` in (0, 1] or exact ``forget_count`` of kept class
+      ``forget_class``'s remaining training samples), ``"class"`` (all of them) or ``"file"`` (``forget_file``:
+      a JSON list of source-train indices, or an object with a ``"forget"`` key).
+    - ``forget_class``: index into the kept classes (0 = the first kept class).
+    - ``forget_count`` overrides the default ``forget_fraction`` (0.5); giving both explicitly is an error.
+    - ``calib_count``: calibration images per forget-set class (step 5; ``forget="sample"`` only).
+    """
+    n_cls = len(source.classes)
+    seed = _int(seed, "seed")
+    if seed < 0:
+        raise ValueError(f"seed={seed}: expected a non-negative integer")
+    kept = _kept_classes(classes, n_cls)
+    # ---- argument checks (before any work)
+    forget_class, forget_fraction, forget_count = _forget_args(forget, forget_class, forget_fraction, forget_count,
+                                                               forget_file, kept)
+    calib_count = _size_args(source, forget, calib_count, val_fraction, test_fraction, train_per_class,
+                             test_per_class)
+    # ---- per class: test carve-out, per-class subsets, val hold-out
+    test_parts, val_parts, remaining, unused = _class_parts(source, kept, seed, test_fraction, train_per_class,
+                                                            test_per_class, val_fraction)
     # ---- calibration set: unused images of the forget class, else its val hold-out, else a held-out part
     calib_idx = (_calibration(source, kept, kept[forget_class], calib_count, unused, val_parts, remaining, seed)
                  if calib_count else np.zeros(0, dtype=np.int64))
-
     # ---- forget selection
     if forget == "file":
-        listed = np.unique(np.asarray(_read_forget_file(forget_file), dtype=np.int64))
-        if len(listed) == 0:
-            raise ValueError(f"forget_file {forget_file}: empty forget set")
-        pool = np.concatenate(list(remaining.values()))
-        bad = np.setdiff1d(listed, pool)
-        if len(bad):
-            val_all = np.concatenate(val_parts)
-            in_val = np.intersect1d(bad, val_all)
-            note = f" ({len(in_val)} of them are in the validation hold-out)" if len(in_val) else ""
-            raise ValueError(f"forget_file {forget_file}: {len(bad)} indices are not in the kept training set"
-                             f"{note}, e.g. {bad[:5].tolist()}")
-        forget_idx = listed
+        forget_idx = _forget_from_file(forget_file, remaining, val_parts)
     else:
         cls = kept[forget_class]
-        pool = remaining[cls]
-        if forget == "class":
-            n = len(pool)
-        elif forget_count is not None:
-            if forget_count > len(pool):
-                raise ValueError(f"forget_count={forget_count} but class {cls} ({source.classes[cls]!r}) has only "
-                                 f"{len(pool)} kept training samples (after the validation hold-out)")
-            n = forget_count
-        else:
-            n = _round(float(forget_fraction) * len(pool))
-        if n == 0:
-            raise ValueError(f"empty forget set: class {cls} ({source.classes[cls]!r}) has {len(pool)} kept "
-                             f"training samples and forget={forget!r}, forget_fraction={forget_fraction} selects none")
-        forget_idx = _pick(pool, n, _rng(seed, _FORGET, cls))
-
+        forget_idx = _forget_of_class(source, forget, cls, remaining[cls], forget_fraction, forget_count, seed)
     all_train = np.sort(np.concatenate(list(remaining.values())))
-    retain_idx = np.setdiff1d(all_train, forget_idx)
     return Split(
         forget=forget_idx,
-        retain=retain_idx,
+        retain=np.setdiff1d(all_train, forget_idx),
         val=np.sort(np.concatenate(val_parts)),
         test=np.sort(np.concatenate(test_parts)),
         classes=tuple(kept),
         seed=seed,
         fingerprint=source.fingerprint,
-        test_from="train" if carve else "test",
+        test_from="train" if test_fraction is not None else "test",
         calib=calib_idx,
     )
