@@ -715,6 +715,69 @@ def _num_classes(m: nn.Module, a: nn.Module, x: torch.Tensor, y: torch.Tensor, f
     return num_classes
 
 
+def _audit_batch_size(batch_size: int | None, dev, adversarial: bool) -> int:
+    """The images per forward pass: ``batch_size`` when given (refused below 1), else the device's default."""
+    bs = int(batch_size) if batch_size else default_batch_size(dev, adversarial)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return bs
+
+
+def _audit_bar(progress: bool | None, total: int, name: str):
+    """The tqdm bar over tau x blocks when progress is shown, else None."""
+    if not progress_enabled(progress):
+        return None
+    from tqdm.auto import tqdm  # only when a bar is shown
+
+    return tqdm(total=total, desc=f"audit {name}", unit="block", leave=False)
+
+
+def _zero_counts(n_tau: int, n: int, both: bool, dev) -> tuple:
+    """The counters (k_m, k_a, k_d, clipped), zero on the device; k_d is None when each model is attacked on its
+    own copies (``both``)."""
+    k_m = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
+    k_a = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
+    k_d = None if both else torch.zeros(n_tau, n, dtype=torch.long, device=dev)
+    return k_m, k_a, k_d, torch.zeros(n_tau, dtype=torch.long, device=dev)
+
+
+def _count_noisy(predict: _Predictor, pr: Probe, spec: AuditSpec, inputs: AuditInputs, seed: int, num_classes: int,
+                 work_t: list[int], bs: int, eff: str | None, fmt, k: tuple, pbar) -> tuple[int, int]:
+    """The general path (blocks x tau x chunks): which copies of each group of noise blocks each model labels
+    correctly at every tau of ``work_t``, written into ``k`` = (k_m, k_a, k_d, clipped); returns the
+    (forward, backward) passes it made."""
+    x, y, n, dev = inputs.x, inputs.y, inputs.x.shape[0], inputs.device
+    c, block_size, taus, adversarial = spec.draws, spec.block_size, list(spec.taus), pr.adversarial
+    k_m, k_a, k_d, clipped = k
+    crafts = (2 if eff == "both" else 1) if adversarial else 0
+    steps = (getattr(pr, "steps", 1) if adversarial else 0)
+    n_blocks = -(-n // block_size)
+    per_group = max(1, bs // (block_size * c))
+    groups = [list(range(g, min(n_blocks, g + per_group))) for g in range(0, n_blocks, per_group)]
+    fwd = bwd = 0
+    for gi, blocks in enumerate(groups):
+        r0, r1 = blocks[0] * block_size, min(n, (blocks[-1] + 1) * block_size)
+        x_rep = x[r0:r1].repeat_interleave(c, 0)
+        y_rep = y[r0:r1].repeat_interleave(c, 0)
+        noise, target = _group_draws(pr, x_rep, y_rep, blocks, r0, n, block_size, c, seed, num_classes, dev)
+        noise = None if noise is None else in_format(noise, fmt)
+        x_rep = in_format(x_rep, fmt)
+        N = x_rep.shape[0]
+        for t in work_t:
+            hits = _group_hits(predict, pr, x_rep, y_rep, noise, target, taus[t], t, gi, bs, eff,
+                               spec.bf16 and gi == 0, clipped)
+            for kt, h in zip((k_m, k_a, k_d), hits):
+                if kt is not None:
+                    kt[t, r0:r1] = h.view(-1, c).sum(1)
+            fwd += 2 * N
+            if adversarial and taus[t] > 0:
+                fwd += crafts * steps * N
+                bwd += crafts * steps * N
+            if pbar is not None:
+                pbar.update(len(blocks))
+    return fwd, bwd
+
+
 def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInputs, pr: Probe, spec: AuditSpec,
                   seed: int, *, batch_size: int | None = None, channels_last: bool | None = None,
                   progress: bool | None = None, reference: ReferencePredictions | None = None) -> Counts:
@@ -726,92 +789,45 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     (random probes only) shares the retrained model's predictions across audits against it
     (:class:`ReferencePredictions`)."""
     x, y, dev = inputs.x, inputs.y, inputs.device
-    n = x.shape[0]
-    c, block_size, taus, bf16 = spec.draws, spec.block_size, list(spec.taus), spec.bf16
-    adversarial = pr.adversarial
+    n, c, taus, n_tau = x.shape[0], spec.draws, list(spec.taus), len(spec.taus)
     eff = _craft_on(pr, spec)
-    both = eff == "both"
     params = dict(pr.params)
-    if adversarial:
+    if pr.adversarial:
         params["craft_on"] = eff
-    bs = int(batch_size) if batch_size else default_batch_size(dev, adversarial)
-    if bs < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    bs = _audit_batch_size(batch_size, dev, pr.adversarial)
     use_cl = _wants_channels_last(channels_last, x, (unlearned, retrained))
     fmt = torch.channels_last if use_cl else torch.contiguous_format
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-    n_tau = len(taus)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if spec.bf16 else nullcontext()
     zero_t = [i for i, t in enumerate(taus) if t == 0.0 and spec.tau0_shortcut]
     work_t = [i for i in range(n_tau) if i not in zero_t]
-    n_blocks = -(-n // block_size)
-    per_group = max(1, bs // (block_size * c))
-    groups = [list(range(g, min(n_blocks, g + per_group))) for g in range(0, n_blocks, per_group)]
-    fwd = 0
-    bwd = 0
-    crafts = (2 if both else 1) if adversarial else 0
-    steps = (getattr(pr, "steps", 1) if adversarial else 0)
-
-    pbar = None
-    if progress_enabled(progress):
-        from tqdm.auto import tqdm  # only when a bar is shown
-
-        pbar = tqdm(total=n_blocks * n_tau, desc=f"audit {pr.name}", unit="block", leave=False)
-
+    n_blocks = -(-n // spec.block_size)
+    pbar = _audit_bar(progress, n_blocks * n_tau, pr.name)
     m, a = unlearned, retrained
     shared = reference if eff is None else None  # attacks craft copies on the audited model: nothing to share
     if shared is not None:
-        shared.bind((id(a), seed, tuple(taus), c, block_size, bs, pr.name, repr(sorted(params.items())), n, bf16,
-                     use_cl, spec.tau0_shortcut, inputs.index.tobytes()))
-    grad_ctx = torch.no_grad() if adversarial else torch.inference_mode()
+        shared.bind((id(a), seed, tuple(taus), c, spec.block_size, bs, pr.name, repr(sorted(params.items())), n,
+                     spec.bf16, use_cl, spec.tau0_shortcut, inputs.index.tobytes()))
+    grad_ctx = torch.no_grad() if pr.adversarial else torch.inference_mode()
     try:
         with eval_mode(m, a), _channels_last_weights((m, a), use_cl), grad_ctx:
             num_classes = _num_classes(m, a, x, y, fmt)
-            k_m = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
-            k_a = torch.zeros(n_tau, n, dtype=torch.long, device=dev)
-            k_d = None if both else torch.zeros(n_tau, n, dtype=torch.long, device=dev)
-            clipped = torch.zeros(n_tau, dtype=torch.long, device=dev)
-            bf16_check = _BF16Check(dev) if bf16 else None
+            k = _zero_counts(n_tau, n, eff == "both", dev)
+            bf16_check = _BF16Check(dev) if spec.bf16 else None
             predict = _Predictor(m, a, dev, amp, bf16_check, shared)
-            # -- tau = 0 shortcut: every copy is x --------------------------------------------
-            if zero_t:
-                _count_tau0(predict, x, y, zero_t, c, bs, fmt, (k_m, k_a, k_d))
+            fwd = 0
+            if zero_t:  # the tau = 0 shortcut: every copy is x
+                _count_tau0(predict, x, y, zero_t, c, bs, fmt, k[:3])
                 fwd += 2 * n
                 if pbar is not None:
                     pbar.update(n_blocks * len(zero_t))
-
-            # -- general path: blocks x tau x chunks -------------------------------------------
-            for gi, blocks in enumerate(groups):
-                r0, r1 = blocks[0] * block_size, min(n, (blocks[-1] + 1) * block_size)
-                x_rep = x[r0:r1].repeat_interleave(c, 0)
-                y_rep = y[r0:r1].repeat_interleave(c, 0)
-                noise, target = _group_draws(pr, x_rep, y_rep, blocks, r0, n, block_size, c, seed, num_classes, dev)
-                noise = None if noise is None else in_format(noise, fmt)
-                x_rep = in_format(x_rep, fmt)
-                N = x_rep.shape[0]
-                for t in work_t:
-                    hits = _group_hits(predict, pr, x_rep, y_rep, noise, target, taus[t], t, gi, bs, eff,
-                                       bf16 and gi == 0, clipped)
-                    for k, h in zip((k_m, k_a, k_d), hits):
-                        if k is not None:
-                            k[t, r0:r1] = h.view(-1, c).sum(1)
-                    fwd += 2 * N
-                    if adversarial and taus[t] > 0:
-                        fwd += crafts * steps * N
-                        bwd += crafts * steps * N
-                    if pbar is not None:
-                        pbar.update(len(blocks))
-
-            fwd -= predict.reused
+            fwd_noisy, bwd = _count_noisy(predict, pr, spec, inputs, seed, num_classes, work_t, bs, eff, fmt, k, pbar)
+            fwd += fwd_noisy - predict.reused
             predict.require_finite()
-            km_np = k_m.cpu().numpy()
-            ka_np = k_a.cpu().numpy()
-            kd_np = None if k_d is None else k_d.cpu().numpy()
-            clipped_np = clipped.cpu().numpy()
+            k_np = [None if kt is None else kt.cpu().numpy() for kt in k]
     finally:
         if pbar is not None:
             pbar.close()
-    return Counts(km_np, ka_np, kd_np, clipped_np, eff, params, bs, int(fwd), int(bwd),
+    return Counts(*k_np, eff, params, bs, int(fwd), int(bwd),
                   bf16_check.fraction() if bf16_check is not None else None)
 
 
