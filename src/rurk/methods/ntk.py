@@ -157,6 +157,100 @@ def _gib(b: float) -> str:
     return f"{b / GiB:.2f} GiB" if b >= 0.1 * GiB else f"{b / 2**20:.1f} MiB"
 
 
+# ---------------------------------------------------------------------------------------------- the full kernel
+def _jacobian_width(rest: dict, plan: list, c: int) -> int:
+    """The per-class Jacobian entries stored per sample: the unfactored tensors' sizes, each factored layer's δ,
+    and its input (stored once per sample, so counted 1/C per class)."""
+    width = sum(p.numel() for p in rest.values()) + sum(fl.module.out_features for fl in plan)
+    width += sum(fl.module.in_features for fl in plan) / max(c, 1)  # the layer inputs, stored once per sample
+    return int(math.ceil(width))
+
+
+class _KernelBuilder:
+    """Step 1 of the full variant: K = GᵀG (float64) from per-sample Jacobian pieces, block by block; counts the
+    samples whose Jacobians it computed in ``jac_samples``."""
+
+    def __init__(self, cfg: NTKConfig, x: Tensor, c: int, rest: dict, probes: dict, plan: list, fn, dtype, device):
+        self.cfg, self.x, self.c, self.rest, self.probes, self.plan = cfg, x, c, rest, probes, plan
+        self.dtype, self.device, self.tile = dtype, device, cfg.tile_size
+        self.jac_fn = vmap(jacrev(fn, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0))
+        self.jac_samples = 0
+
+    def jac(self, a: int, b: int) -> dict:
+        """Per-sample Jacobian pieces of samples a..b, computed ``tile`` samples per vmap(jacrev) call into
+        preallocated storage: dense rows ((b − a)·C, numel) for the unfactored tensors, and per factored
+        layer δ ((b − a)·C, out) and its input ((b − a), in)."""
+        c, rest, plan, tile = self.c, self.rest, self.plan, self.tile
+        out: dict | None = None
+        for s in range(a, b, tile):
+            e1 = min(s + tile, b)
+            with conv_mode(self.cfg.im2col):
+                (j_rest, j_probe), acts = self.jac_fn(rest, self.probes, to_layout(self.x[s:e1], False))
+            parts = dict(rest=[j_rest[k].reshape((e1 - s) * c, -1) for k in rest],
+                         delta=[j_probe[str(i)].reshape((e1 - s) * c, -1) for i in range(len(plan))],
+                         act=[acts[str(i)] for i in range(len(plan))])
+            if out is None:
+                out = {k: [torch.empty(((b - a) * (c if k != "act" else 1), t.shape[1]), dtype=t.dtype,
+                                       device=t.device) for t in v] for k, v in parts.items()}
+                out["n"], out["a"] = b - a, a
+            for k, v in parts.items():
+                mult = 1 if k == "act" else c
+                for dst, t in zip(out[k], v):
+                    dst[(s - a) * mult : (e1 - a) * mult].copy_(t)
+            del j_rest, j_probe, acts, parts
+        self.jac_samples += b - a
+        return out
+
+    def piece(self, j: dict, s0: int, s1: int) -> dict:
+        """Samples s0..s1 of a held block (views)."""
+        r0, r1 = (s0 - j["a"]) * self.c, (s1 - j["a"]) * self.c
+        return dict(rest=[u[r0:r1] for u in j["rest"]], delta=[d[r0:r1] for d in j["delta"]],
+                    act=[v[s0 - j["a"] : s1 - j["a"]] for v in j["act"]], n=s1 - s0)
+
+    def prod(self, ja: dict, jb: dict) -> Tensor:
+        """K_AB = J_A J_Bᵀ (model dtype): dense products, plus per factored layer (Δ_AΔ_Bᵀ) ⊙ (a_A a_Bᵀ ⊗ 1
+        [+ 1 for the bias]); at most two block-sized temporaries."""
+        c, device = self.c, self.device
+        out = torch.zeros(ja["n"] * c, jb["n"] * c, dtype=self.dtype, device=device)
+        for u, v in zip(ja["rest"], jb["rest"]):
+            out.addmm_(u, v.T)
+        for fl, da, db, aa, ab in zip(self.plan, ja["delta"], jb["delta"], ja["act"], jb["act"]):
+            dd = (da @ db.T).view(ja["n"], c, jb["n"], c)
+            coef = (aa @ ab.T) if fl.weight else torch.zeros(ja["n"], jb["n"], dtype=dd.dtype, device=device)
+            if fl.bias:
+                coef = coef + 1
+            out += dd.mul_(coef[:, None, :, None]).view_as(out)
+            del dd
+        return out
+
+    def kernel(self, n: int, outer: int, inner: int) -> Tensor:
+        """K over the n samples: an outer block held while the later samples stream past in inner blocks
+        (recomputed Jacobians); each tile product written into both triangles."""
+        c, tile = self.c, self.tile
+        kern = torch.empty(n * c, n * c, dtype=torch.float64, device=self.device)
+
+        def put(s0: int, s1: int, u0: int, u1: int, kb: Tensor) -> None:
+            kern[s0 * c : s1 * c, u0 * c : u1 * c].copy_(kb)
+            if u0 != s0:
+                kern[u0 * c : u1 * c, s0 * c : s1 * c].copy_(kb.T)
+
+        for a0 in range(0, n, outer):  # the Cholesky factorisations read K's lower triangle only
+            a1 = min(a0 + outer, n)
+            ja = self.jac(a0, a1)
+            tiles = [(s, min(s + tile, a1)) for s in range(a0, a1, tile)]
+            for i, (s0, s1) in enumerate(tiles):  # the diagonal block, tile by tile
+                for u0, u1 in tiles[i:]:
+                    put(s0, s1, u0, u1, self.prod(self.piece(ja, s0, s1), self.piece(ja, u0, u1)))
+            for b0 in range(a1, n, inner or n):  # later samples stream past (recomputed Jacobians)
+                b1 = min(b0 + inner, n)
+                jb = self.jac(b0, b1)
+                for s0, s1 in tiles:
+                    put(s0, s1, b0, b1, self.prod(self.piece(ja, s0, s1), jb))
+                del jb
+            del ja
+        return kern
+
+
 # ---------------------------------------------------------------------------------------------- the method
 class NTKForgetting:
     """Closed-form NTK forgetting on a model (in eval mode, never modified here).
@@ -198,86 +292,15 @@ class NTKForgetting:
         plan = plan_factored(model, params, to_layout(x[:1])) if cfg.factor_linear else []
         rest, probes, fn = probed_logits(model, params, plan)
         p_total = sum(p.numel() for p in frozen.values())
-        width = sum(p.numel() for p in rest.values()) + sum(fl.module.out_features for fl in plan)
-        width += sum(fl.module.in_features for fl in plan) / max(c, 1)  # the layer inputs, stored once per sample
         itemsize = next(iter(frozen.values())).element_size()
-        mem = full_memory(n, n_r, c, int(math.ceil(width)), itemsize, cfg.block_budget_gb, cfg.tile_size)
+        mem = full_memory(n, n_r, c, _jacobian_width(rest, plan, c), itemsize, cfg.block_budget_gb, cfg.tile_size)
         self._guard(mem, n, n_r, c, p_total, model, x_f.shape[0])
         e = self.residuals(logits, y, c)  # (N, C)
-        jac_fn = vmap(jacrev(fn, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0))
-
-        tile = cfg.tile_size
-
-        def jac(a: int, b: int) -> dict:
-            """Per-sample Jacobian pieces of samples a..b, computed ``tile`` samples per vmap(jacrev) call into
-            preallocated storage: dense rows ((b − a)·C, numel) for the unfactored tensors, and per factored
-            layer δ ((b − a)·C, out) and its input ((b − a), in)."""
-            out: dict | None = None
-            for s in range(a, b, tile):
-                e1 = min(s + tile, b)
-                with conv_mode(cfg.im2col):
-                    (j_rest, j_probe), acts = jac_fn(rest, probes, to_layout(x[s:e1], False))
-                parts = dict(rest=[j_rest[k].reshape((e1 - s) * c, -1) for k in rest],
-                             delta=[j_probe[str(i)].reshape((e1 - s) * c, -1) for i in range(len(plan))],
-                             act=[acts[str(i)] for i in range(len(plan))])
-                if out is None:
-                    out = {k: [torch.empty(((b - a) * (c if k != "act" else 1), t.shape[1]), dtype=t.dtype,
-                                           device=t.device) for t in v] for k, v in parts.items()}
-                    out["n"], out["a"] = b - a, a
-                for k, v in parts.items():
-                    mult = 1 if k == "act" else c
-                    for dst, t in zip(out[k], v):
-                        dst[(s - a) * mult : (e1 - a) * mult].copy_(t)
-                del j_rest, j_probe, acts, parts
-            return out
-
-        def piece(j: dict, s0: int, s1: int) -> dict:
-            """Samples s0..s1 of a held block (views)."""
-            r0, r1 = (s0 - j["a"]) * c, (s1 - j["a"]) * c
-            return dict(rest=[u[r0:r1] for u in j["rest"]], delta=[d[r0:r1] for d in j["delta"]],
-                        act=[v[s0 - j["a"] : s1 - j["a"]] for v in j["act"]], n=s1 - s0)
-
-        def prod(ja: dict, jb: dict) -> Tensor:
-            """K_AB = J_A J_Bᵀ (model dtype): dense products, plus per factored layer (Δ_AΔ_Bᵀ) ⊙ (a_A a_Bᵀ ⊗ 1
-            [+ 1 for the bias]); at most two block-sized temporaries."""
-            out = torch.zeros(ja["n"] * c, jb["n"] * c, dtype=frozen[names[0]].dtype, device=device)
-            for u, v in zip(ja["rest"], jb["rest"]):
-                out.addmm_(u, v.T)
-            for fl, da, db, aa, ab in zip(plan, ja["delta"], jb["delta"], ja["act"], jb["act"]):
-                dd = (da @ db.T).view(ja["n"], c, jb["n"], c)
-                coef = (aa @ ab.T) if fl.weight else torch.zeros(ja["n"], jb["n"], dtype=dd.dtype, device=device)
-                if fl.bias:
-                    coef = coef + 1
-                out += dd.mul_(coef[:, None, :, None]).view_as(out)
-                del dd
-            return out
+        builder = _KernelBuilder(cfg, x, c, rest, probes, plan, fn, frozen[names[0]].dtype, device)
 
         t0 = time.perf_counter()
-        kern = torch.empty(n * c, n * c, dtype=torch.float64, device=device)
         outer, inner = mem["outer_block"], mem["inner_block"]
-        jac_samples = 0
-
-        def put(s0: int, s1: int, u0: int, u1: int, kb: Tensor) -> None:
-            kern[s0 * c : s1 * c, u0 * c : u1 * c].copy_(kb)
-            if u0 != s0:
-                kern[u0 * c : u1 * c, s0 * c : s1 * c].copy_(kb.T)
-
-        for a0 in range(0, n, outer):  # the Cholesky factorisations read K's lower triangle only
-            a1 = min(a0 + outer, n)
-            ja = jac(a0, a1)
-            jac_samples += a1 - a0
-            tiles = [(s, min(s + tile, a1)) for s in range(a0, a1, tile)]
-            for i, (s0, s1) in enumerate(tiles):  # the diagonal block, tile by tile
-                for u0, u1 in tiles[i:]:
-                    put(s0, s1, u0, u1, prod(piece(ja, s0, s1), piece(ja, u0, u1)))
-            for b0 in range(a1, n, inner or n):  # later samples stream past (recomputed Jacobians)
-                b1 = min(b0 + inner, n)
-                jb = jac(b0, b1)
-                jac_samples += b1 - b0
-                for s0, s1 in tiles:
-                    put(s0, s1, b0, b1, prod(piece(ja, s0, s1), jb))
-                del jb
-            del ja
+        kern = builder.kernel(n, outer, inner)
         t_kernel = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -297,7 +320,7 @@ class NTKForgetting:
         info = dict(n=n, n_retain=n_r, num_classes=c, num_params=p_total, memory_estimate_gb=mem["total"] / GiB,
                     kernel_gb=mem["kernel"] / GiB, outer_block=outer, inner_block=inner,
                     factored_layers=[nm for fl in plan for nm in (fl.weight, fl.bias) if nm],
-                    jacobian_sample_passes=jac_samples / max(n, 1), kernel_s=t_kernel, solve_s=t_solve,
+                    jacobian_sample_passes=builder.jac_samples / max(n, 1), kernel_s=t_kernel, solve_s=t_solve,
                     vjp_s=t_vjp)
         return NTKResult(names, [frozen[k].shape for k in names], w_complete, w_retain, info)
 
