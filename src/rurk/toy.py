@@ -101,6 +101,81 @@ def correct_copies(model: nn.Module, copies: torch.Tensor, y: torch.Tensor) -> t
     return predict(model, copies.reshape(n * c, d)).argmax(1).reshape(n, c) == y[:, None]
 
 
+def _panel_grid(retain: TensorData, forget: TensorData, copies: torch.Tensor):
+    """The drawn area (every point and copy plus a 0.4 margin) and its 300 x 300 grid for the decision regions:
+    (lo, hi, gx, gy, grid points as float32)."""
+    allx = torch.cat([retain.x, forget.x, copies.reshape(-1, 2)])
+    lo, hi = allx.min(0).values.numpy() - 0.4, allx.max(0).values.numpy() + 0.4
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 300))
+    grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32))
+    return lo, hi, gx, gy, grid
+
+
+def _draw_panel(ax, model: nn.Module, area, retain: TensorData, forget: TensorData, copies: torch.Tensor,
+                ok: np.ndarray, title: str) -> None:
+    """One panel: ``model``'s decision regions over ``area``, the retained points, the copies marked by whether
+    the model predicts the forget point's label (``ok``), and the forget points."""
+    from matplotlib.colors import ListedColormap
+
+    lo, hi, gx, gy, grid = area
+    regions = predict(model, grid).argmax(1).numpy().reshape(gx.shape)
+    ax.contourf(gx, gy, regions, levels=[-0.5, 0.5, 1.5, 2.5], cmap=ListedColormap(["#c6dbef", "#fdd0a2", "#dadaeb"]),
+                alpha=0.9)
+    ax.contour(gx, gy, regions, levels=[0.5, 1.5], colors="0.35", linewidths=0.8)
+    for cls in range(3):
+        pts = retain.x[retain.y == cls].numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=14, c=_CLASS_COLORS[cls], edgecolors="white", linewidths=0.3,
+                   alpha=0.75, zorder=2)
+    cp = copies.numpy()
+    ax.scatter(cp[ok][:, 0], cp[ok][:, 1], s=16, facecolors="none", edgecolors="#1a9850", linewidths=1.0,
+               zorder=3)
+    ax.scatter(cp[~ok][:, 0], cp[~ok][:, 1], s=18, marker="x", c="#d73027", linewidths=1.1, zorder=3)
+    fx = forget.x.numpy()
+    ax.scatter(fx[:, 0], fx[:, 1], s=150, marker="*", c=[_CLASS_COLORS[v] for v in forget.y.numpy()],
+               edgecolors="black", linewidths=1.1, zorder=4)
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel("petal length (standardised)")
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+
+
+def _legend_handles(names: list[str]) -> list:
+    """The legend: one marker per class, then the forget sample and the two kinds of copy."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", ms=6, mfc=_CLASS_COLORS[i], mec="white", label=names[i])
+               for i in range(3)]
+    return handles + [
+        Line2D([], [], ls="", marker="*", ms=13, mfc="0.6", mec="black", label="forget sample"),
+        Line2D([], [], ls="", marker="o", ms=6, mfc="none", mec="#1a9850", label="copy: true label (✓)"),
+        Line2D([], [], ls="", marker="x", ms=6, mec="#d73027", label="copy: other label (✗)"),
+    ]
+
+
+def _draw_figure(out_png, models: dict, retain: TensorData, forget: TensorData, names: list[str],
+                 copies: torch.Tensor, correct: dict, totals: dict, c: int, tau: float, dpi: int) -> Path:
+    """The three-panel figure (matplotlib Agg; pyplot is not used), written to ``out_png``; returns its path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    area = _panel_grid(retain, forget, copies)
+    fig = Figure(figsize=(15, 5.2), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, sharex=True, sharey=True)
+    for ax, key in zip(axes, PANELS):
+        _draw_panel(ax, models[key], area, retain, forget, copies, correct[key].numpy(),
+                    f"{_TITLES[key]}:  Σk = {totals[key]} / {len(forget) * c}")
+    axes[0].set_ylabel("petal width (standardised)")
+    handles = _legend_handles(names)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=10)
+    fig.suptitle(f"Iris toy: {c} Gaussian copies (τ = {tau:g}, standardised units) around each of the "
+                 f"{len(forget)} forget samples", fontsize=13)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
+
+
 def iris_figure(out_png, seed: int = 0, c: int = 20, tau: float = 0.3, *, epochs: int = 500,
                 gd_epochs: int = 10, dpi: int = 110) -> dict:
     """Train Original (on S), Re-train (on S_r) and GD-unlearn Original, draw the three-panel figure to
@@ -114,11 +189,6 @@ def iris_figure(out_png, seed: int = 0, c: int = 20, tau: float = 0.3, *, epochs
 
     Inputs are standardised petal features, not [0, 1] pixels (the documented exception; module docstring).
     ``epochs``/``gd_epochs`` default to the spec values (500 / 10)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
     if c < 1 or tau < 0:
         raise ValueError(f"iris_figure: need c >= 1 and tau >= 0, got c={c}, tau={tau}")
     retain, forget, names = iris_toy_data(seed)
@@ -127,52 +197,7 @@ def iris_figure(out_png, seed: int = 0, c: int = 20, tau: float = 0.3, *, epochs
     correct = {k: correct_copies(m, copies, forget.y) for k, m in models.items()}
     counts = {k: v.sum(1).tolist() for k, v in correct.items()}
     totals = {k: int(sum(v)) for k, v in counts.items()}
-
-    # ------------------------------------------------------------------ picture
-    allx = torch.cat([retain.x, forget.x, copies.reshape(-1, 2)])
-    lo, hi = allx.min(0).values.numpy() - 0.4, allx.max(0).values.numpy() + 0.4
-    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 300))
-    grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32))
-    region_cmap = ListedColormap(["#c6dbef", "#fdd0a2", "#dadaeb"])
-    fig = Figure(figsize=(15, 5.2), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3, sharex=True, sharey=True)
-    fy = forget.y.numpy()
-    for ax, key in zip(axes, PANELS):
-        model = models[key]
-        regions = predict(model, grid).argmax(1).numpy().reshape(gx.shape)
-        ax.contourf(gx, gy, regions, levels=[-0.5, 0.5, 1.5, 2.5], cmap=region_cmap, alpha=0.9)
-        ax.contour(gx, gy, regions, levels=[0.5, 1.5], colors="0.35", linewidths=0.8)
-        for cls in range(3):
-            pts = retain.x[retain.y == cls].numpy()
-            ax.scatter(pts[:, 0], pts[:, 1], s=14, c=_CLASS_COLORS[cls], edgecolors="white", linewidths=0.3,
-                       alpha=0.75, zorder=2)
-        cp, ok = copies.numpy(), correct[key].numpy()
-        ax.scatter(cp[ok][:, 0], cp[ok][:, 1], s=16, facecolors="none", edgecolors="#1a9850", linewidths=1.0,
-                   zorder=3)
-        ax.scatter(cp[~ok][:, 0], cp[~ok][:, 1], s=18, marker="x", c="#d73027", linewidths=1.1, zorder=3)
-        fx = forget.x.numpy()
-        ax.scatter(fx[:, 0], fx[:, 1], s=150, marker="*", c=[_CLASS_COLORS[v] for v in fy], edgecolors="black",
-                   linewidths=1.1, zorder=4)
-        ax.set_title(f"{_TITLES[key]}:  Σk = {totals[key]} / {len(forget) * c}", fontsize=12)
-        ax.set_xlabel("petal length (standardised)")
-        ax.set_xlim(lo[0], hi[0])
-        ax.set_ylim(lo[1], hi[1])
-    axes[0].set_ylabel("petal width (standardised)")
-    handles = [Line2D([], [], ls="", marker="o", ms=6, mfc=_CLASS_COLORS[i], mec="white", label=names[i])
-               for i in range(3)]
-    handles += [
-        Line2D([], [], ls="", marker="*", ms=13, mfc="0.6", mec="black", label="forget sample"),
-        Line2D([], [], ls="", marker="o", ms=6, mfc="none", mec="#1a9850", label="copy: true label (✓)"),
-        Line2D([], [], ls="", marker="x", ms=6, mec="#d73027", label="copy: other label (✗)"),
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=10)
-    fig.suptitle(f"Iris toy: {c} Gaussian copies (τ = {tau:g}, standardised units) around each of the "
-                 f"{len(forget)} forget samples", fontsize=13)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-
+    out = _draw_figure(out_png, models, retain, forget, names, copies, correct, totals, c, tau, dpi)
     return {
         "png": str(out),
         "seed": int(seed),
