@@ -16,6 +16,7 @@ from .threads import prefer_short_spin
 prefer_short_spin()  # before torch loads (rurk.config imports it): see rurk.threads, "Waiting threads"
 
 from .config import MAX_BOOTSTRAP, ConfigError, load_scenario, parse_overrides  # noqa: E402
+from .metric_specs import cell_failure, failure_reason  # noqa: E402
 
 T = TypeVar("T")
 
@@ -264,7 +265,7 @@ def cmd_unlearn(args) -> None:
         refs = reference_models(scenario, prepared, seed, store, device=args.device)
         model, rec, cell = unlearned_model(args.method, scenario, prepared, refs, seed, store)
         if model is None:
-            print(f"seed {seed}: {args.method} {'failed: ' + rec['error'] if rec.get('error') else 'diverged'}")
+            print(f"seed {seed}: {args.method} failed: {cell_failure(rec)}")
             failed = True
             continue
         acc = M.standard_accuracies(model, d.retain, d.forget, d.test)
@@ -315,7 +316,7 @@ def cmd_audit(args) -> None:
 
         m, rec, _ = unlearned_model(args.method, scenario, prepared, refs, seed, store)
         if m is None:
-            raise ValueError(f"method {args.method!r} produced no model: {rec.get('error') or 'diverged'}")
+            raise ValueError(f"method {args.method!r} produced no model: {cell_failure(rec)}")
         name = args.method
     else:
         m = model_from(args.unlearned, refs.original)
@@ -510,8 +511,7 @@ def _raise_on_failures(summary: dict) -> None:
     print(f"\n{len(failures)} failed cell{'s' * (len(failures) > 1)} (recorded in the store; rerun with "
           "--retry-failed to compute them again):")
     for name, f in failures:
-        why = f.get("error") or f"diverged at step {f.get('diverged_step')}"
-        print(f"  seed {f.get('seed', '?')} {name}: {why}")
+        print(f"  seed {f.get('seed', '?')} {name}: {failure_reason(f)}")
     raise CellFailed(f"{len(failures)} cell{'s' * (len(failures) > 1)} failed")
 
 

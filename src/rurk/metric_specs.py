@@ -65,3 +65,8 @@ def cell_failure(cell: Mapping | None) -> str | None:
 def failed_cell(reason: str) -> dict:
     """The stored form of a failed cell (its metrics are the reason and nothing else)."""
     return {"error": reason}
+
+
+def failure_reason(failed: Mapping) -> str:
+    """The reason of one of a row's ``failed`` entries in summary.json (``{"seed", "error" | "diverged", ...}``)."""
+    return cell_failure({k: v for k, v in failed.items() if k != "seed"}) or "no result"

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .grid import REFERENCES, Cell, cell_graph, grid_status
+from .metric_specs import cell_failure
 
 RAY_MISSING = "--executor ray needs Ray: pip install 'rurk[ray]'"
 
@@ -487,8 +488,8 @@ class _Grid:
         if c.kind == "unlearn":
             rec = next(r for r in result["records"] if r["kind"] == "unlearned")["metrics"]
             row = f"seed {c.seed} eval {c.name}"
-            if (rec.get("error") or rec.get("diverged")) and row in self.cells and row not in self.done:
-                why = rec.get("error") or f"diverged at step {rec.get('diverged_step')}"
+            why = cell_failure(rec)
+            if why and row in self.cells and row not in self.done:
                 self.done.add(row)  # a failed method has no row to evaluate (as locally)
                 self.bar.update(1)
                 self._say(f"  {c.id}: the method failed ({why}); recorded, its row is skipped")
@@ -560,7 +561,7 @@ class _Grid:
             rec = next((r for r in recs if r["key"] == key), None)
             if rec is None:
                 raise ValueError(f"no unlearned record {key} in the result")
-            failed = rec["metrics"].get("error") or rec["metrics"].get("diverged")
+            failed = cell_failure(rec["metrics"])
             if not failed and key not in result["checkpoints"]:
                 raise ValueError(f"no checkpoint for unlearned {key}")
         for key, ck in result["checkpoints"].items():

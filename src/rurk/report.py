@@ -26,7 +26,7 @@ from .attack_report import attack_sections
 from .claims import check_claims, claims_markdown
 from .config import ConfigError, to_dict
 from .methods.base import FinetuneConfig, get_method, parse_variant
-from .metric_specs import LABELS, PCT_KEYS, PCT_METRICS, RELEARN, RETAIN, cell_failure
+from .metric_specs import LABELS, PCT_KEYS, PCT_METRICS, RELEARN, RETAIN, cell_failure, failure_reason
 from .metrics import aggregate, avg_gap
 from .plots import calibration_figure, plot_residual_curves
 from .store import write_json
@@ -142,11 +142,6 @@ def _mark_degenerate(methods: dict) -> None:
         m = entry[RETAIN.key]["mean"]
         if rt is not None and m is not None and rt - m > DEGENERATE_RETAIN_DROP:
             entry["degenerate"] = f"retain accuracy {m:.1f}% is {rt - m:.1f} points below Re-train's {rt:.1f}%"
-
-
-def failure_reason(failed: dict) -> str:
-    """The reason of one of a row's ``failed`` entries in summary.json (``{"seed", "error" | "diverged", ...}``)."""
-    return cell_failure({k: v for k, v in failed.items() if k != "seed"}) or "no result"
 
 
 def _ok(metrics: dict, name: str) -> bool:
