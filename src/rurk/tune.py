@@ -259,41 +259,42 @@ def _counted(trial) -> bool:
     return not trial.user_attrs.get("discarded")
 
 
-def run_study(objective, space: dict, storage: str, name: str, *, trials: int, timeout: float | None = None,
-              jobs: int = 1, sampler_seed: int = 0, prune: bool = False, log=print):
-    """Run (or continue) the study until it holds ``trials`` finished trials or ``timeout`` seconds passed.
-    ``objective(params) -> (value, per-split values)``; exceptions make a failed trial. With ``prune`` it is
-    called as ``objective(params, report)`` and must call ``report(first split's value)`` after its first split:
-    a trial worse there than the median of earlier trials is stopped and recorded PRUNED with that one value.
-    ``jobs`` threads ask, evaluate and tell trials at once (the objective may hand its work to processes).
-    Returns the study."""
-    optuna = _optuna()
-    from optuna.trial import TrialState
+class _StudyRun:
+    """One run of :func:`run_study` on a loaded study: its settings, and the lock and distributions its worker
+    threads share."""
 
-    pruner = _pruner(optuna, prune)
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-                                pruner=pruner)
-    distributions = None
-    lock = threading.Lock()
-    t0 = time.monotonic()
+    def __init__(self, optuna, study, objective, space: dict, storage: str, name: str, pruner, *, trials: int,
+                 timeout: float | None, sampler_seed: int, prune: bool, log):
+        self.optuna, self.study, self.objective, self.space = optuna, study, objective, space
+        self.storage, self.name, self.pruner, self.trials, self.timeout = storage, name, pruner, trials, timeout
+        self.sampler_seed, self.prune, self.log = sampler_seed, prune, log
+        self.distributions = None
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
 
-    def evaluate(trial) -> None:
-        params, t = dict(trial.params), time.perf_counter()
+    def _reporter(self, trial):
+        """The ``report`` of a pruning objective: decides after the first split whether the trial is pruned."""
 
         def report(first: float) -> None:
             if not math.isfinite(first):
                 return  # left to the end, where a non-finite mean is a failed trial
             trial.report(first, 0)  # a resumed trial's repeated report of step 0 is ignored by Optuna (same value)
             if trial.should_prune():
-                raise optuna.TrialPruned(first)
+                raise self.optuna.TrialPruned(first)
 
+        return report
+
+    def evaluate(self, trial) -> None:
+        """Runs one trial and tells the study how it ended: complete, pruned, failed or with a non-finite gap."""
+        TrialState, log = self.optuna.trial.TrialState, self.log
+        params, t = dict(trial.params), time.perf_counter()
         try:
-            value, per_split = objective(params, report) if prune else objective(params)
-        except optuna.TrialPruned as e:  # before the generic handler: a pruned trial is no failure
+            value, per_split = self.objective(params, self._reporter(trial)) if self.prune else self.objective(params)
+        except self.optuna.TrialPruned as e:  # before the generic handler: a pruned trial is no failure
             first = float(e.args[0])
             trial.set_user_attr("gaps", [first])
             trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
-            study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the first split's gap as its value
+            self.study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the first split's gap as its value
             log(f"  trial {trial.number:3d} pruned (first split gap {first:6.2f}): {_fmt_params(params)}")
             return
         except (KeyboardInterrupt, SystemExit):
@@ -303,67 +304,89 @@ def run_study(objective, space: dict, storage: str, name: str, *, trials: int, t
             reason = f"{type(e).__name__}: {e}"
             trial.set_user_attr("failed_reason", reason[:500])
             trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
-            study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL)
             log(f"  trial {trial.number:3d} failed ({reason[:120]}): {_fmt_params(params)}")
             return
         trial.set_user_attr("gaps", per_split)
         trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
         if not math.isfinite(value):
             trial.set_user_attr("failed_reason", "non-finite Avg. Gap")
-            study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL)
             return
-        study.tell(trial, value)
+        self.study.tell(trial, value)
         log(f"  trial {trial.number:3d} avg gap {value:6.2f}: {_fmt_params(params)}")
 
-    # 1. trials an earlier, interrupted run left RUNNING (the interrupt may hit anywhere, even inside Optuna's
-    # ask): one with all its values is finished with them in place, so none is lost or repeated; one cut off while
-    # its values were being drawn never ran, so it is marked discarded (first, so a kill in between leaves it stale)
-    # and failed, and no longer counts: the loop asks a new trial, from the same per-index sampler seed
-    for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _stale(ft):
-            continue
-        trial = optuna.trial.Trial(study, ft._trial_id)  # Optuna has no public "trial by number" for a Study
-        if set(ft.params) != set(space):
-            log(f"  discarding trial {ft.number}: interrupted before its values were drawn")
-            trial.set_user_attr("discarded", True)
-            trial.set_user_attr("failed_reason", "interrupted before its values were drawn; replaced by a new trial")
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        log(f"  resuming interrupted trial {ft.number}")
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("interrupted", False)
-        evaluate(trial)
+    def resume_stale(self) -> None:
+        """Decides what becomes of the trials an earlier, interrupted run left RUNNING (the interrupt may hit
+        anywhere, even inside Optuna's ask): one with all its values is finished with them in place, so none is lost
+        or repeated; one cut off while its values were being drawn never ran, so it is marked discarded (first, so a
+        kill in between leaves it stale) and failed, and no longer counts: the loop asks a new trial, from the same
+        per-index sampler seed."""
+        study, log, TrialState = self.study, self.log, self.optuna.trial.TrialState
+        for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not _stale(ft):
+                continue
+            trial = self.optuna.trial.Trial(study, ft._trial_id)  # Optuna has no public "trial by number" for a Study
+            if set(ft.params) != set(self.space):
+                log(f"  discarding trial {ft.number}: interrupted before its values were drawn")
+                trial.set_user_attr("discarded", True)
+                trial.set_user_attr("failed_reason", "interrupted before its values were drawn; replaced by a new trial")
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            log(f"  resuming interrupted trial {ft.number}")
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("interrupted", False)
+            self.evaluate(trial)
 
-    def finished() -> int:
-        return sum(_counted(t) for t in study.get_trials(deepcopy=False, states=(
+    def finished(self) -> int:
+        """The trials that count toward ``trials`` and are done or being run."""
+        TrialState = self.optuna.trial.TrialState
+        return sum(_counted(t) for t in self.study.get_trials(deepcopy=False, states=(
             TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)))
 
-    def worker() -> None:
-        nonlocal distributions
-        while True:
-            with lock:
-                if finished() >= trials or (timeout is not None and time.monotonic() - t0 >= timeout):
-                    return
-                n = sum(_counted(t) for t in study.get_trials(deepcopy=False))  # = the trial's number when none was discarded
-                sampler = optuna.samplers.TPESampler(seed=derive_seed(sampler_seed, "tpe", n) % 2**32,
-                                                     n_startup_trials=N_STARTUP_TRIALS)
-                s = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-                if distributions is None:
-                    distributions = {k: _distribution(optuna, p) for k, p in space.items()}
-                trial = s.ask(distributions)
-                trial.set_user_attr("pid", os.getpid())
-                trial.set_user_attr("host", socket.gethostname())
-            evaluate(trial)
+    def _done(self) -> bool:
+        """Whether the study is done: ``trials`` finished (or being run), or the time is up."""
+        return self.finished() >= self.trials or (self.timeout is not None and
+                                                  time.monotonic() - self.t0 >= self.timeout)
 
-    if jobs <= 1:
-        worker()
-    else:
+    def _next_trial(self):
+        """Under the lock: None when the study is done, else a new trial asked with the sampler seeded for its
+        index and marked as this process's."""
+        optuna = self.optuna
+        with self.lock:
+            if self._done():
+                return None
+            # n = the trial's number when none was discarded
+            n = sum(_counted(t) for t in self.study.get_trials(deepcopy=False))
+            sampler = optuna.samplers.TPESampler(seed=derive_seed(self.sampler_seed, "tpe", n) % 2**32,
+                                                 n_startup_trials=N_STARTUP_TRIALS)
+            s = optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler, pruner=self.pruner)
+            if self.distributions is None:
+                self.distributions = {k: _distribution(optuna, p) for k, p in self.space.items()}
+            trial = s.ask(self.distributions)
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("host", socket.gethostname())
+        return trial
+
+    def worker(self) -> None:
+        """Asks and evaluates trials until :meth:`_next_trial` says the study is done."""
+        while True:
+            trial = self._next_trial()
+            if trial is None:
+                return
+            self.evaluate(trial)
+
+    def run(self, jobs: int) -> None:
+        """Runs :meth:`worker` here (``jobs`` <= 1) or in ``jobs`` threads, re-raising a thread's first error."""
+        if jobs <= 1:
+            self.worker()
+            return
         errors: list[BaseException] = []
 
         def guarded():
             try:
-                worker()
+                self.worker()
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 errors.append(e)
 
@@ -374,6 +397,24 @@ def run_study(objective, space: dict, storage: str, name: str, *, trials: int, t
             th.join()
         if errors:
             raise errors[0]
+
+
+def run_study(objective, space: dict, storage: str, name: str, *, trials: int, timeout: float | None = None,
+              jobs: int = 1, sampler_seed: int = 0, prune: bool = False, log=print):
+    """Run (or continue) the study until it holds ``trials`` finished trials or ``timeout`` seconds passed.
+    ``objective(params) -> (value, per-split values)``; exceptions make a failed trial. With ``prune`` it is
+    called as ``objective(params, report)`` and must call ``report(first split's value)`` after its first split:
+    a trial worse there than the median of earlier trials is stopped and recorded PRUNED with that one value.
+    ``jobs`` threads ask, evaluate and tell trials at once (the objective may hand its work to processes).
+    Returns the study."""
+    optuna = _optuna()
+    pruner = _pruner(optuna, prune)
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+                                pruner=pruner)
+    run = _StudyRun(optuna, study, objective, space, storage, name, pruner, trials=trials, timeout=timeout,
+                    sampler_seed=sampler_seed, prune=prune, log=log)
+    run.resume_stale()  # 1. trials an earlier, interrupted run left RUNNING
+    run.run(jobs)  # 2. new trials until ``trials`` are finished or the time is up
     return study
 
 
