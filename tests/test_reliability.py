@@ -138,20 +138,26 @@ def test_the_summary_lists_failures_with_their_seed(tmp_path):
     assert on_disk["run"]["threads"] == [torch.get_num_threads()] == [1]  # conftest: RURK_THREADS=1
 
 
+AUDIT_FLAGS = ["--set", "train.epochs=2", "--draws", "2", "--taus", "0,0.1", "--quiet", "--device", "cpu"]
+
+
+def _digits5_original(tmp_path):
+    """digits5's Original for seed 131 (2 epochs) in the store at ``tmp_path``: (the audit's flags, the model)."""
+    from rurk.pipeline import load_run_model, prepare, reference_models
+
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
+    store = Store(tmp_path)
+    prepared = prepare(scenario, store)
+    refs = reference_models(scenario, prepared, 131, store, device="cpu")
+    return ["--out", str(tmp_path), *AUDIT_FLAGS], load_run_model(store, refs.keys["original"], scenario, prepared)
+
+
 # ---------------------------------------------------------------------------------------------- user checkpoints
 def test_audit_accepts_plain_safetensors_and_names_what_is_wrong_with_bad_files(tmp_path, capsys):
     import torch
     from safetensors.torch import save_file
 
-    from rurk.pipeline import load_run_model, prepare, reference_models
-
-    common = ["--out", str(tmp_path), "--set", "train.epochs=2", "--draws", "2", "--taus", "0,0.1", "--quiet",
-              "--device", "cpu"]
-    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
-    store = Store(tmp_path)
-    prepared = prepare(scenario, store)
-    refs = reference_models(scenario, prepared, 131, store, device="cpu")
-    model = load_run_model(store, refs.keys["original"], scenario, prepared)
+    common, model = _digits5_original(tmp_path)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     plain = tmp_path / "mine.safetensors"
     save_file(state, str(plain))  # what a user saves: no sidecar
@@ -316,16 +322,8 @@ def test_rurk_audit_refuses_a_nan_checkpoint_in_one_line_with_exit_2(tmp_path, c
     import numpy as np
     from safetensors.torch import save_file
 
-    from rurk.pipeline import load_run_model, prepare, reference_models
-
-    common = ["--out", str(tmp_path), "--set", "train.epochs=2", "--draws", "2", "--taus", "0,0.1", "--quiet",
-              "--device", "cpu"]
-    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
-    store = Store(tmp_path)
-    prepared = prepare(scenario, store)
-    refs = reference_models(scenario, prepared, 131, store, device="cpu")
-    state = {k: v.contiguous() for k, v in load_run_model(store, refs.keys["original"], scenario,
-                                                           prepared).state_dict().items()}
+    common, model = _digits5_original(tmp_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     one = dict(state)
     first = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
     one[first] = state[first].clone().view(-1).index_fill_(0, torch.tensor([0]), float("nan")).view_as(state[first])
