@@ -462,6 +462,63 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
             "wall_s": round(wall_s, 1), "best": best, "importances": importances, "all_trials": rows}
 
 
+def _check_tune_args(scenario: Scenario, trials: int, jobs: int, timeout: float | None, seed: int,
+                     split_seeds: list[int]) -> None:
+    """Decides whether the tuning settings are usable (before any work): counts, timeout, and seeds that are never
+    reported."""
+    if trials < 1:
+        raise ConfigError(f"--trials = {trials}: expected an integer >= 1")
+    if jobs < 1:
+        raise ConfigError(f"--jobs = {jobs}: expected an integer >= 1")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout = {timeout}: expected a number of seconds > 0")
+    if seed in scenario.seeds.run:
+        raise ConfigError(f"--seed = {seed}: expected a seed that is not reported (run seeds {scenario.seeds.run})")
+    if scenario.seeds.split in split_seeds:
+        raise ConfigError(f"--split-seeds = {split_seeds}: expected forget sets that are never reported "
+                          f"(the reported split seed is {scenario.seeds.split})")
+    if len(set(split_seeds)) != len(split_seeds) or not split_seeds:
+        raise ConfigError(f"--split-seeds = {split_seeds}: expected distinct seeds")
+
+
+def _tuned_methods(scenario: Scenario, methods: list[str]) -> list[str]:
+    """The methods to tune: ``["all"]`` = the scenario's (else every registered) methods with a search space;
+    a named method without one is refused."""
+    from .methods import load_all
+
+    registry = load_all()
+    if methods == ["all"]:
+        methods = [m for m in (scenario.run_methods or sorted(registry)) if registry[m].space]
+    for m in methods:
+        if not get_method(m).space:
+            raise ConfigError(f"method = {m!r}: declares no search space")
+    return methods
+
+
+def _ray_references(executor, scenario: Scenario, split_seeds: list[int], seed: int, store, out, device: str,
+                    log) -> None:
+    """The tuning forget sets' reference models trained as Ray tasks (the driver then only loads them)."""
+    from .experiment import RunOptions
+    from .pipeline import prepare
+
+    for s in split_seeds:
+        tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
+        executor.fill(tuning, RunOptions(device=device), store, prepare(tuning, store), [seed], [], None,
+                      Path(out) / tuning.name, log=log, references_only=True)
+
+
+def _remote_objective(objective: _Objective, workers, executor, store, device: str):
+    """Where a trial's gaps are computed, as a context giving the objective: the local worker processes
+    (``workers``), Ray tasks (``executor``), else this process."""
+    from contextlib import nullcontext
+
+    if workers is not None:
+        return nullcontext(_PoolObjective(objective, workers))
+    if executor is not None:
+        return executor.objective(objective, store, device=device)
+    return nullcontext(objective)
+
+
 def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int = 24, timeout: float | None = None,
          jobs: int | None = None, seed: int | None = None, split_seeds=DEFAULT_SPLIT_SEEDS, sampler_seed: int = 0,
          prune: bool = True, write: str | Path | None = None, device: str = "auto", log=print,
@@ -478,7 +535,6 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
     are those of the local path. A Ray trial runs every forget set in one task, so it is never pruned."""
     from contextlib import nullcontext
 
-    from .methods import load_all
     from .store import Store
     from .threads import available_cpus
 
@@ -486,43 +542,17 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
     split_seeds = [int(s) for s in split_seeds]
     if jobs is None:
         jobs = available_cpus()
-    if trials < 1:
-        raise ConfigError(f"--trials = {trials}: expected an integer >= 1")
-    if jobs < 1:
-        raise ConfigError(f"--jobs = {jobs}: expected an integer >= 1")
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(f"--timeout = {timeout}: expected a number of seconds > 0")
-    if seed in scenario.seeds.run:
-        raise ConfigError(f"--seed = {seed}: expected a seed that is not reported (run seeds {scenario.seeds.run})")
-    if scenario.seeds.split in split_seeds:
-        raise ConfigError(f"--split-seeds = {split_seeds}: expected forget sets that are never reported "
-                          f"(the reported split seed is {scenario.seeds.split})")
-    if len(set(split_seeds)) != len(split_seeds) or not split_seeds:
-        raise ConfigError(f"--split-seeds = {split_seeds}: expected distinct seeds")
-    registry = load_all()
-    if methods == ["all"]:
-        methods = [m for m in (scenario.run_methods or sorted(registry)) if registry[m].space]
-    for m in methods:
-        if not get_method(m).space:
-            raise ConfigError(f"method = {m!r}: declares no search space")
+    _check_tune_args(scenario, trials, jobs, timeout, seed, split_seeds)
+    methods = _tuned_methods(scenario, methods)
     prune = prune and executor is None
     session = executor.session() if executor is not None else nullcontext()
     with session:  # one Ray session for the references and every method's trials
         store = Store(out)
-        here = device
         if executor is not None:  # the references as Ray tasks; the driver then only loads them (on its CPU)
-            from .experiment import RunOptions
-            from .pipeline import prepare
-
-            for s in split_seeds:
-                tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
-                executor.fill(tuning, RunOptions(device=device), store, prepare(tuning, store), [seed], [], None,
-                              Path(out) / tuning.name, log=log, references_only=True)
-            here = "cpu"
-        splits = _load_splits(scenario, split_seeds, seed, store, here)
-        local_pool = executor is None and jobs > 1
-        pool = (_trial_pool(jobs, scenario, split_seeds, seed, store, device, splits) if local_pool
-                else nullcontext())
+            _ray_references(executor, scenario, split_seeds, seed, store, out, device, log)
+        splits = _load_splits(scenario, split_seeds, seed, store, device if executor is None else "cpu")
+        pool = (_trial_pool(jobs, scenario, split_seeds, seed, store, device, splits)
+                if executor is None and jobs > 1 else nullcontext())
         storage = f"sqlite:///{(Path(out) / 'tune.db').resolve()}"
         path = Path(write) if write else Path(out) / f"tuned-{scenario.name}.toml"
         existing = read_tuned(path) if path.exists() else {}
@@ -535,13 +565,7 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
                 log(f"{method}: study {name} ({trials} trials, {how})")
                 t0 = time.perf_counter()
                 objective = _Objective(scenario, method, base, seed, splits)
-                if local_pool:
-                    remote = nullcontext(_PoolObjective(objective, workers))
-                elif executor is not None:
-                    remote = executor.objective(objective, store, device=device)
-                else:
-                    remote = nullcontext(objective)
-                with remote as evaluate_params:
+                with _remote_objective(objective, workers, executor, store, device) as evaluate_params:
                     study = run_study(evaluate_params, spec.space, storage, name, trials=trials, timeout=timeout,
                                       jobs=jobs, sampler_seed=sampler_seed, prune=prune, log=log)
                 prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
