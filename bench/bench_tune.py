@@ -13,6 +13,10 @@ Every timing is printed with the CPU model (``/proc/cpuinfo``), since numbers fr
 Each run starts from an empty study (this script deletes OUT/tune.db first, never the references).
 
     nice -n 10 .venv/bin/python bench/bench_tune.py [--trials 12] [--methods rurk,gd,neggrad_plus] [--out DIR]
+
+``--before-set KEY=VALUE`` (repeatable) adds scenario settings to ``before`` only — e.g.
+``--before-set methods.rurk.calibrate=false`` tunes RURK as it was tuned before calibrated stopping (a fixed
+epoch count), so ``before`` is the whole old way and ``after`` the whole new one.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import optuna
 
 os.environ.setdefault("RURK_PROGRESS", "0")  # the re-scoring below runs in this process: no progress bars
 
-from rurk.config import load_scenario
+from rurk.config import load_scenario, parse_overrides
 from rurk.store import Store
 from rurk.tune import _load_splits, _Objective, DEFAULT_TUNING_SEED
 
@@ -77,6 +81,8 @@ def main() -> None:
     ap.add_argument("--methods", default="rurk,gd,neggrad_plus")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--out", default="/tmp/rurk-bench-tune", help="run store (references are kept between runs)")
+    ap.add_argument("--before-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a scenario setting for the 'before' runs only (repeatable)")
     args = ap.parse_args()
     out = Path(args.out)
     cpu = cpu_model()
@@ -88,7 +94,9 @@ def main() -> None:
     print(f"references for split seeds 1,2,3 ready in {time.perf_counter() - t:.0f} s (untimed below)", flush=True)
     (out / "tune.db").unlink(missing_ok=True)
     storage = f"sqlite:///{out / 'tune.db'}"
-    modes = {"before": ["--split-seeds", "1,2", "--no-prune", "--jobs", "1"], "after": []}
+    before_set = [f for kv in args.before_set for f in ("--set", kv)]
+    modes = {"before": ["--split-seeds", "1,2", "--no-prune", "--jobs", "1", *before_set], "after": []}
+    before_scenario = load_scenario(args.scenario, parse_overrides(args.before_set)) if args.before_set else scenario
     rows = []
     for method in args.methods.split(","):
         result = {}
@@ -99,8 +107,8 @@ def main() -> None:
             print(f"  {method:13s} {mode:6s} {wall:6.0f} s  [{cpu}]  best {points[-1][1]:.2f}  "
                   f"complete/pruned/failed {info['COMPLETE']}/{info['PRUNED']}/{info['FAIL']}  "
                   f"best so far (s: value) {', '.join(f'{s:.0f}: {v:.2f}' for s, v in points)}", flush=True)
-        rescored, _ = _Objective(scenario, method, scenario.methods.get(method, {}), DEFAULT_TUNING_SEED,
-                                 splits)(result["before"][2]["params"])
+        rescored, _ = _Objective(before_scenario, method, before_scenario.methods.get(method, {}),
+                                 DEFAULT_TUNING_SEED, splits)(result["before"][2]["params"])
         rows.append((method, result, rescored))
 
     print(f"\n| method | CPU | before: wall s | before: best (1,2) | before best on 1,2,3 | after: wall s "
