@@ -79,6 +79,7 @@ class MethodRecord:
         if loop.diverged and not self.diverged:
             self.diverged, self.diverged_step = True, self.steps
         self.extra.setdefault("schedule", loop.schedule)
+        self.extra.setdefault("planned_steps", loop.planned_steps)  # the budget (calibrated stopping's upper bound)
         if loop.calibration is not None:
             self.extra["calibration"] = loop.calibration
         return self
