@@ -73,3 +73,33 @@ def test_workers_die_with_a_killed_parent(tmp_path):
         time.sleep(0.2)
     alive = [k for k in kids if os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z"]
     assert not alive
+
+
+def test_a_claim_that_does_not_wait_skips_a_held_cell(tmp_path):
+    from rurk.store import Store
+
+    store = Store(tmp_path)
+    with store.claim("model", "k") as held:
+        assert held
+        with store.claim("model", "k", wait=False) as again:  # another open file: flock refuses it
+            assert again is False
+        with store.claim("model", "other", wait=False) as free:
+            assert free
+    with store.claim("model", "k", wait=False) as after:  # released
+        assert after
+
+
+def test_workers_train_every_reference_first_skipping_one_being_trained(tmp_path):
+    from rurk.config import load_scenario, parse_overrides
+    from rurk.pipeline import prepare, reference_keys
+    from rurk.pool_exec import train_references
+    from rurk.store import Store
+
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
+    store = Store(tmp_path)
+    prepared = prepare(scenario, store)
+    keys = {s: reference_keys(scenario, prepared, s) for s in (131, 42)}
+    with store.claim("model", keys[42]["original"]):  # "another worker" is training seed 42's Original
+        train_references(scenario, prepared, [42, 131], store, "cpu", w=1)
+    trained = {(s, k) for s in keys for k, key in keys[s].items() if store.load_meta(key) is not None}
+    assert trained == {(42, "retrain"), (131, "original"), (131, "retrain")}  # the held one was skipped, not waited for

@@ -159,9 +159,11 @@ def reference_keys(scenario: Scenario, prepared: Prepared, seed: int) -> dict[st
 
 def reference_model(kind: str, scenario: Scenario, prepared: Prepared, seed: int, store: Store, *,
                     device: str | torch.device = "auto", progress: bool | None = None,
-                    pretrained: tuple[nn.Module | None, str | None] = (None, None)) -> tuple[nn.Module, str]:
+                    pretrained: tuple[nn.Module | None, str | None] = (None, None),
+                    wait: bool = True) -> tuple[nn.Module | None, str]:
     """Train or reuse one reference model (``kind`` = original or retrain; ``pretrained`` = the
-    (network, key) of :func:`pretrained_model` when the scenario pre-trains). Returns (model, key)."""
+    (network, key) of :func:`pretrained_model` when the scenario pre-trains). Returns (model, key); with
+    ``wait=False`` a model another process is training right now is not waited for: (None, key)."""
     device = pick_device(device) if isinstance(device, str) else device
     mean, std, common = _reference_common(scenario, prepared, seed)
     train_set, recipe = _reference_recipe(kind, scenario, prepared.data)
@@ -171,7 +173,9 @@ def reference_model(kind: str, scenario: Scenario, prepared: Prepared, seed: int
         model = copy.deepcopy(pre_model)
     else:
         model = new_model(scenario, prepared.num_classes, prepared.in_shape, mean, std, seed, device)
-    with store.claim("model", key):  # a concurrent run on the same store waits, then loads ours
+    with store.claim("model", key, wait=wait) as held:  # a concurrent run on the same store waits, then loads ours
+        if not held:
+            return None, key
         if store.load_model(key, model) is None:
             _train_reference(kind, key, model, train_set, recipe, scenario, prepared, seed, store, mean, std,
                              progress)

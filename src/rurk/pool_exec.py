@@ -77,8 +77,24 @@ def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads, paren
     def log(msg: str) -> None:
         print(f"[worker {w}]{msg}", flush=True)
 
+    if not scenario.pretrain.dataset:
+        train_references(scenario, prepared, seeds, store, opts.device, w)
     for seed in seeds:
         run_seed(scenario, prepared, seed, store, names, opts, Path(out_dir), spec=spec, progress=False, log=log)
+
+
+def train_references(scenario, prepared, seeds, store, device, w: int) -> None:
+    """Train every seed's Original and Re-train first, skipping a model another worker is training: the grid's
+    rows need them, and a worker that met another's reference claim used to wait for it (three seeds on two
+    workers: one idled while the other trained the third seed's two models). Worker ``w`` takes the seeds in its
+    rotated order, Original first when ``w`` is even, Re-train first when odd, so two workers start on different
+    models; whatever the order, each model is the same (same key, seed and code)."""
+    from .pipeline import reference_model
+
+    kinds = ("original", "retrain") if w % 2 == 0 else ("retrain", "original")
+    for seed in seeds:
+        for kind in kinds:
+            reference_model(kind, scenario, prepared, seed, store, device=device, progress=False, wait=False)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -124,16 +124,21 @@ class Store:
             db.execute("DELETE FROM records WHERE kind=? AND key=?", (kind, key))
 
     @contextmanager
-    def claim(self, kind: str, key: str) -> Iterator[None]:
+    def claim(self, kind: str, key: str, *, wait: bool = True) -> Iterator[bool]:
         """Hold the cell (kind, key) for this process or thread: an exclusive ``flock`` on
         ``locks/<kind>-<key>.lock``. Two runs sharing a store never compute the same cell at once; whoever
-        waits re-reads the record after the claim and finds the other's result."""
+        waits re-reads the record after the claim and finds the other's result. Yields True when held; with
+        ``wait=False`` a cell someone else holds is not waited for: it yields False (and holds nothing)."""
         path = self.root / "locks" / f"{kind}-{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
