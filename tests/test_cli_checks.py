@@ -248,7 +248,7 @@ def test_version_names_rurk_and_torch(capsys):
 
 
 def test_demo_is_fmnist5_on_three_seeds_with_its_own_copies_and_tau_grid(tmp_path, monkeypatch):
-    import rurk.experiment as experiment
+    import rurk.cli as cli
     from rurk.cli import DEMO_DRAWS, DEMO_TAUS
 
     seen = {}
@@ -260,7 +260,7 @@ def test_demo_is_fmnist5_on_three_seeds_with_its_own_copies_and_tau_grid(tmp_pat
         seen.update(scenario=scenario.name, opts=opts, executor=kw.get("executor"))
         raise Stop
 
-    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    monkeypatch.setattr(cli, "run_experiment", run_experiment)
     with pytest.raises(Stop):
         main(["demo", "--out", str(tmp_path), "--quiet"])
     opts = seen["opts"]

@@ -15,8 +15,31 @@ from .threads import prefer_short_spin
 
 prefer_short_spin()  # before torch loads (rurk.config imports it): see rurk.threads, "Waiting threads"
 
-from .config import MAX_BOOTSTRAP, ConfigError, load_scenario, parse_overrides  # noqa: E402
+# Every subcommand's modules, imported once here, after prefer_short_spin() (hence E402); optional heavy
+# dependencies (optuna, ray, matplotlib) are imported where they are used, by the modules that need them.
+from . import __version__, metrics as M  # noqa: E402
+from .attack_report import write_robust  # noqa: E402
+from .attacks import RobustSettings, robust_curves, subsample  # noqa: E402
+from .audit import residual_knowledge  # noqa: E402
+from .claims import claims_lines  # noqa: E402
+from .config import MAX_BOOTSTRAP, ConfigError, Scenario, list_scenarios, load_scenario, parse_overrides  # noqa: E402
+from .data.loaders import BUNDLED  # noqa: E402
+from .experiment import RunOptions, audit_settings, method_config, run_experiment, scenario_with, unlearned_model  # noqa: E402
+from .gallery import write_per_sample  # noqa: E402
+from .methods import load_all  # noqa: E402
 from .metric_specs import cell_failure, failure_reason  # noqa: E402
+from .pipeline import load_run_model, pick_device, prepare, reference_models  # noqa: E402
+from .plan import plan, plan_lines  # noqa: E402
+from .plots import plot_residual_curves  # noqa: E402
+from .pool_exec import ProcessExecutor  # noqa: E402
+from .ray_exec import RayExecutor, import_ray  # noqa: E402
+from .readme import compare, read_block, render, render_transfer, update  # noqa: E402
+from .report import main_table, markdown  # noqa: E402
+from .store import Store, cache_key, check_safetensors, load_checkpoint  # noqa: E402
+from .threads import available_cpus, configure_threads  # noqa: E402
+from .toy import iris_figure  # noqa: E402
+from .tune import load_tuned, read_tuned, tune, tuned_path  # noqa: E402
+from .usermodel import build_user_model, check_model_fits, load_samples, parse_normalize, with_normalization  # noqa: E402
 
 T = TypeVar("T")
 
@@ -120,8 +143,6 @@ def _check_device(name: str, *, here: bool) -> None:
 def _check_checkpoint(flag: str, path: str) -> None:
     """A safetensors file given on the command line is complete, before any model is trained to audit it against
     (a missing --unlearned used to be refused only after Original and Re-train were trained)."""
-    from .store import check_safetensors
-
     try:
         check_safetensors(path)
     except (FileNotFoundError, ValueError) as e:
@@ -179,10 +200,6 @@ def _check_args(args) -> None:
 
 def _scenario(args):
     """The scenario with its tuned per-method values (if any), then --data-dir and --set overrides."""
-    from .data.loaders import BUNDLED
-    from .experiment import scenario_with
-    from .tune import load_tuned
-
     overrides = parse_overrides(args.set)
     if "method" in overrides:  # `--set method.lr=0.1` is shorthand for `--set methods.<the one method>.lr=0.1`
         named = getattr(args, "method", None) or getattr(args, "methods", None)
@@ -213,16 +230,11 @@ def _seeds(args, scenario) -> list[int]:
 
 
 def cmd_scenarios(args) -> None:
-    from .config import list_scenarios
-
     for name, desc in list_scenarios().items():
         print(f"{name:16s} {desc}")
 
 
 def cmd_train(args) -> None:
-    from .pipeline import prepare, reference_models
-    from .store import Store
-
     scenario = _scenario(args)
     store = Store(args.out)
     prepared = prepare(scenario, store)
@@ -237,8 +249,6 @@ def cmd_train(args) -> None:
 
 
 def cmd_methods(args) -> None:
-    from .methods import load_all
-
     for name, spec in sorted(load_all().items()):
         print(f"{name:13s} {spec.summary}")
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults().items())
@@ -250,11 +260,6 @@ def cmd_methods(args) -> None:
 def cmd_unlearn(args) -> None:
     """Unlearn with one method (or variant), save the checkpoint in the store and print accuracies — nothing else
     (`rurk run` adds MIA, re-learn time and the audit)."""
-    from . import metrics as M
-    from .experiment import method_config, unlearned_model
-    from .pipeline import prepare, reference_models
-    from .store import Store, cache_key
-
     scenario = _scenario(args)
     print(f"{args.method}: {method_config(scenario, args.method)}")
     store = Store(args.out)
@@ -288,8 +293,6 @@ def cmd_audit(args) -> None:
     run's seed-S/NAME/, whose files the run's report.md links."""
     if args.arch:
         return _audit_user_model(args)
-    from .pipeline import load_run_model, prepare, reference_models
-    from .store import Store, load_checkpoint
 
     if args.scenario is None:
         raise ConfigError("audit needs a scenario (e.g. `rurk audit fmnist5 --method rurk`) or --arch MODULE:FUNCTION "
@@ -312,8 +315,6 @@ def cmd_audit(args) -> None:
         return load_checkpoint(model, path).eval()  # rurk's checkpoints or a plain safetensors of this architecture
 
     if args.method:
-        from .experiment import unlearned_model
-
         m, rec, _ = unlearned_model(args.method, scenario, prepared, refs, seed, store)
         if m is None:
             raise ValueError(f"method {args.method!r} produced no model: {cell_failure(rec)}")
@@ -325,8 +326,6 @@ def cmd_audit(args) -> None:
     d = prepared.data
     sets = None
     if robust is not None:
-        from .attacks import subsample
-
         sets = {"forget": d.forget, **{k: subsample(getattr(d, k), robust.max_samples, seed, k)
                                        for k in ("retain", "test") if len(getattr(d, k))}}
     _audit_and_write(args, spec, m, a, d.forget, audit_dir(args.out, scenario.name, seed, name), seed,
@@ -345,12 +344,6 @@ def audit_dir(out: str | Path, scenario: str, seed: int, name: str) -> Path:
 
 def _audit_user_model(args) -> None:
     """`rurk audit --arch`: the user's factory, two plain safetensors files and a forget set; no scenario."""
-    from .experiment import RunOptions, audit_settings
-    from .config import Scenario
-    from .pipeline import pick_device
-    from .store import load_checkpoint
-    from .usermodel import build_user_model, check_model_fits, load_samples, parse_normalize, with_normalization
-
     if args.scenario is not None:
         raise ConfigError(f"give a scenario ({args.scenario!r}) or --arch, not both")
     needs = [f"--{f}" for f in ("unlearned", "reference", "forget") if not getattr(args, f)]
@@ -396,7 +389,6 @@ def _robust_settings(args):
         if args.robust_eps:
             raise ConfigError("--robust-eps needs --robust")
         return None
-    from .attacks import RobustSettings
 
     try:
         return RobustSettings(eps=_eps_list(args.robust_eps)) if args.robust_eps else RobustSettings()
@@ -410,12 +402,6 @@ def _audit_and_write(args, spec, m, a, forget, out: Path, seed: int, *, name: st
     """Audit m against a on the forget set and write, under ``out``: residual-<probe>.json, .csv, .png and .npz,
     leaks-<probe>.png and, with ``robust``, robust.csv and robust.png (m and a side by side); print the table.
     ``ref_label`` names the reference in plot legends (default ``ref_name``)."""
-    from .attack_report import write_robust
-    from .attacks import robust_curves
-    from .audit import residual_knowledge
-    from .gallery import write_per_sample
-    from .plots import plot_residual_curves
-
     res = residual_knowledge(m, a, forget.x, forget.y, seed=seed, index=forget.index, spec=spec)
     stem = f"residual-{res.probe}"
     where = f"{scenario}: " if scenario else ""
@@ -454,8 +440,6 @@ def _eps_list(text: str) -> list[float]:
 
 def _audit_spec(args, scenario):
     """The one AuditSpec of `rurk audit`/`run`/`demo`: the scenario's [audit] table with the command's flags."""
-    from .experiment import RunOptions, audit_settings
-
     return audit_settings(scenario, _audit_options(args, RunOptions(), scenario))
 
 
@@ -482,8 +466,6 @@ def _checkpoint_name(path: str) -> str:
 
 
 def _run_options(args, scenario):
-    from .experiment import RunOptions
-
     opts = RunOptions(
         methods=args.methods, seeds=args.seeds if args.seeds is not None else (
             [args.seed] if args.seed is not None else None),
@@ -494,8 +476,6 @@ def _run_options(args, scenario):
 
 
 def cmd_run(args) -> None:
-    from .experiment import run_experiment
-
     scenario = _scenario(args)
     opts, executor = _run_options(args, scenario), _executor(args)
     summary = run_experiment(scenario, opts, args.out, executor=executor)
@@ -528,10 +508,6 @@ def cmd_demo(args) -> None:
     import time
     from dataclasses import replace
 
-    from .experiment import RunOptions, run_experiment
-
-    from .threads import available_cpus
-
     t0 = time.perf_counter()
     args.scenario = "fmnist5"
     scenario = _scenario(args)
@@ -547,9 +523,6 @@ def cmd_demo(args) -> None:
 
 
 def _print_summary(summary: dict, out_dir: Path) -> None:
-    from .claims import claims_lines
-    from .report import main_table, markdown
-
     print()
     print(markdown(*main_table(summary)))
     print(f"\nreport: {out_dir / 'report.md'}  plot: {out_dir / 'residual.png'}  summary: {out_dir / 'summary.json'}")
@@ -560,8 +533,6 @@ def _print_summary(summary: dict, out_dir: Path) -> None:
 
 
 def cmd_tune(args) -> None:
-    from .tune import tune
-
     scenario = _scenario(args)
     jobs, args.jobs = args.jobs, 1  # tune's --jobs is trials at once (its own processes, or Ray tasks): not run's pool
     executor = _executor(args)
@@ -591,8 +562,6 @@ def _executor_args(c) -> None:
 def _jobs_executor(jobs: int):
     """None (this process) or the ProcessExecutor of ``--jobs K`` (K > 1 worker processes, one thread each),
     with K capped at the CPUs this process may use (one line of warning)."""
-    from .threads import available_cpus
-
     if jobs < 1:
         raise ConfigError(f"--jobs = {jobs}: expected an integer >= 1")
     cpus = available_cpus()
@@ -602,7 +571,6 @@ def _jobs_executor(jobs: int):
         jobs = cpus
     if jobs == 1:
         return None
-    from .pool_exec import ProcessExecutor
 
     return ProcessExecutor(jobs)
 
@@ -620,7 +588,6 @@ def _executor(args):
     if args.jobs != 1:
         raise ConfigError(f"--jobs = {args.jobs}: worker processes are for --executor local; with Ray give "
                           "--cpus-per-task")
-    from .ray_exec import RayExecutor, import_ray
 
     import_ray()
     ex = RayExecutor(address=args.address,
@@ -633,8 +600,6 @@ def _executor(args):
 
 def cmd_plan(args) -> None:
     """The cell graph of a `rurk run`, the cost of each kind of cell and the wall time on K workers."""
-    from .plan import plan, plan_lines
-
     scenario = _scenario(args)
     device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
     p = plan(scenario, _run_options(args, scenario), args.out, args.workers, device=device)
@@ -652,8 +617,6 @@ def cmd_readme(args) -> None:
     import json
     import shutil
 
-    from .readme import compare, read_block, render, update
-
     summary_path = Path(args.summary)
     if summary_path.is_dir():
         summary_path = summary_path / "summary.json"
@@ -662,9 +625,6 @@ def cmd_readme(args) -> None:
     summary = json.loads(summary_path.read_text())
     _check_selection(summary, summary_path, args.rows, args.columns)
     if args.transfer:
-        from .readme import render_transfer
-        from .tune import read_tuned, tuned_path
-
         if args.check:
             raise _refuse("--check", "with --transfer", "a results block (the transfer table is not checked)")
         tuned = summary.get("run", {}).get("tuned")
@@ -689,8 +649,6 @@ def cmd_readme(args) -> None:
 def _check_selection(summary: dict, path: Path, rows: list[str] | None, columns: list[str] | None) -> None:
     """`rurk readme --rows/--columns` name rows and columns the summary's table has: an unknown row used to be
     dropped without a word, an unknown column prefix to leave a header-only table (exit 0)."""
-    from .report import main_table
-
     if rows is not None:
         known = list(summary["methods"])
         unknown = [r for r in rows if r not in known]
@@ -706,8 +664,6 @@ def _check_selection(summary: dict, path: Path, rows: list[str] | None, columns:
 
 
 def cmd_iris_figure(args) -> None:
-    from .toy import iris_figure
-
     res = iris_figure(args.png, seed=args.seed)
     print(f"wrote {args.png}; correct perturbed copies per model: {res['totals']}")
 
@@ -769,8 +725,6 @@ def _audit_parser(c) -> None:
 def _version() -> str:
     """``rurk --version``: rurk's version and torch's (numbers are bit-identical only at the same torch)."""
     import torch
-
-    from . import __version__
 
     return f"rurk {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
 
@@ -949,8 +903,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         os.environ["RURK_PROGRESS"] = "0"
     try:
-        from .threads import configure_threads
-
         # --threads, else RURK_THREADS / OMP_NUM_THREADS, else the CPUs this process may use; never more than those
         configure_threads(threads, source="--threads", warn=lambda m: print(f"rurk: warning: {m}", file=sys.stderr))
         _check_args(args)

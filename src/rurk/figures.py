@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .plots import _COLORS
+
 
 def agg_figure(width_in: float, height_in: float, **kw):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,6 +27,4 @@ def save_png(fig, path, dpi: int = 120) -> Path:
 def line_style(i: int) -> dict:
     """Colour, line style and marker of the i-th curve (as in :func:`rurk.plots.residual_figure`), so coinciding
     curves stay distinguishable."""
-    from .plots import _COLORS
-
     return {"color": _COLORS(i % 20), "linestyle": ("-", "--", "-.", ":")[(i // 10) % 4], "marker": "osD^vP*Xph<>"[i % 12]}

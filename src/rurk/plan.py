@@ -16,6 +16,10 @@ import statistics
 from pathlib import Path
 
 from .grid import REFERENCES, cell_graph, critical_path, grid_status, list_schedule
+from .attacks import RelearnCurveSettings, RobustSettings
+from .experiment import audit_settings, method_config, method_names
+from .pipeline import prepare
+from .store import Store
 
 #: Default seconds per "unit" (one sample through one forward pass; a training step counts 3) when nothing is
 #: measured: rough CPU figures (2-core machine) and GPU figures. Measured cells replace them.
@@ -28,9 +32,6 @@ OVERHEAD_S = 0.5  # per cell, estimated: process set-up, loading checkpoints
 
 def _units(cell, scenario, prepared, opts, spec) -> float:
     """The work of one cell in units (forward passes of one sample; backward counts 2)."""
-    from .attacks import RelearnCurveSettings, RobustSettings
-    from .experiment import method_config
-
     d = prepared.data
     n_r, n_f, n_t = len(d.retain), len(d.forget), len(d.test)
     if cell.kind == "pretrained":
@@ -87,10 +88,6 @@ def _measured(store, scenario) -> dict[str, list[float]]:
 
 def plan(scenario, opts, out, workers: list[int], *, device: str = "cpu") -> dict:
     """The plan as a dict: cells (id, kind, deps, cost, source, done), per-label costs, schedule per K."""
-    from .experiment import audit_settings, method_names
-    from .pipeline import prepare
-    from .store import Store
-
     names = method_names(scenario, opts)
     spec = audit_settings(scenario, opts)
     seeds = list(opts.seeds or scenario.seeds.run)

@@ -19,6 +19,10 @@ import multiprocessing
 import os
 from pathlib import Path
 
+from .experiment import run_seed
+from .pipeline import prepare, reference_model
+from .store import Store
+
 
 class WorkerFailed(RuntimeError):
     """A worker process ended with an error (its cells that finished are in the store)."""
@@ -66,10 +70,6 @@ def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads, paren
     _die_with_parent(parent)
     import torch
 
-    from .experiment import run_seed
-    from .pipeline import prepare
-    from .store import Store
-
     torch.set_num_threads(threads)
     store = Store(root)
     prepared = prepare(scenario, store)
@@ -89,8 +89,6 @@ def train_references(scenario, prepared, seeds, store, device, w: int) -> None:
     workers: one idled while the other trained the third seed's two models). Worker ``w`` takes the seeds in its
     rotated order, Original first when ``w`` is even, Re-train first when odd, so two workers start on different
     models; whatever the order, each model is the same (same key, seed and code)."""
-    from .pipeline import reference_model
-
     kinds = ("original", "retrain") if w % 2 == 0 else ("retrain", "original")
     for seed in seeds:
         for kind in kinds:

@@ -50,6 +50,12 @@ from pathlib import Path
 from .config import ConfigError
 from .grid import REFERENCES, Cell, cell_graph, grid_status
 from .metric_specs import cell_failure
+from .data.tensordata import TensorData
+from .experiment import run_seed, unlearned_key, unlearned_model
+from .pipeline import Prepared, new_model, pretrained_model, reference_keys, reference_model, reference_models
+from .store import Store, atomic_write, cache_key, canonical_json
+from .train import progress_enabled
+from .tune import TrialFailed, _Objective
 
 RAY_MISSING = "--executor ray needs Ray: pip install 'rurk[ray]'"
 
@@ -133,9 +139,6 @@ def _worker_setup(threads: int) -> None:
 
 def _compute(job: dict, prepared, store, out_root: Path) -> None:
     """Run the local code of one cell against the (scratch) store."""
-    from .experiment import run_seed, unlearned_model
-    from .pipeline import pretrained_model, reference_model, reference_models
-
     kind, seed, scenario, opts = job["kind"], job["seed"], job["scenario"], job["opts"]
     if kind == "pretrained":
         pretrained_model(scenario, prepared, seed, store, device=opts.device, progress=False)
@@ -162,8 +165,6 @@ def cell_task(job: dict, prepared, records: list[dict], weights: dict, fault) ->
     """The body of one Ray task (runs on a worker): compute one cell, return what it produced."""
     import ray
 
-    from .store import Store
-
     t0 = time.perf_counter()
     _fault(job["id"], fault)
     _worker_setup(job["threads"])
@@ -184,10 +185,6 @@ _SPLITS: dict[str, tuple] = {}  # worker-side cache: token -> (scratch directory
 def trial_task(token: str, objective_parts: dict, split_parts: list[dict], params: dict) -> dict:
     """The body of one tuning trial (runs on a worker): the local objective on the shipped tuning splits."""
     import ray
-
-    from .pipeline import reference_models
-    from .store import Store
-    from .tune import _Objective
 
     _worker_setup(objective_parts["threads"])
     if token not in _SPLITS:
@@ -218,9 +215,6 @@ def trial_task(token: str, objective_parts: dict, split_parts: list[dict], param
 def shippable(prepared):
     """The Prepared a worker needs: the split's tensors, without the source's own train/test sets (kept only
     when the scenario pre-trains on its own source)."""
-    from .data.tensordata import TensorData
-    from .pipeline import Prepared
-
     src, sc = prepared.source, prepared.scenario
 
     def empty(td):
@@ -351,8 +345,6 @@ def _unreachable(address: str) -> str | None:
 
 
 def _remote_error(name: str, msg: str) -> Exception:
-    from .tune import TrialFailed
-
     if name == "TrialFailed":
         return TrialFailed(msg)
     return type(name, (RuntimeError,), {})(msg)  # the same "Type: message" as a local failure
@@ -363,9 +355,6 @@ class _Grid:
 
     def __init__(self, ex: RayExecutor, ray, scenario, opts, store, prepared, spec, out_dir, cells, done,
                  progress, log):
-        from .pipeline import reference_keys
-        from .train import progress_enabled
-
         self.ex, self.ray, self.scenario, self.opts, self.store, self.spec = ex, ray, scenario, opts, store, spec
         self.prepared, self.out_dir, self.log = prepared, Path(out_dir), log
         self.cells = {c.id: c for c in cells}
@@ -458,8 +447,6 @@ class _Grid:
         return out
 
     def _unlearned_key(self, c: Cell) -> str:
-        from .experiment import unlearned_key
-
         return unlearned_key(c.name, self.scenario, self.prepared, self.ref_keys[c.seed], c.seed)
 
     def _finish(self, c: Cell, ref) -> None:
@@ -507,7 +494,6 @@ class _Grid:
             self.records.setdefault(c.seed, {})[(r["kind"], r["key"])] = r
         for key, ck in ckpts.items():
             self._save_checkpoint(key, ck)
-        from .store import atomic_write
 
         root = self.out_dir.parent
         for rel, data in result["files"].items():
@@ -522,8 +508,6 @@ class _Grid:
         self.weights.pop(key, None)
 
     def _model_for(self, meta: dict):
-        from .pipeline import new_model
-
         p = self.prepared
         return new_model(self.scenario, meta.get("num_classes", p.num_classes), p.in_shape, meta.get("mean"),
                          meta.get("std"), 0, "cpu")
@@ -531,8 +515,6 @@ class _Grid:
     def _check(self, c: Cell, result: dict) -> None:
         """Raise ValueError when a result is not what cell ``c`` produces."""
         import torch
-
-        from .store import canonical_json
 
         kinds = {"pretrained": {"model"}, "original": {"model"}, "retrain": {"model"}, "unlearn": {"unlearned"}}
         expected = {"pretrained": self.ref_keys[c.seed].get("pretrained"), "original": self.ref_keys[c.seed].get("original"),
@@ -583,8 +565,6 @@ class _Grid:
 
     def _record_task(self, c: Cell, result: dict) -> None:
         """A ``task`` record per finished Ray cell: its wall time (what `rurk plan` measures), host and records."""
-        from .store import cache_key
-
         key = cache_key(kind="task", cell=c.label, seed=c.seed, refs=self.ref_keys[c.seed], scenario=self.scenario.name)
         self.store.put("task", key, scenario=self.scenario.name, seed=c.seed,
                        config={"cell": c.kind, "name": c.name, "executor": "ray"},

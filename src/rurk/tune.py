@@ -52,6 +52,11 @@ from .metrics import avg_gap
 from .methods.base import get_method, unlearn
 from .torchutil import derive_seed
 from .train import diverged
+from .experiment import RunOptions, evaluate
+from .methods import load_all
+from .pipeline import prepare, reference_models
+from .store import Store
+from .threads import available_cpus
 
 #: TPE's random start-up trials before it models the objective (decision: Optuna's default is 10; 8 leaves
 #: more model-based trials in a CPU budget of ~24).
@@ -128,8 +133,6 @@ class _Objective:
 
     def gap(self, params: dict, i: int) -> float:
         """Avg. Gap to Re-train of ``params`` on tuning forget set ``i``."""
-        from .experiment import evaluate
-
         prepared, refs, udata, ref = self.splits[i]
         model, rec = unlearn(self.method, refs.original, udata, self.seed, cfg=self.config(params))
         if diverged(rec, model):
@@ -143,9 +146,6 @@ class _Objective:
 def _load_splits(scenario: Scenario, split_seeds, seed: int, store, device: str, refs_metrics=None) -> list:
     """The tuning forget sets as :class:`_Objective` wants them. References come from the store (trained
     there on first use); Re-train's metrics are computed unless given (``refs_metrics``: one dict per split)."""
-    from .experiment import evaluate
-    from .pipeline import prepare, reference_models
-
     splits = []
     for k, s in enumerate(split_seeds):
         tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
@@ -171,8 +171,6 @@ def _worker_init(scenario: Scenario, split_seeds: list, seed: int, root: str, de
     os.environ["RURK_PROGRESS"] = "0"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
-
-    from .store import Store
 
     torch.set_num_threads(1)
 
@@ -484,8 +482,6 @@ def _check_tune_args(scenario: Scenario, trials: int, jobs: int, timeout: float 
 def _tuned_methods(scenario: Scenario, methods: list[str]) -> list[str]:
     """The methods to tune: ``["all"]`` = the scenario's (else every registered) methods with a search space;
     a named method without one is refused."""
-    from .methods import load_all
-
     registry = load_all()
     if methods == ["all"]:
         methods = [m for m in (scenario.run_methods or sorted(registry)) if registry[m].space]
@@ -498,9 +494,6 @@ def _tuned_methods(scenario: Scenario, methods: list[str]) -> list[str]:
 def _ray_references(executor, scenario: Scenario, split_seeds: list[int], seed: int, store, out, device: str,
                     log) -> None:
     """The tuning forget sets' reference models trained as Ray tasks (the driver then only loads them)."""
-    from .experiment import RunOptions
-    from .pipeline import prepare
-
     for s in split_seeds:
         tuning = replace(scenario, seeds=replace(scenario.seeds, split=s))
         executor.fill(tuning, RunOptions(device=device), store, prepare(tuning, store), [seed], [], None,
@@ -534,9 +527,6 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
     told here, under the same lock and with the same per-trial seeded sampler, so the study and its provenance
     are those of the local path. A Ray trial runs every forget set in one task, so it is never pruned."""
     from contextlib import nullcontext
-
-    from .store import Store
-    from .threads import available_cpus
 
     seed = DEFAULT_TUNING_SEED if seed is None else int(seed)
     split_seeds = [int(s) for s in split_seeds]

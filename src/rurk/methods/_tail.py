@@ -14,6 +14,7 @@ from torch import nn
 
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy
 from ._retain import finetune_on_retain
+from ..models import init_module_, last_k_layers
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ def select_tail(model: nn.Module, k: int | None = None) -> list[str]:
             )
         names = list(tail_fn())
     else:
-        from ..models import last_k_layers  # lazy: keeps this module importable on its own
-
         names = list(last_k_layers(model, int(k)))
     modules = dict(model.named_modules())
     unknown = [n for n in names if n not in modules]
@@ -69,7 +68,6 @@ def reinit_tail(model: nn.Module, names: list[str], generator: torch.Generator) 
     if callable(reset):
         reset(names, generator=generator)
         return
-    from ..models import init_module_
 
     modules = dict(model.named_modules())
     todo: dict[int, nn.Module] = {}
