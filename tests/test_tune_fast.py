@@ -126,3 +126,25 @@ def test_digits5_tune_in_worker_processes_records_per_split_gaps(tmp_path):
     assert list(best["split_gaps"]) == ["1", "2", "3"]
     assert list(best["split_gaps"].values()) == best["gaps"]
     assert best["avg_gap"] == pytest.approx(sum(best["gaps"]) / 3)
+
+
+def test_a_calibrated_trial_skips_the_plot_trace_and_scores_the_same(tmp_path):
+    from dataclasses import replace
+
+    from rurk.experiment import evaluate
+    from rurk.methods.base import unlearn
+    from rurk.metrics import avg_gap
+    from rurk.store import Store
+    from rurk.tune import _load_splits, _Objective
+
+    scenario = load_scenario("digits5", parse_overrides(["train.epochs=3"]))
+    splits = _load_splits(scenario, [1], 1, Store(tmp_path), "cpu")
+    obj = _Objective(scenario, "rurk", {}, 1, splits)
+    params = {"lr": 0.05, "epochs": 3}
+    cfg = obj.config(params)
+    assert cfg.calibrate and cfg.calib_trace == 0
+    assert obj.config(params | {"calibrate": False}).calib_trace > 0  # only calibrated trials drop it
+    prepared, refs, udata, ref = splits[0]
+    traced, rec = unlearn("rurk", refs.original, udata, 1, cfg=replace(cfg, calib_trace=64))
+    assert rec.extra["calibration"]["trajectory"][0].keys() >= {"retain", "test"}
+    assert obj.gap(params, 0) == avg_gap(evaluate(traced, prepared, 1, None, relearn=False), ref)
