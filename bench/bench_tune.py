@@ -33,18 +33,9 @@ import optuna
 os.environ.setdefault("RURK_PROGRESS", "0")  # the re-scoring below runs in this process: no progress bars
 
 from rurk.config import load_scenario, parse_overrides
+from rurk.report import cpu_model
 from rurk.store import Store
 from rurk.tune import _load_splits, _Objective, DEFAULT_TUNING_SEED
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def run_tune(scenario: str, method: str, out: Path, trials: int, flags: list[str]) -> tuple[float, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,14 +23,8 @@ import torch
 from rurk.calibrate import CalibrationSpec, Calibrator
 from rurk.config import load_scenario
 from rurk.pipeline import load_run_model, prepare, reference_keys
+from rurk.report import cpu_model
 from rurk.store import Store
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def rows(scenario_name: str, root: str, split: int, seeds: list[int], alphas: list[float]):

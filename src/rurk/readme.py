@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .claims import claims_markdown
-from .report import main_table, markdown
+from .report import _fmt, main_table, markdown
 
 
 def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] | None = None,
@@ -56,7 +56,7 @@ def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] |
 def render_transfer(summary: dict, tuned: dict) -> str:
     """How well each tuned method transfers: its Avg. Gap on the tuning forget sets (the best trial of ``rurk
     tune``, from the tuned file's provenance) beside its Avg. Gap in this run (another forget set and other seeds).
-    ``tuned`` is :func:`rurk.tune._read`'s ``{method: {"values", "provenance"}}``."""
+    ``tuned`` is :func:`rurk.tune.read_tuned`'s ``{method: {"values", "provenance"}}``."""
     header = ["method", "tuned on (split seeds; seed)", "Avg. Gap per tuning forget set", "Avg. Gap there (mean)",
               "Avg. Gap here", "here − there"]
     body = []
@@ -66,8 +66,7 @@ def render_transfer(summary: dict, tuned: dict) -> str:
         there, here = best.get("avg_gap"), (entry or {}).get("avg_gap")
         body.append([m, f"{', '.join(map(str, prov.get('split_seeds', [])))}; {prov.get('tuning_seed', '–')}",
                      " / ".join(f"{g:.2f}" for g in best.get("gaps") or []) or "–",
-                     "–" if there is None else f"{there:.2f}", "–" if here is None else f"{here:.2f}",
-                     "–" if None in (here, there) else f"{here - there:+.2f}"])
+                     _fmt(there), _fmt(here), "–" if None in (here, there) else f"{here - there:+.2f}"])
     seeds = summary.get("seeds", [])
     return "\n".join([f"Tuned file `{summary.get('run', {}).get('tuned')}` against this run: split seed "
                       f"{summary.get('run', {}).get('split_seed', '?')}, seeds {', '.join(map(str, seeds))}.", "",
