@@ -176,6 +176,22 @@ def test_mia_convenience_matches_cached_features():
     assert mia(model, retain, forget, None, seed=5, class_unlearning=True) == mia_class(p["r"], p["f"], 5)
 
 
+def test_standard_metrics_equals_the_separate_metrics_with_one_pass_per_set():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    g = torch.Generator().manual_seed(1)
+    mk = lambda n: td(torch.randn(n, 2, generator=g), torch.randint(0, 3, (n,), generator=g))  # noqa: E731
+    retain, forget, test = mk(300), mk(40), mk(90)  # retain over one batch of 256: batching is shared too
+    for cu in (False, True):
+        calls.clear()
+        acc, m = M.standard_metrics(model, retain, forget, test, seed=3, class_unlearning=cu)
+        assert sum(calls) == 300 + 40 + 90  # each sample through the model once
+        assert acc == standard_accuracies(model, retain, forget, test)  # exactly, not approximately
+        assert m == mia(model, retain, forget, test, seed=3, class_unlearning=cu)
+
+
 # ---------------------------------------------------------------------------------------------- re-learn
 def _simulate_losses(b0, lr, momentum, steps):
     """Independent plain-Python SGD-with-momentum on the 2-logit bias, all labels 0: L(b) = log(1 + e^(b1-b0)).

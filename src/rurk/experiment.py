@@ -92,10 +92,9 @@ def evaluate(model: nn.Module, prepared: Prepared, seed: int, original_forget_lo
              *, relearn: bool = True, mia_max_per_side: int | None = None) -> dict:
     """Standard metrics of one model (fractions): retain/unlearn/test accuracy, MIA, re-learn time."""
     d = prepared.data
-    acc = M.standard_accuracies(model, d.retain, d.forget, d.test)
-    out = {**acc.to_json(),
-           "mia": M.mia(model, d.retain, d.forget, d.test, seed, class_unlearning=prepared.class_unlearning,
-                        max_per_side=mia_max_per_side)}
+    acc, mia = M.standard_metrics(model, d.retain, d.forget, d.test, seed, class_unlearning=prepared.class_unlearning,
+                                  max_per_side=mia_max_per_side)
+    out = {**acc.to_json(), "mia": mia}
     if relearn and original_forget_loss is not None:
         r = M.relearn_time(model, d.forget, original_forget_loss, seed, prepared.scenario.relearn,
                            loader_seed=prepared.scenario.seeds.loader)

@@ -5,6 +5,7 @@ train/eval mode is restored, and every random choice comes from the given seed.
 
 ==========================  ===============================================================================
 ``standard_accuracies``     retain acc, unlearn acc (= 1 − forget acc), test acc -> :class:`Accuracies`
+``standard_metrics``        the accuracies and the MIA from one inference pass per set (what a run evaluates)
 ``true_label_probs``        softmax probability of the true label p_y per sample (the MIA feature; cacheable)
 ``mia_sample``              sample-unlearning MIA on cached features: % of S_f predicted non-member
 ``mia_class``               class-unlearning MIA on cached features (S_f split 50/50)
@@ -40,6 +41,7 @@ __all__ = [
     "Accuracies",
     "Relearn",
     "standard_accuracies",
+    "standard_metrics",
     "true_label_probs",
     "mia_sample",
     "mia_class",
@@ -82,12 +84,29 @@ def standard_accuracies(model: nn.Module, retain: TensorData, forget: TensorData
 def true_label_probs(model: nn.Module, data: TensorData, batch_size: int = 256) -> np.ndarray:
     """Softmax probability of the true label, p_y, for every sample of ``data`` (eval mode, batched), as a
     float64 array of length ``len(data)``. This is the MIA feature; callers may cache it per model."""
+    return _outputs(model, data, batch_size)[1]
+
+
+def _outputs(model: nn.Module, data: TensorData, batch_size: int = 256) -> tuple[float, np.ndarray]:
+    """Accuracy (a fraction; NaN when empty) and p_y (float64) of ``model`` on ``data`` from one inference pass:
+    the same numbers as :func:`rurk.train.accuracy` and :func:`true_label_probs` computed apart."""
     if len(data) == 0:
-        return np.zeros(0, dtype=np.float64)
+        return float("nan"), np.zeros(0, dtype=np.float64)
     logits = predict(model, data.x, batch_size)
     y = data.y.to(logits.device).long()
+    acc = float((logits.argmax(1).cpu() == data.y.cpu()).float().mean())
     p = torch.softmax(logits.double(), dim=1).gather(1, y[:, None]).squeeze(1)
-    return p.cpu().numpy()
+    return acc, p.cpu().numpy()
+
+
+def standard_metrics(model: nn.Module, retain: TensorData, forget: TensorData, test: TensorData, seed: int,
+                     class_unlearning: bool = False, max_per_side: int | None = None) -> tuple[Accuracies, float]:
+    """:func:`standard_accuracies` and :func:`mia` of one model from a single inference pass per set (the two
+    read the same logits: accuracy from their argmax, the MIA feature from their softmax) — identical numbers,
+    half the forward passes."""
+    (a_r, p_r), (a_f, p_f), (a_t, p_t) = (_outputs(model, d) for d in (retain, forget, test))
+    return Accuracies(retain_acc=a_r, unlearn_acc=1.0 - a_f, test_acc=a_t), \
+        _mia(p_r, p_f, p_t, seed, class_unlearning, max_per_side)
 
 
 def _feature(p, what: str) -> np.ndarray:
@@ -165,12 +184,19 @@ def mia(model: nn.Module, retain: TensorData, forget: TensorData, test: TensorDa
     """The MIA value of ``model``: computes the p_y features and runs :func:`mia_sample`
     (or :func:`mia_class`, which ignores ``test``). Cache :func:`true_label_probs` yourself to avoid
     recomputing features."""
-    p_r, p_f = true_label_probs(model, retain), true_label_probs(model, forget)
+    p_t = None if class_unlearning or test is None else true_label_probs(model, test)
+    return _mia(true_label_probs(model, retain), true_label_probs(model, forget), p_t, seed, class_unlearning,
+                max_per_side)
+
+
+def _mia(p_r: np.ndarray, p_f: np.ndarray, p_t: np.ndarray | None, seed: int, class_unlearning: bool,
+         max_per_side: int | None) -> float:
+    """The right MIA variant on the p_y features (``p_t``, the test features, unused for class unlearning)."""
     if class_unlearning:
         return mia_class(p_r, p_f, seed, max_per_side)
-    if test is None:
+    if p_t is None:
         raise ValueError("mia: sample unlearning needs a test set")
-    return mia_sample(p_r, true_label_probs(model, test), p_f, seed, max_per_side)
+    return mia_sample(p_r, p_t, p_f, seed, max_per_side)
 
 
 # ---------------------------------------------------------------------------------------------- re-learn time
