@@ -148,3 +148,33 @@ def test_a_calibrated_trial_skips_the_plot_trace_and_scores_the_same(tmp_path):
     traced, rec = unlearn("rurk", refs.original, udata, 1, cfg=replace(cfg, calib_trace=64))
     assert rec.extra["calibration"]["trajectory"][0].keys() >= {"retain", "test"}
     assert obj.gap(params, 0) == avg_gap(evaluate(traced, prepared, 1, None, relearn=False), ref)
+
+
+def test_the_incumbent_is_trial_0_with_its_own_values_and_is_enqueued_once(tmp_path):
+    seen = []
+
+    def record(params):
+        seen.append(dict(params))
+        return bowl(params)
+
+    start = {"x": 0.37, "k": 4}
+    study = run_study(record, SPACE, storage(tmp_path), "i", trials=3, jobs=2, sampler_seed=0, incumbent=start,
+                      **QUIET)
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params == start and start in seen
+    assert sum(p == start for p in seen) == 1
+    # continuing the study neither re-enqueues nor repeats it
+    study = run_study(record, SPACE, storage(tmp_path), "i", trials=5, sampler_seed=0, incumbent=start, **QUIET)
+    assert sum(t.params == start for t in study.trials) == 1 and len(study.trials) == 5
+
+
+def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones_are_refused():
+    from rurk.config import ConfigError
+    from rurk.tune import incumbent_values
+
+    sc = load_scenario("fmnist5")
+    assert incumbent_values(sc, "rurk", {}) == {"lr": 0.01, "epochs": 10, "lambda_f": 0.08, "lambda_a": 0.08,
+                                                "tau": 0.1}
+    assert incumbent_values(sc, "rurk", {"lr": 0.05})["lr"] == 0.05  # the scenario's value over the default
+    with pytest.raises(ConfigError, match=r"current epochs = 40 is outside its search space \[1, 12\]"):
+        incumbent_values(sc, "rurk", {"epochs": 40})

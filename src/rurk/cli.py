@@ -538,7 +538,8 @@ def cmd_tune(args) -> None:
     executor = _executor(args)
     path = tune(scenario, args.methods, args.out, trials=args.trials,
                 timeout=args.timeout, jobs=jobs, seed=args.seed, split_seeds=args.split_seeds, prune=args.prune,
-                sampler_seed=args.sampler_seed, write=args.write, device=args.device, executor=executor)
+                sampler_seed=args.sampler_seed, write=args.write, device=args.device, executor=executor,
+                incumbent=args.incumbent)
     print(f"wrote {path}")
 
 
@@ -851,6 +852,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split-seeds", default="1,2,3",
                    help="split seeds of the tuning forget sets, never the scenario's [default: 1,2,3]")
     c.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler [default: 0]")
+    c.add_argument("--incumbent", action="store_true",
+                   help="trial 0 runs the method's current settings (the scenario's values over its defaults), so "
+                        "the study shows whether tuning beats them (in the provenance)")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     _executor_args(c)
     c.set_defaults(tuned="none")

@@ -82,7 +82,7 @@ def _optuna():
 
 
 def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_seeds, sampler_seed: int,
-               prune: bool = True) -> str:
+               prune: bool = True, incumbent: dict | None = None) -> str:
     """The study's name: method plus a hash of everything a trial's score depends on (scenario data, model,
     recipes, the method's base config and space, seeds) and of the pruning (which decides what the sampler
     learns from). A changed setting starts a new study."""
@@ -95,6 +95,8 @@ def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_see
              "seed": seed, "split_seeds": list(split_seeds), "sampler_seed": sampler_seed,
              "n_startup": N_STARTUP_TRIALS}
     ident["pruner"] = _pruner_name() if prune else None
+    if incumbent is not None:  # only then: studies made without it keep their names
+        ident["incumbent"] = incumbent
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{scenario.name}/{method}/{digest}"
 
@@ -266,7 +268,8 @@ class _StudyRun:
     threads share."""
 
     def __init__(self, optuna, study, objective, space: dict, storage: str, name: str, pruner, *, trials: int,
-                 timeout: float | None, sampler_seed: int, prune: bool, log):
+                 timeout: float | None, sampler_seed: int, prune: bool, log, incumbent: dict | None = None):
+        self.incumbent = incumbent
         self.optuna, self.study, self.objective, self.space = optuna, study, objective, space
         self.storage, self.name, self.pruner, self.trials, self.timeout = storage, name, pruner, trials, timeout
         self.sampler_seed, self.prune, self.log = sampler_seed, prune, log
@@ -364,6 +367,9 @@ class _StudyRun:
             sampler = optuna.samplers.TPESampler(seed=derive_seed(self.sampler_seed, "tpe", n) % 2**32,
                                                  n_startup_trials=N_STARTUP_TRIALS)
             s = optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler, pruner=self.pruner)
+            waiting = s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            if n == 0 and self.incumbent is not None and not waiting:
+                s.enqueue_trial(self.incumbent)  # trial 0: the current settings, the value tuning has to beat
             if self.distributions is None:
                 self.distributions = {k: _distribution(optuna, p) for k, p in self.space.items()}
             trial = s.ask(self.distributions)
@@ -402,19 +408,20 @@ class _StudyRun:
 
 
 def run_study(objective, space: dict, storage: str, name: str, *, trials: int, timeout: float | None = None,
-              jobs: int = 1, sampler_seed: int = 0, prune: bool = False, log=print):
+              jobs: int = 1, sampler_seed: int = 0, prune: bool = False, incumbent: dict | None = None, log=print):
     """Run (or continue) the study until it holds ``trials`` finished trials or ``timeout`` seconds passed.
     ``objective(params) -> (value, per-split values)``; exceptions make a failed trial. With ``prune`` it is
     called as ``objective(params, report)`` and must call ``report(first split's value)`` after its first split:
     a trial worse there than the median of earlier trials is stopped and recorded PRUNED with that one value.
     ``jobs`` threads ask, evaluate and tell trials at once (the objective may hand its work to processes).
+    ``incumbent`` (values for every parameter of ``space``): trial 0 runs with them instead of sampled ones.
     Returns the study."""
     optuna = _optuna()
     pruner = _pruner(optuna, prune)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
                                 pruner=pruner)
     run = _StudyRun(optuna, study, objective, space, storage, name, pruner, trials=trials, timeout=timeout,
-                    sampler_seed=sampler_seed, prune=prune, log=log)
+                    sampler_seed=sampler_seed, prune=prune, log=log, incumbent=incumbent)
     run.resume_stale()  # 1. trials an earlier, interrupted run left RUNNING
     run.run(jobs)  # 2. new trials until ``trials`` are finished or the time is up
     return study
@@ -434,7 +441,7 @@ def _fmt_params(params: dict) -> str:
 
 
 def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds, preset: str, wall_s: float,
-               prune: bool = False) -> dict:
+               prune: bool = False, incumbent: dict | None = None) -> dict:
     """Everything needed to audit the choice: sampler and seed, pruner, spaces, every trial (a pruned one with its
     first forget set's gap), the best trial with its gap per tuning forget set, importances."""
     optuna = _optuna()
@@ -454,7 +461,7 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
         importances = {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
     except Exception as e:  # too few complete trials, or a constant parameter
         importances = {"unavailable": f"{type(e).__name__}: {e}"[:200]}
-    return {"optimizer": f"optuna {optuna.__version__} TPESampler", "sampler_seed": sampler_seed,
+    out = {"optimizer": f"optuna {optuna.__version__} TPESampler", "sampler_seed": sampler_seed,
             "n_startup_trials": N_STARTUP_TRIALS, "study": study.study_name,
             "pruner": _pruner_name() if prune else None,
             "space": {k: p.to_json() for k, p in space.items()},
@@ -462,6 +469,11 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
             "split_seeds": list(split_seeds), "preset": preset, "trials": len(rows),
             "failed": sum(r["state"] == "FAIL" for r in rows), "pruned": sum(r["state"] == "PRUNED" for r in rows),
             "wall_s": round(wall_s, 1), "best": best, "importances": importances, "all_trials": rows}
+    if incumbent is not None:  # trial 0 ran the current settings: what tuning had to beat
+        first = next((r for r in rows if r["number"] == 0), None)
+        out["incumbent"] = {"values": incumbent, "avg_gap": first and first["avg_gap"], "gaps": first and first["gaps"],
+                            "state": first and first["state"]}
+    return out
 
 
 def _check_tune_args(scenario: Scenario, trials: int, jobs: int, timeout: float | None, seed: int,
@@ -481,6 +493,21 @@ def _check_tune_args(scenario: Scenario, trials: int, jobs: int, timeout: float 
                           f"(the reported split seed is {scenario.seeds.split})")
     if len(set(split_seeds)) != len(split_seeds) or not split_seeds:
         raise ConfigError(f"--split-seeds = {split_seeds}: expected distinct seeds")
+
+
+def incumbent_values(scenario: Scenario, method: str, base: dict) -> dict:
+    """The method's current value of every parameter it searches (its config for the scenario's preset and
+    ``base``), refused in one line when one lies outside its search range (Optuna could not enqueue it)."""
+    spec = get_method(method)
+    cfg = spec.config(scenario.preset, base)
+    values = {k: getattr(cfg, k) for k in spec.space}
+    for k, p in spec.space.items():
+        v = values[k]
+        inside = v in p.choices if p.kind == "choice" else p.low <= v <= p.high
+        if not inside:
+            where = p.choices if p.kind == "choice" else f"[{p.low}, {p.high}]"
+            raise ConfigError(f"--incumbent: {method}'s current {k} = {v!r} is outside its search space {where}")
+    return values
 
 
 def _tuned_methods(scenario: Scenario, methods: list[str]) -> list[str]:
@@ -519,12 +546,13 @@ def _remote_objective(objective: _Objective, workers, executor, store, device: s
 def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int = 24, timeout: float | None = None,
          jobs: int | None = None, seed: int | None = None, split_seeds=DEFAULT_SPLIT_SEEDS, sampler_seed: int = 0,
          prune: bool = True, write: str | Path | None = None, device: str = "auto", log=print,
-         executor=None) -> Path:
+         executor=None, incumbent: bool = False) -> Path:
     """Tune each method in ``methods`` ("all" = every method with a search space) and write the TOML.
 
     ``jobs`` trials run at once (None: the CPUs this process may use); locally each in a worker process of one
     torch thread (``jobs`` = 1: in this process). ``prune`` stops a trial whose first forget set's gap is worse
-    than the median there (see :func:`run_study`).
+    than the median there (see :func:`run_study`). ``incumbent``: trial 0 runs the method's current settings (the
+    scenario's values over the config's defaults), so the study records whether tuning beats them.
 
     ``executor`` (None = local) is a :class:`rurk.ray_exec.RayExecutor`: the tuning references are
     trained as Ray tasks and each trial is one Ray task (``jobs`` of them at once); trials are still asked and
@@ -554,21 +582,27 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
             for method in methods:
                 spec = get_method(method)
                 base = scenario.methods.get(method, {})
-                name = study_name(scenario, method, base, seed, split_seeds, sampler_seed, prune)
+                start = incumbent_values(scenario, method, base) if incumbent else None
+                name = study_name(scenario, method, base, seed, split_seeds, sampler_seed, prune, start)
                 how = f"{jobs} job{'s' * (jobs > 1)}" + (", pruning" if prune else "")
                 log(f"{method}: study {name} ({trials} trials, {how})")
                 t0 = time.perf_counter()
                 objective = _Objective(scenario, method, base, seed, splits)
                 with _remote_objective(objective, workers, executor, store, device) as evaluate_params:
                     study = run_study(evaluate_params, spec.space, storage, name, trials=trials, timeout=timeout,
-                                      jobs=jobs, sampler_seed=sampler_seed, prune=prune, log=log)
+                                      jobs=jobs, sampler_seed=sampler_seed, prune=prune, incumbent=start, log=log)
                 prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
-                                  preset=scenario.preset, wall_s=time.perf_counter() - t0, prune=prune)
+                                  preset=scenario.preset, wall_s=time.perf_counter() - t0, prune=prune,
+                                  incumbent=start)
                 if prov["best"] is None:
                     log(f"{method}: every trial failed; nothing written")
                     continue
                 log(f"{method}: best trial {prov['best']['number']} avg gap {prov['best']['avg_gap']:.2f}: "
                     f"{_fmt_params(prov['best']['values'])}")
+                if start is not None:
+                    inc = prov["incumbent"]
+                    log(f"{method}: the incumbent (trial 0, the current settings): "
+                        + (f"avg gap {inc['avg_gap']:.2f}" if inc["avg_gap"] is not None else str(inc["state"]).lower()))
                 existing[method] = {"values": prov["best"]["values"], "provenance": prov}
                 _write(path, scenario.name, existing)
     return path
