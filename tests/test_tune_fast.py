@@ -178,3 +178,14 @@ def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones
     assert incumbent_values(sc, "rurk", {"lr": 0.05})["lr"] == 0.05  # the scenario's value over the default
     with pytest.raises(ConfigError, match=r"current epochs = 40 is outside its search space \[1, 12\]"):
         incumbent_values(sc, "rurk", {"epochs": 40})
+
+
+def test_an_incumbent_outside_its_space_is_refused_before_any_work(tmp_path, monkeypatch):
+    from rurk.config import ConfigError
+
+    called = []
+    monkeypatch.setattr("rurk.tune._load_splits", lambda *a, **k: called.append(1) or [])
+    sc = load_scenario("fmnist5", {"methods": {"rurk": {"epochs": 40}}})
+    with pytest.raises(ConfigError, match="rurk's current epochs = 40"):
+        tune(sc, ["ga", "rurk"], tmp_path, trials=2, jobs=1, incumbent=True, log=lambda *_: None)
+    assert not called and not (tmp_path / "tune.db").exists()

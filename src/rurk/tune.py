@@ -566,6 +566,7 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
         jobs = available_cpus()
     _check_tune_args(scenario, trials, jobs, timeout, seed, split_seeds)
     methods = _tuned_methods(scenario, methods)
+    starts = {m: incumbent_values(scenario, m, scenario.methods.get(m, {})) if incumbent else None for m in methods}
     prune = prune and executor is None
     session = executor.session() if executor is not None else nullcontext()
     with session:  # one Ray session for the references and every method's trials
@@ -582,7 +583,7 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
             for method in methods:
                 spec = get_method(method)
                 base = scenario.methods.get(method, {})
-                start = incumbent_values(scenario, method, base) if incumbent else None
+                start = starts[method]  # checked for every method before any work
                 name = study_name(scenario, method, base, seed, split_seeds, sampler_seed, prune, start)
                 how = f"{jobs} job{'s' * (jobs > 1)}" + (", pruning" if prune else "")
                 log(f"{method}: study {name} ({trials} trials, {how})")
