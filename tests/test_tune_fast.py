@@ -166,12 +166,21 @@ def test_the_incumbent_is_trial_0_with_its_own_values_and_is_enqueued_once(tmp_p
     # continuing the study neither re-enqueues nor repeats it
     study = run_study(record, SPACE, storage(tmp_path), "i", trials=5, sampler_seed=0, incumbent=start, **QUIET)
     assert sum(t.params == start for t in study.trials) == 1 and len(study.trials) == 5
+    from rurk.tune import provenance
+
+    prov = provenance(study, SPACE, sampler_seed=0, seed=1, split_seeds=[1, 2, 3], preset="small", wall_s=1.0,
+                      incumbent=start)
+    assert prov["incumbent"]["values"] == start and prov["incumbent"]["avg_gap"] == bowl(start)[0]
+    assert prov["incumbent"]["state"] == "COMPLETE" and "incumbent" not in provenance(
+        study, SPACE, sampler_seed=0, seed=1, split_seeds=[1, 2, 3], preset="small", wall_s=1.0)
 
 
 def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones_are_refused():
     from rurk.config import ConfigError
     from rurk.tune import incumbent_values
 
+    args = build_parser().parse_args(["tune", "fmnist5", "--methods", "rurk", "--incumbent"])
+    assert args.incumbent is True and build_parser().parse_args(["tune", "fmnist5", "--methods", "rurk"]).incumbent is False
     sc = load_scenario("fmnist5")
     assert incumbent_values(sc, "rurk", {}) == {"lr": 0.01, "epochs": 10, "lambda_f": 0.08, "lambda_a": 0.08,
                                                 "tau": 0.1}
