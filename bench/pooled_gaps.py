@@ -4,7 +4,8 @@ Each run's claims check compares RURK with the other fine-tuning methods over th
 pools the (forget set, seed) cells of several runs — each a `summary.json` of `rurk run`/`rurk demo` with the same
 rows — and prints, per method that every run holds:
 
-- its Avg. Gap per forget set (mean over seeds) and over all cells;
+- its per-seed Avg. Gap (each seed's gap to that seed's Re-train, as the claims check pairs them), averaged per
+  forget set and over all cells — not the tables' "Avg. Gap", which is the gap of the seed *means* and smaller;
 - the paired difference RURK − method per cell, its mean and 95% t-interval over the cells (the cells of one
   forget set share that forget set, so the interval is somewhat too narrow: read it as a screen, not a test) and
   how many forget sets' own mean differences favour RURK;
@@ -70,7 +71,7 @@ def main() -> None:
     rows = finetune_rows(summaries)
     cells = sum(len(s["seeds"]) for s in summaries)
     print(f"{len(summaries)} forget sets ({', '.join(label(s) for s in summaries)}), {cells} (forget set, seed) cells\n")
-    head = ["method", *(f"Avg. Gap {label(s)}" for s in summaries), "Avg. Gap, all cells",
+    head = ["method", *(f"per-seed Avg. Gap, {label(s)}" for s in summaries), "per-seed Avg. Gap, all cells",
             "RURK − method, all cells (95% t)", "forget sets favouring RURK"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     ref = [g for s in summaries for g in gaps(s, "rurk")]
