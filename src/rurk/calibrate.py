@@ -47,6 +47,7 @@ from .data.tensordata import TensorData
 from .perturb import make_probe
 from .perturb.base import AdversarialProbe
 from .torchutil import make_generator, model_device, predict
+from .train import accuracy
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class Calibrator:
         acc = self.accuracy(model, "forget", self.forget)
         point = {"step": step, "forget": acc}
         for name, d in self.traced.items():
-            point[name] = float((predict(model, d.x).argmax(1).cpu() == d.y.cpu()).float().mean())
+            point[name] = accuracy(model, d)
         self.trajectory.append(point)
         dist = abs(acc - self.target)
         if self._best is None or dist < self._best[0]:

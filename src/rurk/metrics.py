@@ -35,7 +35,8 @@ from .config import RelearnConfig
 from .data.tensordata import TensorData
 from .metric_specs import GAP_KEYS
 from .torchutil import model_device, predict
-from .train import BatchStream, OptimConfig, accuracy, cross_entropy_loss, prepare_model, run_loop
+from .train import (BatchStream, OptimConfig, accuracy, cross_entropy_loss, logits_accuracy, prepare_model,
+                    run_loop)
 
 __all__ = [
     "Accuracies",
@@ -94,7 +95,7 @@ def _outputs(model: nn.Module, data: TensorData, batch_size: int = 256) -> tuple
         return float("nan"), np.zeros(0, dtype=np.float64)
     logits = predict(model, data.x, batch_size)
     y = data.y.to(logits.device).long()
-    acc = float((logits.argmax(1).cpu() == data.y.cpu()).float().mean())
+    acc = logits_accuracy(logits, data.y)
     p = torch.softmax(logits.double(), dim=1).gather(1, y[:, None]).squeeze(1)
     return acc, p.cpu().numpy()
 

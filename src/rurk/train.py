@@ -368,5 +368,10 @@ def accuracy(model: nn.Module, data: TensorData, batch_size: int = 256) -> float
     """Fraction of ``data`` that ``model`` classifies correctly (the one accuracy function of rurk)."""
     if len(data) == 0:
         return float("nan")
-    pred = predict(model, data.x, batch_size).argmax(1).cpu()
-    return float((pred == data.y.cpu()).float().mean())
+    return logits_accuracy(predict(model, data.x, batch_size), data.y)
+
+
+def logits_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of rows of ``logits`` whose argmax is the label ``y`` (what :func:`accuracy` computes, for
+    callers that already hold the logits)."""
+    return float((logits.argmax(1).cpu() == y.cpu()).float().mean())
