@@ -198,3 +198,12 @@ def test_an_incumbent_outside_its_space_is_refused_before_any_work(tmp_path, mon
     with pytest.raises(ConfigError, match="rurk's current epochs = 40"):
         tune(sc, ["ga", "rurk"], tmp_path, trials=2, jobs=1, incumbent=True, log=lambda *_: None)
     assert not called and not (tmp_path / "tune.db").exists()
+
+
+def test_an_incumbent_left_waiting_by_an_interrupted_run_is_not_enqueued_twice(tmp_path):
+    import optuna
+
+    start = {"x": 0.37, "k": 4}
+    optuna.create_study(study_name="w", storage=storage(tmp_path)).enqueue_trial(start)  # killed right after this
+    study = run_study(bowl, SPACE, storage(tmp_path), "w", trials=3, sampler_seed=0, incumbent=start, **QUIET)
+    assert [t.params == start for t in sorted(study.trials, key=lambda t: t.number)] == [True, False, False]

@@ -367,8 +367,7 @@ class _StudyRun:
             sampler = optuna.samplers.TPESampler(seed=derive_seed(self.sampler_seed, "tpe", n) % 2**32,
                                                  n_startup_trials=N_STARTUP_TRIALS)
             s = optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler, pruner=self.pruner)
-            waiting = s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-            if n == 0 and self.incumbent is not None and not waiting:
+            if n == 0 and self.incumbent is not None:  # (an enqueued, still WAITING trial already counts in n)
                 s.enqueue_trial(self.incumbent)  # trial 0: the current settings, the value tuning has to beat
             if self.distributions is None:
                 self.distributions = {k: _distribution(optuna, p) for k, p in self.space.items()}
