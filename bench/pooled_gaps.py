@@ -24,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rurk.claims import ACC_TOL, PAPER_TAU, R_TOL, interval
+from rurk.claims import ACC_TOL, PAPER_TAU, R_TOL, _tau_index, interval
 from rurk.metric_specs import RETAIN, TEST
 
 
 def load(path: str) -> dict:
-    s = json.loads(Path(path).read_text())
-    s["_path"] = path
-    return s
+    return json.loads(Path(path).read_text())
 
 
 def finetune_rows(summaries: list[dict]) -> list[str]:
@@ -54,10 +52,9 @@ def label(s: dict) -> str:
 def rurk_conditions(s: dict) -> list[tuple[bool, bool]]:
     """Per seed: (r_pooled at τ = 0.03 within R_TOL of 1, retain and test within ACC_TOL points of Re-train)."""
     e, rt = s["methods"]["rurk"], s["methods"]["retrain"]
-    res = e["residual"]
-    i = int(np.argmin([abs(t - PAPER_TAU) for t in res["taus"]]))
+    i = _tau_index(s, PAPER_TAU)  # the τ the claims check reads
     out = []
-    for k, r in enumerate(res["r_pooled_per_seed"]):
+    for k, r in enumerate(e["residual"]["r_pooled_per_seed"]):
         accs = [abs(e[m.key]["per_seed"][k] - rt[m.key]["per_seed"][k]) <= ACC_TOL for m in (RETAIN, TEST)]
         out.append((abs(r[i] - 1.0) <= R_TOL, all(accs)))
     return out

@@ -185,6 +185,10 @@ def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones
     assert incumbent_values(sc, "rurk", {}) == {"lr": 0.01, "epochs": 10, "lambda_f": 0.08, "lambda_a": 0.08,
                                                 "tau": 0.1}
     assert incumbent_values(sc, "rurk", {"lr": 0.05})["lr"] == 0.05  # the scenario's value over the default
+    from rurk.methods.base import Param
+
+    assert integer(1, 5).contains(5) and not integer(1, 5).contains(6) and not log_uniform(1e-3, 1.0).contains(0)
+    assert Param("choice", choices=("a", "b")).contains("b") and not Param("choice", choices=("a",)).contains("b")
     with pytest.raises(ConfigError, match=r"current epochs = 40 is outside its search space \[1, 12\]"):
         incumbent_values(sc, "rurk", {"epochs": 40})
 

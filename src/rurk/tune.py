@@ -501,11 +501,10 @@ def incumbent_values(scenario: Scenario, method: str, base: dict) -> dict:
     cfg = spec.config(scenario.preset, base)
     values = {k: getattr(cfg, k) for k in spec.space}
     for k, p in spec.space.items():
-        v = values[k]
-        inside = v in p.choices if p.kind == "choice" else p.low <= v <= p.high
-        if not inside:
+        if not p.contains(values[k]):
             where = p.choices if p.kind == "choice" else f"[{p.low}, {p.high}]"
-            raise ConfigError(f"--incumbent: {method}'s current {k} = {v!r} is outside its search space {where}")
+            raise ConfigError(f"--incumbent: {method}'s current {k} = {values[k]!r} is outside its search space "
+                              f"{where}")
     return values
 
 

@@ -167,6 +167,10 @@ class Param:
             return trial.suggest_int(name, int(self.low), int(self.high))
         return trial.suggest_float(name, float(self.low), float(self.high), log=self.kind == "log")
 
+    def contains(self, value) -> bool:
+        """Whether ``value`` is one Optuna could draw (or be given) for this parameter."""
+        return value in self.choices if self.kind == "choice" else self.low <= value <= self.high
+
     def to_json(self) -> dict:
         return {"kind": self.kind, "choices": list(self.choices)} if self.kind == "choice" else \
             {"kind": self.kind, "low": self.low, "high": self.high}
