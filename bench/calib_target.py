@@ -5,7 +5,8 @@ For every (store, split seed, run seed) given it loads Original and Re-train fro
 noise; 4 copies per image):
 
 - Original's accuracy on the calibration set — the plain target (``calib_alpha = 0``);
-- the target with the learning-curve correction at each ``--alphas`` (the shipped default is 0.5);
+- the target with the learning-curve correction at each ``--alphas`` (the shipped default is 0.5), without the
+  difficulty shift (``calib_proxy = 0``; ``bench/calib_proxy.py`` and ``bench/oracle_target.py`` measure it);
 - Re-train's accuracy on the calibration set and on the forget set — what the target estimates.
 
     .venv/bin/python bench/calib_target.py runs-results:0:131,42,7 runs-newsplits/split5:5:131,42,7 \\
@@ -39,10 +40,10 @@ def rows(scenario_name: str, root: str, split: int, seeds: list[int], alphas: li
         orig, retrain = (load_run_model(store, keys[k], scenario, prepared) for k in ("original", "retrain"))
         targets = []
         for a in alphas:
-            cal = Calibrator(CalibrationSpec(draws=4, alpha=a), d.forget, d.calib, seed,
+            cal = Calibrator(CalibrationSpec(draws=4, alpha=a, proxy=0), d.forget, d.calib, seed,
                              num_classes=prepared.num_classes, retain=d.retain)
             targets.append(cal.estimate_target(orig))
-        plain = Calibrator(CalibrationSpec(draws=4, alpha=0.0), d.forget, d.calib, seed,
+        plain = Calibrator(CalibrationSpec(draws=4, alpha=0.0, proxy=0), d.forget, d.calib, seed,
                            num_classes=prepared.num_classes)
         yield (root, split, seed, plain.accuracy(orig, "calib", d.calib), targets,
                plain.accuracy(retrain, "calib", d.calib), plain.accuracy(retrain, "forget", d.forget))

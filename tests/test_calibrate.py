@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from rurk import calibrate
 from rurk.calibrate import CalibrationSpec, Calibrator
 from rurk.config import ConfigError
 from rurk.data import load_source, make_split
@@ -28,7 +29,7 @@ class Scripted(Calibrator):
 
     def __init__(self, script, target, every=1):
         tiny = TensorData(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        super().__init__(CalibrationSpec(every=every, trace=0, alpha=0), tiny, tiny, SEED, num_classes=2)
+        super().__init__(CalibrationSpec(every=every, trace=0, alpha=0, proxy=0), tiny, tiny, SEED, num_classes=2)
         self.script, self.fixed_target = script, target
 
     def estimate_target(self, original):
@@ -108,12 +109,12 @@ def labelled(labels: list[int], votes: list[int]) -> TensorData:
     return TensorData(x, torch.tensor(labels), torch.arange(len(labels)))
 
 
-def target_of(alpha: float, calib: TensorData) -> tuple[float, dict]:
+def target_of(alpha: float, calib: TensorData, proxy: float = 0) -> tuple[float, dict]:
     # forget: three class-0 images, one class-1; retain: 3 of class 0 (half of 6 trained), 9 of class 1 (of 10)
     forget = labelled([0, 0, 0, 1], [0, 0, 0, 1])
     retain = labelled([0] * 3 + [1] * 9 + [2] * 5, [0] * 3 + [1] * 9 + [2] * 5)
-    cal = Calibrator(CalibrationSpec(tau=0.0, draws=2, trace=0, alpha=alpha), forget, calib, SEED, num_classes=3,
-                     retain=retain)
+    cal = Calibrator(CalibrationSpec(tau=0.0, draws=2, trace=0, alpha=alpha, proxy=proxy), forget, calib, SEED,
+                     num_classes=3, retain=retain)
     return cal.estimate_target(PixelVote()), cal.estimate
 
 
@@ -146,6 +147,46 @@ def test_the_correction_needs_the_retain_counts():
     tiny = labelled([0], [0])
     with pytest.raises(ValueError, match="calib_alpha"):
         Calibrator(CalibrationSpec(alpha=0.5), tiny, tiny, SEED, num_classes=3)
+    with pytest.raises(ValueError, match="calib_proxy"):
+        Calibrator(CalibrationSpec(alpha=0, proxy=0.65), tiny, tiny, SEED, num_classes=3)
+
+
+def test_the_difficulty_shift_moves_each_forget_class_target_by_proxy_times_its_shift_within_0_and_1(monkeypatch):
+    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib: {0: -0.3, 1: 0.4})
+    target, est = target_of(0.0, CALIB, proxy=0.5)
+    # class 0: 0.8 + 0.5·(−0.3) = 0.65; class 1: 0.9 + 0.5·0.4 = 1.1, clipped to 1
+    assert target == pytest.approx(0.75 * 0.65 + 0.25 * 1.0)
+    assert est["proxy"] == {"slope": 0.5, "shift": {"0": -0.3, "1": 0.4}}
+    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib: {0: -2.0, 1: 0.0})
+    assert target_of(0.0, CALIB, proxy=1.0)[0] == pytest.approx(0.25 * 0.9)  # class 0 clipped to 0, never negative
+    assert "proxy" not in target_of(0.0, CALIB)[1]  # off at 0: the target of the tests above
+
+
+def halves(labels: list[int], bright: list[str], seed: int) -> TensorData:
+    """1×4×4 images bright in their left or right half (plus a little noise): a linearly separable pair."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.1 + 0.02 * torch.rand(len(labels), 1, 4, 4, generator=g)
+    for i, side in enumerate(bright):
+        x[i, 0, :, slice(0, 2) if side == "L" else slice(2, 4)] += 0.8
+    return TensorData(x, torch.tensor(labels), torch.arange(len(labels)) + 100 * seed)
+
+
+def test_difficulty_shift_is_the_retain_trained_proxys_forget_minus_calibration_accuracy(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    retain = halves([0] * 20 + [1] * 20, ["L"] * 20 + ["R"] * 20, 1)
+    # class 0 looks like "L": two of its four forget images look like class 1 (hard), its calibration images do not
+    forget = halves([0, 0, 0, 0, 1], ["L", "L", "R", "R", "R"], 2)
+    calib = halves([0] * 6, ["L"] * 6, 3)
+    fits = []
+    real_fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
+    shift = calibrate.difficulty_shift(retain, forget, calib)
+    assert shift == {0: pytest.approx(0.5 - 1.0), 1: 0.0}  # class 1 has no calibration images: no shift
+    same = TensorData(forget.x.clone(), forget.y.clone(), forget.index.clone())
+    assert calibrate.difficulty_shift(retain, same, calib) == shift and len(fits) == 1  # cached by content
+    easy = halves([0, 0], ["L", "L"], 4)
+    assert calibrate.difficulty_shift(retain, easy, calib) == {0: 0.0} and len(fits) == 2
 
 
 # ---------------------------------------------------------------------------------------------- on a real run

@@ -19,6 +19,13 @@ The rule (decision, this project's; not in the paper):
   ``bench/calib_target.py``, it takes the target's mean error against Re-train's forget accuracy from +4.3 to
   +0.4 points; the remaining ±3.4 is Re-train's own scatter between forget sets); ``α = 0`` is the uncorrected
   rule. Random forgetting over all classes removes few images per class, so κ ≈ 1 there.
+- **Difficulty shift** (``proxy``; 0 turns it off): one forget set of 100 images is easier or harder than the class's
+  calibration images, and Re-train's accuracy on it follows (its scatter is most of the target's error). A cheap
+  model that, like Re-train, never saw the forget set sees which way it leans: a logistic regression on pixels
+  trained on the retain set (:func:`difficulty_shift`). Each class's target moves by ``proxy ×`` (the proxy's
+  accuracy on the forget images of the class − on its calibration images). ``proxy = 0.65`` is the
+  least-squares slope of Re-train's difference on the proxy's over nine tuning-side fmnist5 forget sets
+  (``bench/calib_proxy.py``); the reported forget sets validate it (``bench/oracle_target.py``).
 - **Check**, every ``every`` optimiser steps (and once before the first): the current model's accuracy on
   perturbed copies of the forget set. Copies use the audit's probes (:mod:`rurk.perturb`) with fixed noise —
   common random numbers: the same ``draws`` copies of each image at every check (random probes draw them once;
@@ -37,10 +44,13 @@ trajectory), against three train-mode passes and a backward pass per step; ``ben
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .data.tensordata import TensorData
@@ -60,12 +70,13 @@ class CalibrationSpec:
     draws: int = 2  # decision: perturbed copies per forget image per check
     trace: int = 128  # decision: retain/test samples in the trajectory (0 = none)
     alpha: float = 0.5  # decision: learning-curve exponent of the target's correction (0 = uncorrected)
+    proxy: float = 0.65  # decision: slope of the difficulty shift (fitted on fmnist5, module doc; 0 = none)
 
     def __post_init__(self):
-        if not (math.isfinite(self.tau) and self.tau >= 0):
-            raise ValueError(f"calib_tau = {self.tau!r}: expected a number >= 0")
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"calib_alpha = {self.alpha!r}: expected a number >= 0")
+        for name in ("tau", "alpha", "proxy"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"calib_{name} = {value!r}: expected a number >= 0")
         for name in ("every", "draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"calib_{name} = {getattr(self, name)!r}: expected an integer >= 1")
@@ -81,8 +92,9 @@ class Calibrator:
         if len(calib) == 0 or len(forget) == 0:
             raise ValueError(f"calibrated stopping needs a forget set and a calibration set (got {len(forget)} "
                              f"forget and {len(calib)} calibration images; set forget.calibration in the scenario)")
-        if spec.alpha > 0 and retain is None:
-            raise ValueError("calib_alpha > 0 needs the retain set (its class counts set the target's correction)")
+        if (spec.alpha > 0 or spec.proxy > 0) and retain is None:
+            raise ValueError("calib_alpha > 0 and calib_proxy > 0 need the retain set (the target's corrections)")
+        self.retain = retain
         self.spec, self.seed, self.num_classes = spec, seed, num_classes
         self.retain_counts = None if retain is None else torch.bincount(retain.y.cpu(), minlength=num_classes)
         self.probe = make_probe(spec.probe)
@@ -122,11 +134,13 @@ class Calibrator:
 
     def estimate_target(self, original: nn.Module) -> float:
         """Re-train's expected accuracy on the forget set: Original's error on the calibration copies of each
-        forget class, scaled by ``κ_k = (n_train,k / n_retain,k)^α`` and weighted by the forget set's classes."""
+        forget class, scaled by ``κ_k = (n_train,k / n_retain,k)^α``, shifted by ``proxy ×`` the class's
+        difficulty shift (clipped to [0, 1]) and weighted by the forget set's classes."""
         correct = self._correct(original, "calib", self.calib)
         labels = self.calib.y.cpu().repeat(self.spec.draws)
         pooled_err = 1.0 - float(correct.mean())
         f_counts = torch.bincount(self.forget.y.cpu(), minlength=self.num_classes)
+        shifts = difficulty_shift(self.retain, self.forget, self.calib) if self.spec.proxy > 0 else {}
         target, kappas = 0.0, {}
         for k in torch.nonzero(f_counts).flatten().tolist():
             sel = labels == k
@@ -136,9 +150,14 @@ class Calibrator:
                 n_retain = int(self.retain_counts[k])
                 kappa = math.inf if n_retain == 0 else ((n_retain + int(f_counts[k])) / n_retain) ** self.spec.alpha
             kappas[k] = kappa
-            target += float(f_counts[k]) / len(self.forget) * max(0.0, 1.0 - kappa * err)
+            acc_k = 1.0 - min(1.0, kappa * err)
+            if self.spec.proxy > 0:
+                acc_k = min(1.0, max(0.0, acc_k + self.spec.proxy * shifts.get(k, 0.0)))
+            target += float(f_counts[k]) / len(self.forget) * acc_k
         self.estimate = {"original_calib_acc": 1.0 - pooled_err, "alpha": self.spec.alpha,
                          "kappa": {str(k): v for k, v in kappas.items()}}
+        if self.spec.proxy > 0:
+            self.estimate["proxy"] = {"slope": self.spec.proxy, "shift": {str(k): v for k, v in shifts.items()}}
         return target
 
     # ---------------------------------------------------------------------------------------- the protocol
@@ -174,3 +193,48 @@ class Calibrator:
                 "forget_at_chosen": next(p["forget"] for p in self.trajectory if p["step"] == step),
                 "probe": self.spec.probe, "tau": self.spec.tau, "draws": self.spec.draws, "every": self.spec.every,
                 "n_calib": len(self.calib), "trajectory": self.trajectory}
+
+
+# ---------------------------------------------------------------------------------------------- difficulty shift
+#: the proxy's training images at most (a seeded subset of the retain set beyond it) and its input side at most
+#: (larger images are average-pooled): it must stay cheap next to unlearning at paper scale too (decision)
+PROXY_MAX_TRAIN, PROXY_MAX_SIDE = 5000, 32
+_SHIFTS: dict[str, dict[int, float]] = {}  # per process: the shift depends on the three sets only
+
+
+def _features(data: TensorData) -> np.ndarray:
+    x = data.x.detach().float().cpu()
+    if x.dim() == 4 and max(x.shape[-2:]) > PROXY_MAX_SIDE:
+        x = F.adaptive_avg_pool2d(x, PROXY_MAX_SIDE)
+    return x.reshape(len(x), -1).double().numpy()
+
+
+def _fingerprint(*sets: TensorData) -> str:
+    h = hashlib.sha1()
+    for d in sets:
+        for t in (d.x, d.y):
+            t = t.detach().cpu().contiguous()
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData) -> dict[int, float]:
+    """Per forget class ``k``: the proxy's accuracy on the forget images of ``k`` minus its accuracy on the
+    calibration images of ``k`` (0 where the class has no calibration images). The proxy is a logistic regression
+    on pixels (L2, C = 0.1, float64 L-BFGS: deterministic) trained on the retain set, which — like Re-train —
+    never saw the forget images. Cached per process (tuning calls it once per forget set, not per trial)."""
+    key = _fingerprint(retain, forget, calib)
+    if key not in _SHIFTS:
+        from sklearn.linear_model import LogisticRegression
+
+        train = retain
+        if len(train) > PROXY_MAX_TRAIN:
+            train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:PROXY_MAX_TRAIN])
+        clf = LogisticRegression(C=0.1, max_iter=3000).fit(_features(train), train.y.cpu().numpy())
+        right = lambda d: torch.from_numpy(clf.predict(_features(d))) == d.y.cpu()  # noqa: E731
+        f_right, c_right = right(forget), right(calib)
+        f_y, c_y = forget.y.cpu(), calib.y.cpu()
+        _SHIFTS[key] = {k: (float(f_right[f_y == k].float().mean() - c_right[c_y == k].float().mean())
+                            if bool((c_y == k).any()) else 0.0) for k in torch.unique(f_y).tolist()}
+    return dict(_SHIFTS[key])

@@ -111,6 +111,7 @@ class FinetuneConfig:
     calib_draws: int = 2  # decision: copies per forget image per check
     calib_trace: int = 128  # decision: retain/test samples in the recorded trajectory
     calib_alpha: float = 0.5  # decision: learning-curve exponent of the target's correction (0 = uncorrected)
+    calib_proxy: float = 0.65  # decision: slope of the target's difficulty shift (rurk.calibrate; 0 = none)
 
     #: whether the method has a forget term, so calibrated stopping can act on it (set by such methods' configs)
     forget_term: ClassVar[bool] = False
@@ -125,7 +126,7 @@ class FinetuneConfig:
         if self.calib_probe not in PROBES:
             raise ValueError(f"calib_probe = {self.calib_probe!r}: expected one of {', '.join(sorted(PROBES))}")
         return CalibrationSpec(self.calib_probe, self.calib_tau, self.calib_every, self.calib_draws, self.calib_trace,
-                               self.calib_alpha)
+                               self.calib_alpha, self.calib_proxy)
 
     def optim(self) -> OptimConfig:
         """The training loop's settings: SGD with this config's values of the fields it shares with
