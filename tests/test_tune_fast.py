@@ -185,6 +185,15 @@ def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones
     assert incumbent_values(sc, "rurk", {}) == {"lr": 0.01, "epochs": 10, "lambda_f": 0.08, "lambda_a": 0.08,
                                                 "tau": 0.1}
     assert incumbent_values(sc, "rurk", {"lr": 0.05})["lr"] == 0.05  # the scenario's value over the default
+    # by default what `rurk run` uses: a method's shipped tuned values (fmnist5 ships NegGrad+'s) ...
+    from rurk.tune import load_tuned
+
+    shipped = load_tuned(sc.tuned)["neggrad_plus"]
+    assert incumbent_values(sc, "neggrad_plus") == {k: shipped[k] for k in ("lr", "epochs", "beta")}
+    assert incumbent_values(sc, "rurk") == incumbent_values(sc, "rurk", {})  # (RURK ships none: its defaults)
+    # ... under the scenario's own values, as `rurk run` merges them
+    mine = load_scenario("fmnist5", {"methods": {"neggrad_plus": {"lr": 0.002}}})
+    assert incumbent_values(mine, "neggrad_plus") == {**incumbent_values(sc, "neggrad_plus"), "lr": 0.002}
     from rurk.methods.base import Param
 
     assert integer(1, 5).contains(5) and not integer(1, 5).contains(6) and not log_uniform(1e-3, 1.0).contains(0)

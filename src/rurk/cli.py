@@ -853,8 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split seeds of the tuning forget sets, never the scenario's [default: 1,2,3]")
     c.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler [default: 0]")
     c.add_argument("--incumbent", action="store_true",
-                   help="trial 0 runs the method's current settings (the scenario's values over its defaults), so "
-                        "the study shows whether tuning beats them (in the provenance)")
+                   help="trial 0 runs the method's current settings (what `rurk run` uses: the scenario's tuned and "
+                        "own values over its defaults), so the study shows whether tuning beats them (in the "
+                        "provenance)")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     _executor_args(c)
     c.set_defaults(tuned="none")

@@ -52,7 +52,7 @@ from .metrics import avg_gap
 from .methods.base import get_method, unlearn
 from .torchutil import derive_seed
 from .train import diverged
-from .experiment import RunOptions, evaluate
+from .experiment import RunOptions, evaluate, scenario_with
 from .methods import load_all
 from .pipeline import prepare, reference_models
 from .store import Store
@@ -494,9 +494,14 @@ def _check_tune_args(scenario: Scenario, trials: int, jobs: int, timeout: float 
         raise ConfigError(f"--split-seeds = {split_seeds}: expected distinct seeds")
 
 
-def incumbent_values(scenario: Scenario, method: str, base: dict) -> dict:
+def incumbent_values(scenario: Scenario, method: str, base: dict | None = None) -> dict:
     """The method's current value of every parameter it searches (its config for the scenario's preset and
-    ``base``), refused in one line when one lies outside its search range (Optuna could not enqueue it)."""
+    ``base``; None = what `rurk run` uses: the scenario's shipped tuned values under its own [methods] table),
+    refused in one line when one lies outside its search range (Optuna could not enqueue it)."""
+    if base is None:
+        current = scenario_with(scenario, load_tuned(scenario.tuned)) if scenario.tuned not in (None, "", "none") \
+            else scenario
+        base = current.methods.get(method, {})
     spec = get_method(method)
     cfg = spec.config(scenario.preset, base)
     values = {k: getattr(cfg, k) for k in spec.space}
@@ -564,7 +569,7 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
         jobs = available_cpus()
     _check_tune_args(scenario, trials, jobs, timeout, seed, split_seeds)
     methods = _tuned_methods(scenario, methods)
-    starts = {m: incumbent_values(scenario, m, scenario.methods.get(m, {})) if incumbent else None for m in methods}
+    starts = {m: incumbent_values(scenario, m) if incumbent else None for m in methods}
     prune = prune and executor is None
     session = executor.session() if executor is not None else nullcontext()
     with session:  # one Ray session for the references and every method's trials
