@@ -220,3 +220,20 @@ def test_an_incumbent_left_waiting_by_an_interrupted_run_is_not_enqueued_twice(t
     optuna.create_study(study_name="w", storage=storage(tmp_path)).enqueue_trial(start)  # killed right after this
     study = run_study(bowl, SPACE, storage(tmp_path), "w", trials=3, sampler_seed=0, incumbent=start, **QUIET)
     assert [t.params == start for t in sorted(study.trials, key=lambda t: t.number)] == [True, False, False]
+
+
+def test_the_study_name_follows_the_methods_resolved_config_code_defaults_included(monkeypatch):
+    from dataclasses import replace
+
+    from rurk.methods.base import MethodSpec, get_method
+    from rurk.tune import study_name
+
+    sc = load_scenario("fmnist5")
+    name = lambda base: study_name(sc, "rurk", base, 1, [1, 2, 3], 0)  # noqa: E731
+    default_lr = get_method("rurk").config(sc.preset).lr
+    assert name({}) == name({"lr": default_lr})  # the same config, however it is spelled: the same study
+    assert name({}) != name({"lr": default_lr * 2})
+    before = name({})
+    real = MethodSpec.config  # a default changed in the code (here: calibrated stopping's difficulty shift)
+    monkeypatch.setattr(MethodSpec, "config", lambda self, *a, **k: replace(real(self, *a, **k), calib_proxy=0.0))
+    assert name({}) != before  # a study made under the old default is not resumed under the new one

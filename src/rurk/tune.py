@@ -84,14 +84,15 @@ def _optuna():
 def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_seeds, sampler_seed: int,
                prune: bool = True, incumbent: dict | None = None) -> str:
     """The study's name: method plus a hash of everything a trial's score depends on (scenario data, model,
-    recipes, the method's base config and space, seeds) and of the pruning (which decides what the sampler
-    learns from). A changed setting starts a new study."""
+    recipes, the method's config — its defaults in the code included, so a changed default starts afresh too —
+    and space, seeds) and of the pruning (which decides what the sampler learns from). A changed setting starts
+    a new study."""
     spec = get_method(method)
     # trials neither compute the re-learn metric nor audit, so those settings stay out of the identity (adding
     # an audit field must not orphan a study)
     ident = {"scenario": {k: v for k, v in to_dict(scenario).items()
                           if k not in ("methods", "tuned", "description", "relearn", "audit")},
-             "method": method, "base": base, "space": {k: p.to_json() for k, p in spec.space.items()},
+             "method": method, "config": to_dict(spec.config(scenario.preset, base)), "space": {k: p.to_json() for k, p in spec.space.items()},
              "seed": seed, "split_seeds": list(split_seeds), "sampler_seed": sampler_seed,
              "n_startup": N_STARTUP_TRIALS}
     ident["pruner"] = _pruner_name() if prune else None
