@@ -35,7 +35,7 @@ from rurk.claims import interval
 from rurk.config import load_scenario
 from rurk.experiment import evaluate, method_config, scenario_with
 from rurk.methods import load_all
-from rurk.methods.base import unlearn
+from rurk.methods.base import parse_variant, unlearn
 from rurk.metrics import avg_gap
 from rurk.pipeline import load_run_model, prepare, reference_keys
 from rurk.report import cpu_model
@@ -78,7 +78,7 @@ def cell(scenario_name: str, root: str, split: int, seed: int, methods: list[str
                 calibrate.Calibrator.estimate_target = lambda self, _orig: self.accuracy(retrain, "forget", self.forget)
             try:
                 c = replace(cfg, calib_proxy=0.0) if mode == "α only" else cfg
-                model, rec = unlearn(m, original, udata, seed, cfg=c)
+                model, rec = unlearn(parse_variant(m)[0], original, udata, seed, cfg=c)
             finally:
                 calibrate.Calibrator.estimate_target = estimate
             cal = rec.extra["calibration"]
@@ -115,7 +115,7 @@ def main() -> None:
         print(f"| {c['split']} | {c['seed']} | {err[0]:+.1f} / {err[1]:+.1f} | "
               + " | ".join(" / ".join(f"{c['rows'][m][mode]['gap']:.2f}" for mode in MODES) for m in methods) + " |")
     errs = {mode: np.array([100 * (c["rows"][methods[0]][mode]["target"] - c["rows"][methods[0]]["oracle"]["target"])
-                            for c in cells]) for mode in ("rule", "proxy")}
+                            for c in cells]) for mode in MODES[:2]}
     print("\ntarget error, mean |·| (worst): " + "; ".join(
         f"{mode} {np.abs(e).mean():.1f} ({e[np.abs(e).argmax()]:+.1f})" for mode, e in errs.items()))
     splits = sorted({c["split"] for c in cells})
