@@ -171,6 +171,9 @@ def test_the_incumbent_is_trial_0_with_its_own_values_and_is_enqueued_once(tmp_p
     prov = provenance(study, SPACE, sampler_seed=0, seed=1, split_seeds=[1, 2, 3], preset="small", wall_s=1.0,
                       incumbent=start)
     assert prov["incumbent"]["values"] == start and prov["incumbent"]["avg_gap"] == bowl(start)[0]
+    trials = study.trials  # the study's own span, however long this invocation took
+    assert prov["wall_s"] == 1.0 and prov["span_s"] == round((max(t.datetime_complete for t in trials)
+                                                              - min(t.datetime_start for t in trials)).total_seconds(), 1)
     assert prov["incumbent"]["state"] == "COMPLETE" and "incumbent" not in provenance(
         study, SPACE, sampler_seed=0, seed=1, split_seeds=[1, 2, 3], preset="small", wall_s=1.0)
 

@@ -443,7 +443,9 @@ def _fmt_params(params: dict) -> str:
 def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds, preset: str, wall_s: float,
                prune: bool = False, incumbent: dict | None = None) -> dict:
     """Everything needed to audit the choice: sampler and seed, pruner, spaces, every trial (a pruned one with its
-    first forget set's gap), the best trial with its gap per tuning forget set, importances."""
+    first forget set's gap), the best trial with its gap per tuning forget set, importances. Times: ``wall_s``
+    is this invocation's, ``span_s`` the study's own, from its first trial's start to its last trial's end
+    (over every invocation that added trials: a study resumed with nothing left to do still shows its span)."""
     optuna = _optuna()
     from optuna.trial import TrialState
 
@@ -453,6 +455,9 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
                      "avg_gap": t.value if t.state == TrialState.COMPLETE else None,
                      "gaps": t.user_attrs.get("gaps"), "failed_reason": t.user_attrs.get("failed_reason"),
                      "seconds": t.user_attrs.get("seconds")})
+    stamps = [(t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False)
+              if t.datetime_start is not None and t.datetime_complete is not None]
+    span = (max(e for _, e in stamps) - min(s for s, _ in stamps)).total_seconds() if stamps else 0.0
     complete = [r for r in rows if r["avg_gap"] is not None]
     best = min(complete, key=lambda r: (r["avg_gap"], r["number"])) if complete else None
     if best is not None and best["gaps"] is not None:  # keyed by split seed: the README compares these per method
@@ -468,7 +473,7 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
             "objective": "mean Avg. Gap to Re-train over the tuning forget sets", "tuning_seed": seed,
             "split_seeds": list(split_seeds), "preset": preset, "trials": len(rows),
             "failed": sum(r["state"] == "FAIL" for r in rows), "pruned": sum(r["state"] == "PRUNED" for r in rows),
-            "wall_s": round(wall_s, 1), "best": best, "importances": importances, "all_trials": rows}
+            "wall_s": round(wall_s, 1), "span_s": round(span, 1), "best": best, "importances": importances, "all_trials": rows}
     if incumbent is not None:  # trial 0 ran the current settings: what tuning had to beat
         first = next((r for r in rows if r["number"] == 0), None)
         out["incumbent"] = {"values": incumbent, "avg_gap": first and first["avg_gap"], "gaps": first and first["gaps"],
