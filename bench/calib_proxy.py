@@ -10,7 +10,8 @@ fixed noise) minus each candidate target:
 - ``α only``: the target with the learning-curve correction alone (``calib_alpha = 0.5``, ``calib_proxy = 0``);
 - ``add``, ``add×0.65``: α only + (the proxy's forget accuracy − its calibration accuracy), at slope 1 and 0.65
   — the latter is the shipped target (``calib_proxy = 0.65``: the least-squares slope through 0 of Re-train's
-  difference on the proxy's over the nine default forget sets here, printed last);
+  difference on the proxy's over the nine default forget sets here, printed last: 0.66 with the shipped proxy's
+  float64 inputs, 0.65 as first fitted on float32 ones);
 - ``ratio``: 1 − Original's calibration error × the proxy's forget error / the error on the calibration set of
   the same proxy trained on retain + forget (the proxy's own measure of what removing the forget set costs);
 - ``κ·ratio``: 1 − Original's calibration error × κ × the proxy's forget error / its calibration error;

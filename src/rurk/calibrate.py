@@ -24,8 +24,9 @@ The rule (decision, this project's; not in the paper):
   model that, like Re-train, never saw the forget set sees which way it leans: a logistic regression on pixels
   trained on the retain set (:func:`difficulty_shift`). Each class's target moves by ``proxy ×`` (the proxy's
   accuracy on the forget images of the class − on its calibration images). ``proxy = 0.65`` is the
-  least-squares slope of Re-train's difference on the proxy's over nine tuning-side fmnist5 forget sets
-  (``bench/calib_proxy.py``); the reported forget sets validate it (``bench/oracle_target.py``).
+  least-squares slope through 0 (0.66 today; 0.65 as first fitted) of Re-train's difference on the proxy's
+  over nine tuning-side fmnist5 forget sets (``bench/calib_proxy.py``); the reported forget sets validate it
+  (``bench/oracle_target.py``).
 - **Check**, every ``every`` optimiser steps (and once before the first): the current model's accuracy on
   perturbed copies of the forget set. Copies use the audit's probes (:mod:`rurk.perturb`) with fixed noise —
   common random numbers: the same ``draws`` copies of each image at every check (random probes draw them once;
