@@ -29,11 +29,10 @@ import argparse
 import os
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 os.environ.setdefault("RURK_PROGRESS", "0")
 
-from rurk.calibrate import CalibrationSpec, Calibrator, _features
+from rurk.calibrate import CalibrationSpec, Calibrator, _features, fit_proxy
 from rurk.config import load_scenario
 from rurk.data.tensordata import TensorData
 from rurk.pipeline import prepare, reference_models
@@ -46,10 +45,8 @@ CANDIDATES = ("α only", "add", "add×0.65", "ratio", "κ·ratio")
 def proxy_errors(d) -> tuple[float, float, float]:
     """The proxy's error on the forget set and on the calibration set (trained on retain), and on the calibration
     set when trained on retain + forget."""
-    flat = _features  # the shipped proxy's inputs (rurk.calibrate.difficulty_shift)
-    fit = lambda t: LogisticRegression(max_iter=3000, C=0.1).fit(flat(t), t.y.numpy())  # noqa: E731
-    on_retain, on_all = fit(d.retain), fit(TensorData.concat(d.retain, d.forget))
-    err = lambda clf, t: 1.0 - clf.score(flat(t), t.y.numpy())  # noqa: E731
+    on_retain, on_all = fit_proxy(d.retain), fit_proxy(TensorData.concat(d.retain, d.forget))  # the shipped proxy
+    err = lambda clf, t: 1.0 - clf.score(_features(t), t.y.numpy())  # noqa: E731
     return err(on_retain, d.forget), err(on_retain, d.calib), err(on_all, d.calib)
 
 

@@ -33,14 +33,14 @@ os.environ.setdefault("RURK_PROGRESS", "0")
 from rurk import calibrate
 from rurk.claims import interval
 from rurk.config import load_scenario
-from rurk.experiment import evaluate, method_config, scenario_with
+from rurk.experiment import evaluate, method_config
 from rurk.methods import load_all
 from rurk.methods.base import parse_variant, unlearn
 from rurk.metrics import avg_gap
 from rurk.pipeline import load_run_model, prepare, reference_keys
 from rurk.report import cpu_model
 from rurk.store import Store
-from rurk.tune import load_tuned
+from rurk.tune import with_tuned
 
 
 def _init() -> None:
@@ -56,8 +56,7 @@ MODES = ("α only", "shipped", "oracle")
 def cell(scenario_name: str, root: str, split: int, seed: int, methods: list[str]) -> dict:
     """Per method and target (the rule's without the difficulty shift, as shipped, the oracle): the Avg. Gap, the
     target, the chosen step and the forget accuracy there, on one (forget set, seed) cell."""
-    scenario = load_scenario(scenario_name, {"seeds": {"split": split}})
-    scenario = scenario_with(scenario, load_tuned(scenario.tuned)) if scenario.tuned else scenario  # as `rurk run`
+    scenario = with_tuned(load_scenario(scenario_name, {"seeds": {"split": split}}))  # as `rurk run` uses it
     store = Store(root)
     prepared = prepare(scenario)
     keys = reference_keys(scenario, prepared, seed)

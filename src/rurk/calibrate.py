@@ -151,9 +151,7 @@ class Calibrator:
                 n_retain = int(self.retain_counts[k])
                 kappa = math.inf if n_retain == 0 else ((n_retain + int(f_counts[k])) / n_retain) ** self.spec.alpha
             kappas[k] = kappa
-            acc_k = 1.0 - min(1.0, kappa * err)
-            if self.spec.proxy > 0:
-                acc_k = min(1.0, max(0.0, acc_k + self.spec.proxy * shifts.get(k, 0.0)))
+            acc_k = min(1.0, max(0.0, 1.0 - kappa * err + self.spec.proxy * shifts.get(k, 0.0)))
             target += float(f_counts[k]) / len(self.forget) * acc_k
         self.estimate = {"original_calib_acc": 1.0 - pooled_err, "alpha": self.spec.alpha,
                          "kappa": {str(k): v for k, v in kappas.items()}}
@@ -220,19 +218,24 @@ def _fingerprint(*sets: TensorData) -> str:
     return h.hexdigest()
 
 
+def fit_proxy(train: TensorData):
+    """The proxy: a logistic regression on (pooled) pixels, L2 with C = 0.1, fitted by float64 L-BFGS
+    (deterministic) on at most ``PROXY_MAX_TRAIN`` images of ``train`` (a seeded subset beyond that)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(train) > PROXY_MAX_TRAIN:
+        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:PROXY_MAX_TRAIN])
+    return LogisticRegression(C=0.1, max_iter=3000).fit(_features(train), train.y.cpu().numpy())
+
+
 def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData) -> dict[int, float]:
     """Per forget class ``k``: the proxy's accuracy on the forget images of ``k`` minus its accuracy on the
-    calibration images of ``k`` (0 where the class has no calibration images). The proxy is a logistic regression
-    on pixels (L2, C = 0.1, float64 L-BFGS: deterministic) trained on the retain set, which — like Re-train —
-    never saw the forget images. Cached per process (tuning calls it once per forget set, not per trial)."""
+    calibration images of ``k`` (0 where the class has no calibration images). The proxy (:func:`fit_proxy`) is
+    trained on the retain set, so — like Re-train — it never saw the forget images. Cached per process (tuning
+    calls it once per forget set, not per trial)."""
     key = _fingerprint(retain, forget, calib)
     if key not in _SHIFTS:
-        from sklearn.linear_model import LogisticRegression
-
-        train = retain
-        if len(train) > PROXY_MAX_TRAIN:
-            train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:PROXY_MAX_TRAIN])
-        clf = LogisticRegression(C=0.1, max_iter=3000).fit(_features(train), train.y.cpu().numpy())
+        clf = fit_proxy(retain)
         right = lambda d: torch.from_numpy(clf.predict(_features(d))) == d.y.cpu()  # noqa: E731
         f_right, c_right = right(forget), right(calib)
         f_y, c_y = forget.y.cpu(), calib.y.cpu()

@@ -24,7 +24,7 @@ from .audit import residual_knowledge  # noqa: E402
 from .claims import claims_lines  # noqa: E402
 from .config import MAX_BOOTSTRAP, ConfigError, Scenario, list_scenarios, load_scenario, parse_overrides  # noqa: E402
 from .data.loaders import BUNDLED  # noqa: E402
-from .experiment import RunOptions, audit_settings, method_config, run_experiment, scenario_with, unlearned_model  # noqa: E402
+from .experiment import RunOptions, audit_settings, method_config, run_experiment, unlearned_model  # noqa: E402
 from .gallery import write_per_sample  # noqa: E402
 from .methods import load_all  # noqa: E402
 from .metric_specs import cell_failure, failure_reason  # noqa: E402
@@ -38,7 +38,7 @@ from .report import main_table, markdown  # noqa: E402
 from .store import Store, cache_key, check_safetensors, load_checkpoint  # noqa: E402
 from .threads import available_cpus, configure_threads  # noqa: E402
 from .toy import iris_figure  # noqa: E402
-from .tune import load_tuned, read_tuned, tune, tuned_path  # noqa: E402
+from .tune import read_tuned, tune, tuned_path, with_tuned  # noqa: E402
 from .usermodel import build_user_model, check_model_fits, load_samples, parse_normalize, with_normalization  # noqa: E402
 
 T = TypeVar("T")
@@ -214,10 +214,7 @@ def _scenario(args):
     if getattr(args, "data_dir", None) and scenario.data.dataset in BUNDLED:
         raise _refuse("--data-dir", args.data_dir, f"none: {scenario.name}'s data ({scenario.data.dataset}) is "
                                                    "bundled and read from no directory")
-    tuned_file = getattr(args, "tuned", None) or scenario.tuned
-    if tuned_file and tuned_file != "none":
-        scenario = scenario_with(scenario, load_tuned(tuned_file))
-    return scenario
+    return with_tuned(scenario, getattr(args, "tuned", None))
 
 
 def _seeds(args, scenario) -> list[int]:

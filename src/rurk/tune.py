@@ -92,7 +92,8 @@ def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_see
     # an audit field must not orphan a study)
     ident = {"scenario": {k: v for k, v in to_dict(scenario).items()
                           if k not in ("methods", "tuned", "description", "relearn", "audit")},
-             "method": method, "config": to_dict(spec.config(scenario.preset, base)), "space": {k: p.to_json() for k, p in spec.space.items()},
+             "method": method, "config": to_dict(spec.config(scenario.preset, base)),
+             "space": {k: p.to_json() for k, p in spec.space.items()},
              "seed": seed, "split_seeds": list(split_seeds), "sampler_seed": sampler_seed,
              "n_startup": N_STARTUP_TRIALS}
     ident["pruner"] = _pruner_name() if prune else None
@@ -473,7 +474,8 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
             "objective": "mean Avg. Gap to Re-train over the tuning forget sets", "tuning_seed": seed,
             "split_seeds": list(split_seeds), "preset": preset, "trials": len(rows),
             "failed": sum(r["state"] == "FAIL" for r in rows), "pruned": sum(r["state"] == "PRUNED" for r in rows),
-            "wall_s": round(wall_s, 1), "span_s": round(span, 1), "best": best, "importances": importances, "all_trials": rows}
+            "wall_s": round(wall_s, 1), "span_s": round(span, 1), "best": best, "importances": importances,
+            "all_trials": rows}
     if incumbent is not None:  # trial 0 ran the current settings: what tuning had to beat
         first = next((r for r in rows if r["number"] == 0), None)
         out["incumbent"] = {"values": incumbent, "avg_gap": first and first["avg_gap"], "gaps": first and first["gaps"],
@@ -505,9 +507,7 @@ def incumbent_values(scenario: Scenario, method: str, base: dict | None = None) 
     ``base``; None = what `rurk run` uses: the scenario's shipped tuned values under its own [methods] table),
     refused in one line when one lies outside its search range (Optuna could not enqueue it)."""
     if base is None:
-        current = scenario_with(scenario, load_tuned(scenario.tuned)) if scenario.tuned not in (None, "", "none") \
-            else scenario
-        base = current.methods.get(method, {})
+        base = with_tuned(scenario).methods.get(method, {})
     spec = get_method(method)
     cfg = spec.config(scenario.preset, base)
     values = {k: getattr(cfg, k) for k in spec.space}
@@ -666,6 +666,13 @@ def tuned_path(name: str | Path) -> Path:
     raise FileNotFoundError(f"tuned settings {str(name)!r} not found (looked at {p} and {shipped})")
 
 
+def with_tuned(scenario: Scenario, name: str | Path | None = None) -> Scenario:
+    """The scenario as `rurk run` uses it: the tuned values of ``name`` (default: the scenario's own ``tuned``
+    file; ``"none"`` or unset: none) merged under its own [methods] table."""
+    name = name or scenario.tuned
+    return scenario if not name or name == "none" else scenario_with(scenario, load_tuned(name))
+
+
 def load_tuned(name: str | Path) -> dict:
     """{method: {field: value}} from a tuned TOML file; validated against each method's config."""
     path = tuned_path(name)
@@ -677,4 +684,5 @@ def load_tuned(name: str | Path) -> dict:
     return methods
 
 
-__all__ = ["tune", "run_study", "study_name", "provenance", "load_tuned", "read_tuned", "tuned_path", "TrialFailed"]
+__all__ = ["tune", "run_study", "study_name", "provenance", "load_tuned", "with_tuned", "read_tuned", "tuned_path",
+           "TrialFailed"]
