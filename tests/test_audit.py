@@ -239,6 +239,16 @@ def test_common_random_numbers_across_tau(digits):
     assert torch.allclose(2 * d1[inside], d2[inside], atol=1e-6)
 
 
+def test_a_taus_counts_do_not_depend_on_the_rest_of_the_grid(digits):
+    """The demo audits three τ instead of four (rurk.cli.DEMO_TAUS) and promises the same numbers: each τ's
+    counts and statistics are those of a larger grid that holds it."""
+    full, part = audit(digits, taus=[0.0, 0.05, 0.1, 0.3]), audit(digits, taus=[0.0, 0.05, 0.3])
+    for j_part, j_full in ((0, 0), (1, 1), (2, 3)):
+        assert np.array_equal(part.k_m[j_part], full.k_m[j_full]) and np.array_equal(part.k_a[j_part], full.k_a[j_full])
+        assert part.stats(part.taus[j_part]).to_dict() == full.stats(full.taus[j_full]).to_dict()
+    assert not np.array_equal(full.k_m[1], full.k_m[3])  # the τ differ, so the check compares something
+
+
 def test_draws_depend_on_seed_and_block(digits):
     r1, r2 = audit(digits, seed=1, taus=[0.15]), audit(digits, seed=2, taus=[0.15])
     assert not np.array_equal(r1.k_m, r2.k_m) or not np.array_equal(r1.k_a, r2.k_a)

@@ -27,9 +27,10 @@ SEED = 3
 class Scripted(Calibrator):
     """A calibrator whose forget accuracy at step s is ``script[s]`` and whose target is ``target``."""
 
-    def __init__(self, script, target, every=1):
+    def __init__(self, script, target, every=1, trace=0, trace_every=4):
         tiny = TensorData(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        super().__init__(CalibrationSpec(every=every, trace=0, alpha=0, proxy=0), tiny, tiny, SEED, num_classes=2)
+        super().__init__(CalibrationSpec(every=every, trace=trace, trace_every=trace_every, alpha=0, proxy=0), tiny,
+                         tiny, SEED, num_classes=2, retain=tiny if trace else None, test=tiny if trace else None)
         self.script, self.fixed_target = script, target
 
     def estimate_target(self, original):
@@ -89,8 +90,22 @@ def test_rule_checks_every_k_steps_only():
     assert [p["step"] for p in cal.trajectory] == [0, 2]
 
 
+def test_the_retain_and_test_trace_is_taken_at_every_trace_every_th_check_only(monkeypatch):
+    """The trace only feeds the plot: the rule sees the same forget accuracies, the trajectory keeps every check's
+    forget accuracy and the retain/test accuracy at checks 0, k, 2k, ... (here every=2, trace_every=3: steps 0,
+    6, 12)."""
+    monkeypatch.setattr(calibrate, "accuracy", lambda model, data: 0.5)
+    script = [1.0 - 0.01 * s for s in range(16)]
+    cal = Scripted(script, 0.0, every=2, trace=1, trace_every=3)
+    assert drive(cal, 15) == (15, 14)
+    assert [p["step"] for p in cal.trajectory] == list(range(0, 15, 2))
+    assert [p["step"] for p in cal.trajectory if "retain" in p] == [0, 6, 12]
+    assert all(("retain" in p) == ("test" in p) for p in cal.trajectory)
+
+
 def test_spec_refuses_bad_settings():
-    for kw in ({"tau": -0.1}, {"every": 0}, {"draws": 0}, {"trace": -1}, {"alpha": -0.5}, {"alpha": float("nan")}):
+    for kw in ({"tau": -0.1}, {"every": 0}, {"draws": 0}, {"trace": -1}, {"trace_every": 0}, {"alpha": -0.5},
+               {"alpha": float("nan")}):
         with pytest.raises(ValueError, match=f"calib_{next(iter(kw))}"):
             CalibrationSpec(**kw)
 

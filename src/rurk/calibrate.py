@@ -36,11 +36,13 @@ The rule (decision, this project's; not in the paper):
   the one just before it). One step moves the forget accuracy several points, so "first below" alone overshoots.
   If the target is never reached, the closest check (usually the last) is kept. The epoch budget becomes an
   upper bound.
-- **Trajectory**: every check's step, forget accuracy, and retain and test accuracy on fixed subsets of
-  ``trace`` samples (0 = forget only), recorded in the method record and plotted in the report.
+- **Trajectory**: every check's step and forget accuracy, and at every ``trace_every``-th check (the first
+  included) the retain and test accuracy on fixed subsets of ``trace`` samples (0 = forget only), recorded in
+  the method record and plotted in the report. The trace never feeds the rule's decision; at every check it
+  cost the demo's calibrated rows a quarter to a third of their time, so it is thinned (decision).
 
-Cost: one eval-mode forward pass over ``draws × |S_f|`` images per check (plus ``2 × trace`` for the
-trajectory), against three train-mode passes and a backward pass per step; ``bench/bench_calibrate.py`` measures it.
+Cost: one eval-mode forward pass over ``draws × |S_f|`` images per check (plus ``2 × trace`` at every
+``trace_every``-th), against three train-mode passes and a backward pass per step; ``bench/bench_calibrate.py`` measures it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class CalibrationSpec:
     every: int = 1  # decision: check after every optimiser step
     draws: int = 2  # decision: perturbed copies per forget image per check
     trace: int = 128  # decision: retain/test samples in the trajectory (0 = none)
+    trace_every: int = 4  # decision: the retain/test trace at every 4th check (the forget accuracy at every one)
     alpha: float = 0.5  # decision: learning-curve exponent of the target's correction (0 = uncorrected)
     proxy: float = 0.65  # decision: slope of the difficulty shift (fitted on fmnist5, module doc; 0 = none)
 
@@ -78,7 +81,7 @@ class CalibrationSpec:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"calib_{name} = {value!r}: expected a number >= 0")
-        for name in ("every", "draws"):
+        for name in ("every", "draws", "trace_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"calib_{name} = {getattr(self, name)!r}: expected an integer >= 1")
         if self.trace < 0:
@@ -172,8 +175,9 @@ class Calibrator:
     def _observe(self, model: nn.Module, step: int) -> bool:
         acc = self.accuracy(model, "forget", self.forget)
         point = {"step": step, "forget": acc}
-        for name, d in self.traced.items():
-            point[name] = accuracy(model, d)
+        if len(self.trajectory) % self.spec.trace_every == 0:  # the plot's retain/test lines need fewer points
+            for name, d in self.traced.items():
+                point[name] = accuracy(model, d)
         self.trajectory.append(point)
         dist = abs(acc - self.target)
         if self._best is None or dist < self._best[0]:

@@ -128,9 +128,10 @@ def calibration_figure(rows: Mapping[str, list[tuple[int, dict]]], title: str | 
             ax.plot(steps, [p["forget"] for p in c["trajectory"]], color=color, label=f"seed {seed}: forget")
             ax.axhline(c["target"], color=color, linestyle="--", linewidth=1, label="target" if i == 0 else None)
             for key, ls in (("retain", ":"), ("test", "-.")):
-                if key in c["trajectory"][0]:
-                    ax.plot(steps, [p[key] for p in c["trajectory"]], color=color, linestyle=ls, linewidth=0.8,
-                            label=f"seed {seed}: {key}" if i == 0 else None)
+                traced = [p for p in c["trajectory"] if key in p]  # every trace_every-th check (rurk.calibrate)
+                if traced:
+                    ax.plot([p["step"] for p in traced], [p[key] for p in traced], color=color, linestyle=ls,
+                            linewidth=0.8, label=f"seed {seed}: {key}" if i == 0 else None)
             ax.plot([c["chosen_step"]], [c["forget_at_chosen"]], "o", mfc="none", ms=9, color=color)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("optimiser step")

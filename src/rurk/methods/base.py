@@ -110,6 +110,7 @@ class FinetuneConfig:
     calib_every: int = 1  # decision: check after every step
     calib_draws: int = 2  # decision: copies per forget image per check
     calib_trace: int = 128  # decision: retain/test samples in the recorded trajectory
+    calib_trace_every: int = 4  # decision: the retain/test trace at every 4th check (rurk.calibrate)
     calib_alpha: float = 0.5  # decision: learning-curve exponent of the target's correction (0 = uncorrected)
     calib_proxy: float = 0.65  # decision: slope of the target's difficulty shift (rurk.calibrate; 0 = none)
 
@@ -125,8 +126,9 @@ class FinetuneConfig:
     def calibration_spec(self):
         if self.calib_probe not in PROBES:
             raise ValueError(f"calib_probe = {self.calib_probe!r}: expected one of {', '.join(sorted(PROBES))}")
-        return CalibrationSpec(self.calib_probe, self.calib_tau, self.calib_every, self.calib_draws, self.calib_trace,
-                               self.calib_alpha, self.calib_proxy)
+        return CalibrationSpec(probe=self.calib_probe, tau=self.calib_tau, every=self.calib_every,
+                               draws=self.calib_draws, trace=self.calib_trace, trace_every=self.calib_trace_every,
+                               alpha=self.calib_alpha, proxy=self.calib_proxy)
 
     def optim(self) -> OptimConfig:
         """The training loop's settings: SGD with this config's values of the fields it shares with
