@@ -9,10 +9,15 @@ as separate `rurk tune` processes on one run store (references trained once, bef
 
 The two objectives average different forget sets, so the best setting of ``before`` is also scored on the three
 forget sets of ``after`` (``before@1,2,3``, in this process): that is the like-for-like quality comparison.
+Besides the whole budget's wall time the table gives the time to quality: the seconds (from the process start)
+``before`` took to find its best setting, and those ``after`` took to find a setting at least as good (a mean gap
+on 1,2,3 no larger than ``before``'s best re-scored there). ``--plot PATH`` draws the best value found against
+wall time, before and after, one panel per method.
 Every timing is printed with the CPU model (``/proc/cpuinfo``), since numbers from another CPU differ.
 Each run starts from an empty study (this script deletes OUT/tune.db first, never the references).
 
     nice -n 10 .venv/bin/python bench/bench_tune.py [--trials 12] [--methods rurk,gd,neggrad_plus] [--out DIR]
+                                                    [--plot docs/bench-tune.png]
 
 ``--before-set KEY=VALUE`` (repeatable) adds scenario settings to ``before`` only — e.g.
 ``--before-set methods.rurk.calibrate=false`` tunes RURK as it was tuned before calibrated stopping (a fixed
@@ -63,7 +68,43 @@ def trajectory(storage: str, name: str) -> tuple[list[tuple[float, float]], dict
             points.append(((t.datetime_complete - t0).total_seconds(), best))
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     best_params = min(done, key=lambda t: t.value).params if done else None
-    return points, {**counts, "params": best_params}
+    span = max((t.datetime_complete - t0).total_seconds() for t in trials if t.datetime_complete)
+    return points, {**counts, "params": best_params, "span": span}
+
+
+def reached(points: list[tuple[float, float]], offset: float, bar: float) -> float | None:
+    """Seconds from the process start until the best value found is <= ``bar`` (None: never within the run)."""
+    return next((offset + s for s, v in points if v <= bar + 1e-12), None)
+
+
+def plot(rows: list, path: Path, cpu: str) -> None:
+    """Best value found against wall time (from the process start), before and after, one panel per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(4.2 * len(rows), 3.4), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    for ax, (method, r, rescored) in zip(axes, rows):
+        for mode, color in (("before", "tab:gray"), ("after", "tab:blue")):
+            wall, points, info = r[mode]
+            offset = wall - info["span"]  # the process's start-up before the study's first trial
+            xs = [offset + s for s, _ in points] + [wall]
+            ys = [v for _, v in points] + [points[-1][1]]
+            ax.step(xs, ys, where="post", color=color, label=f"{mode} ({wall:.0f} s)")
+            ax.plot([wall], [ys[-1]], "|", color=color, ms=12)
+        ax.axhline(rescored, color="tab:gray", linestyle=":", linewidth=1, label="before's best on 1,2,3")
+        ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(method, fontsize=10)
+        ax.set_xlabel("wall s from process start")
+        ax.set_ylabel("best mean Avg. Gap so far")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"rurk tune: best value against wall time ({cpu})", fontsize=10)
+    fig.savefig(path, dpi=110, format="png")
 
 
 def main() -> None:
@@ -74,6 +115,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/rurk-bench-tune", help="run store (references are kept between runs)")
     ap.add_argument("--before-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a scenario setting for the 'before' runs only (repeatable)")
+    ap.add_argument("--plot", default=None, metavar="PATH", help="draw best value against wall time to PATH (PNG)")
     args = ap.parse_args()
     out = Path(args.out)
     cpu = cpu_model()
@@ -103,12 +145,20 @@ def main() -> None:
         rows.append((method, result, rescored))
 
     print(f"\n| method | CPU | before: wall s | before: best (1,2) | before best on 1,2,3 | after: wall s "
-          f"| after: best (1,2,3) | after: complete/pruned | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| after: best (1,2,3) | after: complete/pruned | speed-up | before: s to its best "
+          f"| after: s to as good | speed-up to quality |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method, r, rescored in rows:
-        (wb, pb, _), (wa, pa, ia) = r["before"], r["after"]
+        (wb, pb, ib), (wa, pa, ia) = r["before"], r["after"]
+        tb = reached(pb, wb - ib["span"], pb[-1][1])
+        ta = reached(pa, wa - ia["span"], rescored)
+        ratio = f"{tb / ta:.1f}×" if ta else "never as good"
         print(f"| {method} | {cpu} | {wb:.0f} | {pb[-1][1]:.2f} | {rescored:.2f} | {wa:.0f} | {pa[-1][1]:.2f} "
-              f"| {ia['COMPLETE']}/{ia['PRUNED']} | {wb / wa:.1f}× |")
+              f"| {ia['COMPLETE']}/{ia['PRUNED']} | {wb / wa:.1f}× | {tb:.0f} | {'–' if ta is None else f'{ta:.0f}'} "
+              f"| {ratio} |")
+    if args.plot:
+        plot(rows, Path(args.plot), cpu)
+        print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":
