@@ -1,7 +1,8 @@
 """`rurk tune` before and after pruning and parallel trials: best value found against wall time (a benchmark).
 
 For each method (default RURK, GD and NegGrad+) on fmnist5 with a small trial budget it runs, in this order and
-as separate `rurk tune` processes on one run store (references trained once, beforehand, untimed):
+as separate `rurk tune` processes on one run store (references trained and the forget sets' difficulty shifts
+fitted once, beforehand, untimed: both are kept in the store and every later run reads them):
 
 - ``before``: today's old behaviour — two tuning forget sets (split seeds 1,2), every trial to the end, one
   trial at a time (``--split-seeds 1,2 --no-prune --jobs 1``);
@@ -37,6 +38,7 @@ import optuna
 
 os.environ.setdefault("RURK_PROGRESS", "0")  # the re-scoring below runs in this process: no progress bars
 
+from rurk.calibrate import difficulty_shift
 from rurk.config import load_scenario, parse_overrides
 from rurk.report import cpu_model
 from rurk.store import Store
@@ -124,7 +126,11 @@ def main() -> None:
     print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs); {args.scenario}, {args.trials} trials per run", flush=True)
     t = time.perf_counter()
     splits = _load_splits(scenario, [1, 2, 3], DEFAULT_TUNING_SEED, store, "cpu")  # trains what is not cached
-    print(f"references for split seeds 1,2,3 ready in {time.perf_counter() - t:.0f} s (untimed below)", flush=True)
+    for prepared, *_ in splits:  # kept in the store beside the split, as the references are (calibrated rows read it)
+        d = prepared.data
+        difficulty_shift(d.retain, d.forget, d.calib, prepared.cache_dir)
+    print(f"references and difficulty shifts for split seeds 1,2,3 ready in {time.perf_counter() - t:.0f} s "
+          "(untimed below)", flush=True)
     (out / "tune.db").unlink(missing_ok=True)
     storage = f"sqlite:///{out / 'tune.db'}"
     before_set = [f for kv in args.before_set for f in ("--set", kv)]

@@ -6,6 +6,8 @@ real run (the kept model is exactly the model after the chosen step); the set on
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -167,12 +169,12 @@ def test_the_correction_needs_the_retain_counts():
 
 
 def test_the_difficulty_shift_moves_each_forget_class_target_by_proxy_times_its_shift_within_0_and_1(monkeypatch):
-    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib: {0: -0.3, 1: 0.4})
+    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib, cache_dir=None: {0: -0.3, 1: 0.4})
     target, est = target_of(0.0, CALIB, proxy=0.5)
     # class 0: 0.8 + 0.5·(−0.3) = 0.65; class 1: 0.9 + 0.5·0.4 = 1.1, clipped to 1
     assert target == pytest.approx(0.75 * 0.65 + 0.25 * 1.0)
     assert est["proxy"] == {"slope": 0.5, "shift": {"0": -0.3, "1": 0.4}}
-    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib: {0: -2.0, 1: 0.0})
+    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib, cache_dir=None: {0: -2.0, 1: 0.0})
     assert target_of(0.0, CALIB, proxy=1.0)[0] == pytest.approx(0.25 * 0.9)  # class 0 clipped to 0, never negative
     assert "proxy" not in target_of(0.0, CALIB)[1]  # off at 0: the target of the tests above
 
@@ -202,6 +204,56 @@ def test_difficulty_shift_is_the_retain_trained_proxys_forget_minus_calibration_
     assert calibrate.difficulty_shift(retain, same, calib) == shift and len(fits) == 1  # cached by content
     easy = halves([0, 0], ["L", "L"], 4)
     assert calibrate.difficulty_shift(retain, easy, calib) == {0: 0.0} and len(fits) == 2
+
+
+def test_difficulty_shift_is_kept_in_the_store_and_read_back_by_a_later_process(monkeypatch, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    retain = halves([0] * 20 + [1] * 20, ["L"] * 20 + ["R"] * 20, 1)
+    forget, calib = halves([0, 0, 0, 0, 1], ["L", "L", "R", "R", "R"], 2), halves([0] * 6, ["L"] * 6, 3)
+    monkeypatch.setattr(calibrate, "_SHIFTS", {})
+    shift = calibrate.difficulty_shift(retain, forget, calib, tmp_path)
+    (path,) = tmp_path.glob("difficulty-shift-*.json")
+    monkeypatch.setattr(calibrate, "_SHIFTS", {})  # a new process: only the file is left
+
+    def no_fit(self, *a, **k):
+        raise AssertionError("fitted again although the store holds the shift")
+
+    monkeypatch.setattr(LogisticRegression, "fit", no_fit)
+    assert calibrate.difficulty_shift(retain, forget, calib, tmp_path) == shift
+    # a file that is not these sets' (its recorded content hash differs) is never read: the proxy is fitted again
+    path.write_text(path.read_text().replace('"sets": "', '"sets": "x'))
+    monkeypatch.setattr(calibrate, "_SHIFTS", {})
+    with pytest.raises(AssertionError, match="fitted again"):
+        calibrate.difficulty_shift(retain, forget, calib, tmp_path)
+
+
+def test_originals_calibration_counts_are_computed_once_per_original_and_settings(monkeypatch):
+    monkeypatch.setattr(calibrate, "_CALIB_CORRECT", {})
+    calls = []
+    real = Calibrator._correct
+    monkeypatch.setattr(Calibrator, "_correct", lambda self, m, name, d: calls.append(name) or real(self, m, name, d))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    forget, retain = labelled([0, 0, 1], [0, 0, 1]), labelled([0] * 4 + [1] * 4 + [2] * 4, [0] * 4 + [1] * 4 + [2] * 4)
+
+    def target(m, tau=0.0):
+        spec = CalibrationSpec(tau=tau, draws=2, trace=0, alpha=0.5, proxy=0)
+        return Calibrator(spec, forget, CALIB, SEED, num_classes=3, retain=retain).estimate_target(m)
+
+    first = target(model)
+    assert target(model) == first and calls == ["calib"]  # a second method / trial on the same Original
+    assert target(copy.deepcopy(model)) == first and calls == ["calib"]  # same weights, another object
+    target(model, tau=0.1)
+    assert calls == ["calib"] * 2  # other copies
+    with torch.no_grad():
+        model[1].bias += 1.0
+    target(model)
+    assert calls == ["calib"] * 3  # other weights
+    monkeypatch.setattr(calibrate, "_CALIB_CORRECT", {})
+    with torch.no_grad():
+        model[1].bias -= 1.0
+    assert target(model) == first  # the cached value is the computed one
 
 
 # ---------------------------------------------------------------------------------------------- on a real run

@@ -42,14 +42,17 @@ The rule (decision, this project's; not in the paper):
   cost the demo's calibrated rows a quarter to a third of their time, so it is thinned (decision).
 
 Cost: one eval-mode forward pass over ``draws × |S_f|`` images per check (plus ``2 × trace`` at every
-``trace_every``-th), against three train-mode passes and a backward pass per step; ``bench/bench_calibrate.py`` measures it.
+``trace_every``-th), against three train-mode passes and a backward pass per step; ``bench/bench_calibrate.py``
+measures it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,6 +61,7 @@ from torch import nn
 
 from .data.tensordata import TensorData
 from .perturb import make_probe
+from .store import write_json
 from .perturb.base import AdversarialProbe
 from .torchutil import make_generator, model_device, predict
 from .train import accuracy
@@ -92,13 +96,14 @@ class Calibrator:
     """The stopping rule of the module docstring, as :class:`rurk.train.Calibration` for ``run_loop``."""
 
     def __init__(self, spec: CalibrationSpec, forget: TensorData, calib: TensorData, seed: int, *,
-                 num_classes: int, retain: TensorData | None = None, test: TensorData | None = None):
+                 num_classes: int, retain: TensorData | None = None, test: TensorData | None = None,
+                 cache_dir: Path | None = None):
         if len(calib) == 0 or len(forget) == 0:
             raise ValueError(f"calibrated stopping needs a forget set and a calibration set (got {len(forget)} "
                              f"forget and {len(calib)} calibration images; set forget.calibration in the scenario)")
         if (spec.alpha > 0 or spec.proxy > 0) and retain is None:
             raise ValueError("calib_alpha > 0 and calib_proxy > 0 need the retain set (the target's corrections)")
-        self.retain = retain
+        self.retain, self.cache_dir = retain, cache_dir
         self.spec, self.seed, self.num_classes = spec, seed, num_classes
         self.retain_counts = None if retain is None else torch.bincount(retain.y.cpu(), minlength=num_classes)
         self.probe = make_probe(spec.probe)
@@ -140,11 +145,16 @@ class Calibrator:
         """Re-train's expected accuracy on the forget set: Original's error on the calibration copies of each
         forget class, scaled by ``κ_k = (n_train,k / n_retain,k)^α``, shifted by ``proxy ×`` the class's
         difficulty shift (clipped to [0, 1]) and weighted by the forget set's classes."""
-        correct = self._correct(original, "calib", self.calib)
+        sp = self.spec
+        key = (_fingerprint_model(original), str(model_device(original)), _fingerprint(self.calib), sp.probe, sp.tau,
+               sp.draws, self.seed)
+        if key not in _CALIB_CORRECT:  # the same for every method and trial on this Original and calibration set
+            _CALIB_CORRECT[key] = self._correct(original, "calib", self.calib)
+        correct = _CALIB_CORRECT[key]
         labels = self.calib.y.cpu().repeat(self.spec.draws)
         pooled_err = 1.0 - float(correct.mean())
         f_counts = torch.bincount(self.forget.y.cpu(), minlength=self.num_classes)
-        shifts = difficulty_shift(self.retain, self.forget, self.calib) if self.spec.proxy > 0 else {}
+        shifts = difficulty_shift(self.retain, self.forget, self.calib, self.cache_dir) if self.spec.proxy > 0 else {}
         target, kappas = 0.0, {}
         for k in torch.nonzero(f_counts).flatten().tolist():
             sel = labels == k
@@ -203,6 +213,9 @@ class Calibrator:
 #: (larger images are average-pooled): it must stay cheap next to unlearning at paper scale too (decision)
 PROXY_MAX_TRAIN, PROXY_MAX_SIDE = 5000, 32
 _SHIFTS: dict[str, dict[int, float]] = {}  # per process: the shift depends on the three sets only
+#: per process: Original's per-copy correctness on the calibration copies, by (Original's weights, the set, probe,
+#: τ, draws, seed) — every calibrated method and tuning trial on one Original starts from the same target
+_CALIB_CORRECT: dict[tuple, torch.Tensor] = {}
 
 
 def _features(data: TensorData) -> np.ndarray:
@@ -222,6 +235,16 @@ def _fingerprint(*sets: TensorData) -> str:
     return h.hexdigest()
 
 
+def _fingerprint_model(model: nn.Module) -> str:
+    """A content hash of a model's parameters and buffers (names, shapes, dtypes, values)."""
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def fit_proxy(train: TensorData):
     """The proxy: a logistic regression on (pooled) pixels, L2 with C = 0.1, fitted by float64 L-BFGS
     (deterministic) on at most ``PROXY_MAX_TRAIN`` images of ``train`` (a seeded subset beyond that)."""
@@ -232,12 +255,19 @@ def fit_proxy(train: TensorData):
     return LogisticRegression(C=0.1, max_iter=3000).fit(_features(train), train.y.cpu().numpy())
 
 
-def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData) -> dict[int, float]:
+def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData,
+                     cache_dir: Path | None = None) -> dict[int, float]:
     """Per forget class ``k``: the proxy's accuracy on the forget images of ``k`` minus its accuracy on the
     calibration images of ``k`` (0 where the class has no calibration images). The proxy (:func:`fit_proxy`) is
     trained on the retain set, so — like Re-train — it never saw the forget images. Cached per process (tuning
-    calls it once per forget set, not per trial)."""
+    calls it once per forget set, not per trial) and, with ``cache_dir`` (the run store's splits folder), in a
+    JSON file named by the three sets' content hash, so later processes and runs read it instead of fitting."""
     key = _fingerprint(retain, forget, calib)
+    path = None if cache_dir is None else Path(cache_dir) / f"difficulty-shift-{key[:20]}.json"
+    if key not in _SHIFTS and path is not None and path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("sets") == key:
+            _SHIFTS[key] = {int(k): float(v) for k, v in stored["shift"].items()}
     if key not in _SHIFTS:
         clf = fit_proxy(retain)
         right = lambda d: torch.from_numpy(clf.predict(_features(d))) == d.y.cpu()  # noqa: E731
@@ -245,4 +275,7 @@ def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData) 
         f_y, c_y = forget.y.cpu(), calib.y.cpu()
         _SHIFTS[key] = {k: (float(f_right[f_y == k].float().mean() - c_right[c_y == k].float().mean())
                             if bool((c_y == k).any()) else 0.0) for k in torch.unique(f_y).tolist()}
+        if path is not None:
+            write_json(path, {"sets": key, "proxy": "LogisticRegression(C=0.1) on pixels (rurk.calibrate.fit_proxy)",
+                              "shift": {str(k): v for k, v in _SHIFTS[key].items()}})
     return dict(_SHIFTS[key])

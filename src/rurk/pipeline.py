@@ -33,6 +33,7 @@ class Prepared:
     source: Source
     split: Split
     data: SplitData
+    cache_dir: Path | None = None  # the store's splits folder (what is derived from the split is kept there)
 
     @property
     def num_classes(self) -> int:
@@ -58,6 +59,7 @@ class Prepared:
             pretrained=pretrained,
             loader_seed=self.scenario.seeds.loader,
             calib=self.data.calib,
+            cache_dir=self.cache_dir,
         )
 
 
@@ -83,7 +85,7 @@ def prepare(scenario: Scenario, store: Store | None = None) -> Prepared:
     )
     if store is not None:
         split.save(store.root / "splits" / f"{split.digest()}.json")
-    return Prepared(scenario, source, split, split.data(source))
+    return Prepared(scenario, source, split, split.data(source), None if store is None else store.root / "splits")
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -49,6 +49,7 @@ class UnlearnData:
     pretrained: nn.Module | None = None  # the checkpoint Original was fine-tuned from, if any (NTK's reference)
     loader_seed: int = 7  # paper: data-loader shuffling seed
     calib: TensorData | None = None  # held-out images of the forget set's classes (calibrated stopping)
+    cache_dir: Path | None = None  # where what is derived from these sets alone is kept between processes (or None)
 
     @property
     def train(self) -> TensorData:
@@ -306,7 +307,7 @@ def calibrator(cfg: FinetuneConfig, data: UnlearnData, seed: int):
         raise ConfigError("calibrate = true needs a calibration set: set forget.calibration (held-out images of "
                           "the forget class) in the scenario, e.g. --set forget.calibration=500")
     return Calibrator(cfg.calibration_spec(), data.forget, data.calib, seed, num_classes=data.num_classes,
-                      retain=data.retain, test=data.test)
+                      retain=data.retain, test=data.test, cache_dir=data.cache_dir)
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:
