@@ -39,7 +39,8 @@ The rule (decision, this project's; not in the paper):
 - **Trajectory**: every check's step and forget accuracy, and at every ``trace_every``-th check (the first
   included) the retain and test accuracy on fixed subsets of ``trace`` samples (0 = forget only), recorded in
   the method record and plotted in the report. The trace never feeds the rule's decision; at every check it
-  cost the demo's calibrated rows a quarter to a third of their time, so it is thinned (decision).
+  cost the demo's calibrated rows an eighth to two fifths of their unlearning time (``bench/bench_calibrate.py``),
+  so it is thinned (decision).
 
 Cost: one eval-mode forward pass over ``draws × |S_f|`` images per check (plus ``2 × trace`` at every
 ``trace_every``-th), against three train-mode passes and a backward pass per step; ``bench/bench_calibrate.py``
