@@ -226,24 +226,24 @@ def _features(data: TensorData) -> np.ndarray:
     return x.reshape(len(x), -1).double().numpy()
 
 
-def _fingerprint(*sets: TensorData) -> str:
+def _hash_tensors(labelled) -> str:
+    """A SHA-1 over (label, tensor) pairs: each label, then the tensor's bytes (CPU, contiguous)."""
     h = hashlib.sha1()
-    for d in sets:
-        for t in (d.x, d.y):
-            t = t.detach().cpu().contiguous()
-            h.update(str((tuple(t.shape), t.dtype)).encode())
-            h.update(t.numpy().tobytes())
+    for label, t in labelled:
+        t = t.detach().cpu().contiguous()
+        h.update(label.encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _fingerprint(*sets: TensorData) -> str:
+    """A content hash of data sets (images and labels, with their shapes and dtypes)."""
+    return _hash_tensors((str((tuple(t.shape), t.dtype)), t) for d in sets for t in (d.x, d.y))
 
 
 def _fingerprint_model(model: nn.Module) -> str:
     """A content hash of a model's parameters and buffers (names, shapes, dtypes, values)."""
-    h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return _hash_tensors((f"{name}{tuple(t.shape)}{t.dtype}", t) for name, t in model.state_dict().items())
 
 
 def fit_proxy(train: TensorData):
