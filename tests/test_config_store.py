@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from rurk import machine
 from rurk.config import ConfigError, list_scenarios, load_scenario, parse_overrides
 from rurk.store import Store, cache_key, load_weights, read_meta, save_weights
 
@@ -103,9 +104,12 @@ def test_records_round_trip(tmp_path):
     rec = store.get("cell", "a")
     assert rec["metrics"] == {"acc": 0.5} and rec["seed"] == 1 and rec["config"] == {"x": 1}
     assert store.get("cell", "b") is None
-    # persisted, with torch's thread count at put time unless the caller names one (a worker's record keeps its own)
-    assert Store(tmp_path).get("cell", "a")["timings"] == {"wall_s": 2, "threads": torch.get_num_threads()}
-    store.put("worker", "w", timings={"wall_s": 1, "threads": 7})
-    assert store.get("worker", "w")["timings"] == {"wall_s": 1, "threads": 7}
+    # persisted, with torch's thread count and the machine's digest at put time unless the caller names them (a
+    # worker's record keeps its own)
+    here = machine.digest(machine.machine())
+    assert Store(tmp_path).get("cell", "a")["timings"] == {"wall_s": 2, "threads": torch.get_num_threads(),
+                                                            "machine": here}
+    store.put("worker", "w", timings={"wall_s": 1, "threads": 7, "machine": "elsewhere"})
+    assert store.get("worker", "w")["timings"] == {"wall_s": 1, "threads": 7, "machine": "elsewhere"}
     assert [r["key"] for r in store.records("cell")] == ["a"]
     assert json.loads(json.dumps(rec))  # JSON-able

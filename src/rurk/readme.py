@@ -6,10 +6,12 @@ machine it was computed on); ``rurk readme SUMMARY --block NAME`` replaces it in
 (CI runs that against a fresh ``rurk demo``).
 
 **The check is honest on any CPU** (:func:`compare`). Training is chaotic: different vector instructions round
-differently and 60 epochs amplify it, so numbers are bit-identical only on the same CPU model, torch thread
-count and torch version. Each block therefore records its *machine line* (CPU model, threads, torch, device).
+differently and 60 epochs amplify it, so numbers are bit-identical only on the same machine in the sense of
+:mod:`rurk.machine` (CPU vendor/family/model/stepping and SIMD flags, torch's dispatch, the torch and numpy builds,
+thread count, device) — one CPU model *name* covers several generations. Each block therefore records a readable
+*machine line* and, in an HTML comment, the digest of the whole fingerprint of the cells it was computed from.
 
-- Same machine line: the block must be **identical** (any difference is a change of the code's numbers).
+- Same fingerprint: the block must be **identical** (any difference is a change of the code's numbers).
 - Otherwise every number is compared within a tolerance derived from the run-to-run spread, and each number
   that moved is reported with its tolerance. A cell that shows ``mean ± std`` over n seeds gets
   ``max(FLOOR, Z · √(1/n₁ + 1/n₂) · max(std₁, std₂))`` — the spread of a difference of two n-seed means, from
@@ -47,7 +49,7 @@ def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] |
     a = run.get("audit", {})
     lines = [f"Seeds {', '.join(map(str, seeds))} (n = {len(seeds)}); c = {a.get('draws')} perturbed copies per "
              f"sample, `{a.get('probe')}` probe; rurk {run.get('versions', {}).get('rurk')}.",
-             machine_line(run), "", markdown(header, keep_rows), ""]
+             machine_line(run), *fingerprint_line(run), "", markdown(header, keep_rows), ""]
     if claims:
         lines += ["Claims check (generated; rules in `rurk.claims`):", "", claims_markdown(summary["claims"]), ""]
     return "\n".join(lines)
@@ -74,12 +76,23 @@ def render_transfer(summary: dict, tuned: dict) -> str:
 
 
 def machine_line(run: dict) -> str:
-    """``Machine: CPU, N torch threads, torch V, device D.`` — what a block's numbers are bit-identical on."""
+    """``Machine: CPU, N torch threads, torch V, device D.`` — the readable form of what a block's numbers are
+    bit-identical on (the whole fingerprint is :func:`fingerprint_line`'s)."""
     threads = run.get("threads")
     if isinstance(threads, (list, tuple)):
         threads = "/".join(map(str, threads))
     return (f"Machine: {run.get('cpu') or 'unknown CPU'}, {threads if threads is not None else '?'} torch threads, "
             f"torch {run.get('versions', {}).get('torch')}, device {run.get('device')}.")
+
+
+FINGERPRINT = re.compile(r"<!-- rurk:fingerprint (\w+) -->")
+
+
+def fingerprint_line(run: dict) -> list[str]:
+    """``<!-- rurk:fingerprint DIGEST -->`` (invisible in the rendered README): the digest of the whole machine
+    fingerprint of the run's cells (:func:`rurk.report.machine_of`); none when a cell does not name its machine."""
+    digest = (run.get("machine") or {}).get("digest")
+    return [f"<!-- rurk:fingerprint {digest} -->"] if digest else []
 
 
 # ---------------------------------------------------------------------------------------------- the check
@@ -123,6 +136,7 @@ class Parsed:
 
     head: str = ""
     machine: str = ""
+    fingerprint: str | None = None
     n: int = 1
     header: list[str] = field(default_factory=list)
     rows: dict[str, list[str]] = field(default_factory=dict)
@@ -138,6 +152,8 @@ def parse(block: str) -> Parsed:
             p.n = int(m.group(1)) if m else 1
         elif line.startswith("Machine: "):
             p.machine = line
+        elif FINGERPRINT.fullmatch(line.strip()):
+            p.fingerprint = FINGERPRINT.fullmatch(line.strip()).group(1)
         elif line.startswith("| ") and not p.header:
             p.header = [c.strip() for c in line.strip("| ").split(" | ")]
         elif line.startswith("| "):
@@ -155,7 +171,7 @@ class Check:
     """The outcome of comparing a committed block with a fresh one."""
 
     ok: bool
-    mode: str  # "exact" (same machine line) or "tolerant"
+    mode: str  # "exact" (same fingerprint) or "tolerant"
     problems: list[str]  # what fails the check
     moved: list[str]  # numbers that moved within tolerance, verdicts that moved one step
 
@@ -169,14 +185,15 @@ class Check:
 def compare(committed: str, fresh: str) -> Check:
     """Compare a committed block with one rendered from a fresh summary (see the module docstring)."""
     a, b = parse(committed), parse(fresh)
-    if a.machine and a.machine == b.machine:
+    if a.fingerprint and a.fingerprint == b.fingerprint:
         if committed == fresh:
             return Check(True, "exact", [], [])
         diff = difflib.unified_diff(committed.splitlines(), fresh.splitlines(), "committed", "fresh", lineterm="")
         return Check(False, "exact", ["same machine, so the block must be identical:\n" + "\n".join(diff)], [])
     problems, moved = [], []
-    if not a.machine:
-        moved.append("the committed block has no machine line (written by an older rurk): compared within tolerance")
+    if not a.fingerprint:
+        moved.append("the committed block has no machine fingerprint (written by an older rurk, or from cells that do "
+                     "not name their machine): compared within tolerance")
     strip = lambda h: re.sub(r"; rurk \S+\.$", "", h)  # noqa: E731 — the rurk version may differ
     if strip(a.head) != strip(b.head):
         problems.append(f"run settings differ: {a.head!r} vs {b.head!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, machine
 from .attack_report import attack_sections
 from .claims import check_claims, claims_markdown
 from .config import ConfigError, to_dict
@@ -263,21 +263,36 @@ def curve_table(summary: dict, fieldname: str, transform=lambda v: v, nd: int = 
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): CPU numbers are bit-identical only
-    on the same model, so every summary records it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    """The CPU in a readable line (model name, vendor, family/model/stepping, torch's dispatch): benches print it
+    beside their timings. See :mod:`rurk.machine` for everything that changes the floats."""
+    return machine.short(machine.machine())
+
+
+def machine_of(results: list, device) -> dict:
+    """The fingerprint of the cells behind a report (:mod:`rurk.machine`): ``digest`` hashes the set of the cells'
+    machine digests, their torch thread counts and the device, so two reports share it exactly when their cells were
+    computed on the same machines at the same counts; it is None when some cell does not name its machine (a record
+    written by an older rurk). ``short`` is the readable form, from this process's machine when every cell was
+    computed on it."""
+    spent = [c for r in results for c in r.spent]
+    threads = sorted({c["threads"] for c in spent if c.get("threads")})
+    digests = {c.get("machine") for c in spent}
+    here = machine.machine()
+    same = digests == {machine.digest(here)}
+    out = {"digest": None if None in digests or not digests else
+           machine.digest({"machines": sorted(digests), "threads": threads, "device": device}),
+           "short": machine.short(here) if same else
+           f"{len(digests - {None})} machine(s){' and cells of unknown machines' if None in digests else ''}",
+           "threads": threads}
+    if same:
+        out["fingerprint"] = machine.fingerprint(threads, device)
+    return out
 
 
 def run_info(scenario, spec, results: list, names: list[str]) -> dict:
-    """What was run, for the report: versions, device, torch's CPU threads, seeds, the audit settings, the reference recipe and every
-    method's resolved config (after presets, tuning, ``--set`` and variants)."""
+    """What was run, for the report: versions, device, the machine (its fingerprint, :func:`machine_of`), torch's
+    CPU threads, seeds, the audit settings, the reference recipe and every method's resolved config (after presets,
+    tuning, ``--set`` and variants)."""
     audits = [a for r in results for a in r.residual.values() if a]
     configs = {}
     for name in names:
@@ -285,10 +300,12 @@ def run_info(scenario, spec, results: list, names: list[str]) -> dict:
                     and r.records[name].get("config")), None)
         if rec:
             configs[name] = rec["config"]
+    device = audits[0].get("device") if audits else None
+    mach = machine_of(results, device)
     return {"versions": {"rurk": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "device": audits[0].get("device") if audits else None, "cpu": cpu_model(),
+            "device": device, "cpu": mach["short"], "machine": mach,
             # the counts the cells were computed with (CPU results are bit-identical only at the same count)
-            "threads": sorted({c["threads"] for r in results for c in r.spent if c.get("threads")}),
+            "threads": mach["threads"],
             "seeds": [r.seed for r in results],
             "audit": spec.key(), "original_recipe": to_dict(scenario.train), "retrain_recipe": to_dict(scenario.retrain_optim()),
             "pretrain": to_dict(scenario.pretrain) if scenario.pretrain.dataset else None, "tuned": scenario.tuned,

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from . import machine
 
 FORMAT_VERSION = 1
 
@@ -98,9 +99,10 @@ class Store:
     def put(self, kind: str, key: str, *, scenario: str = "", seed: int | None = None, config: Any = None,
             metrics: Any = None, timings: Any = None) -> None:
         """Record a finished piece of work (replacing an older record of the same kind and key). Its timings carry
-        ``threads``, torch's CPU thread count when it was computed (CPU results are bit-identical only at the same
-        count), unless the caller's timings already name it (a record copied from a worker keeps the worker's)."""
-        timings = {"threads": torch.get_num_threads(), **(timings or {})}
+        ``threads``, torch's CPU thread count when it was computed, and ``machine``, the digest of the computing
+        machine's fingerprint (:mod:`rurk.machine`; CPU results are bit-identical only on the same machine and
+        count), unless the caller's timings already name them (a record copied from a worker keeps the worker's)."""
+        timings = {"threads": torch.get_num_threads(), "machine": machine.digest(machine.machine()), **(timings or {})}
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?)",
