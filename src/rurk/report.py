@@ -99,7 +99,8 @@ def _row_entry(name: str, probe: str, results: list) -> dict:
                     "per_seed": [None if cell_failure(m) else spec.scale * m[k] for m in per_seed]}
     if ok and RELEARN.key in ok[0]:
         agg = aggregate([m.get(RELEARN.key) for m in ok])
-        entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"]}
+        entry["relearn_epochs"] = {"mean": agg["mean"], "std": agg["std"], "censored": agg["censored"],
+                                   "per_seed": [None if cell_failure(m) else m.get(RELEARN.key) for m in per_seed]}
     else:
         entry["relearn_epochs"] = {"mean": None, "std": None, "censored": 0}
     calib = [{"seed": r.seed, **{k: c[k] for k in ("target", "chosen_step", "reached_at", "forget_at_chosen")}}
@@ -131,6 +132,7 @@ def _residual_entry(name: str, probe: str, results: list) -> dict | None:
         res[f], res[f + "_std"] = _mean_curve(audits, f)
     res["n_unbounded"] = _mean_curve(audits, "n_unbounded")[0]
     res["r_pooled_per_seed"] = [[t["r_pooled"] for t in a["per_tau"]] for a in audits]
+    res["prevalence_per_seed"] = [[t["prevalence"] for t in a["per_tau"]] for a in audits]
     res["r_pooled_ci95_per_seed"] = [[(t.get("ci95") or {}).get("r_pooled") for t in a["per_tau"]] for a in audits]
     return res
 
