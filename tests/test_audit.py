@@ -240,7 +240,7 @@ def test_common_random_numbers_across_tau(digits):
 
 
 def test_a_taus_counts_do_not_depend_on_the_rest_of_the_grid(digits):
-    """The demo audits three τ instead of four (rurk.cli.DEMO_TAUS) and promises the same numbers: each τ's
+    """The demo audits three τ instead of four (rurk.cli.commands.DEMO_TAUS) and promises the same numbers: each τ's
     counts and statistics are those of a larger grid that holds it."""
     full, part = audit(digits, taus=[0.0, 0.05, 0.1, 0.3]), audit(digits, taus=[0.0, 0.05, 0.3])
     for j_part, j_full in ((0, 0), (1, 1), (2, 3)):

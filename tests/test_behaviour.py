@@ -510,7 +510,8 @@ def test_relearn_epochs_mean_over_uncensored_seeds():
                       "gd": dict(zip(KEYS, (0.625, 0.375, 0.625, 0.5)), relearn_epochs=e)}
     results = [seed_result(1, **rows(2.0)), seed_result(2, **rows(4.0)), seed_result(3, **rows(None))]
     s = summarise("hand", "gaussian", results, ["original", "retrain", "gd"])
-    assert s["methods"]["gd"]["relearn_epochs"] == {"mean": 3.0, "std": 1.0, "censored": 1}
+    assert s["methods"]["gd"]["relearn_epochs"] == {"mean": 3.0, "std": 1.0, "censored": 1,
+                                                    "per_seed": [2.0, 4.0, None]}
     header, table = main_table(s)
     cell = dict(zip(header, next(r for r in table if r[0] == "gd")))["Re-learn (epochs)"]
     assert cell == "3.00 ± 1.00 (1 >30)"

@@ -75,6 +75,59 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     assert not alive
 
 
+PARENT = """
+import multiprocessing, sys, time
+from rurk import workers
+
+class StartsForever:  # unpickling it never ends: a worker stuck in its start-up, however fast the machine
+    def __reduce__(self):
+        return (time.sleep, (3600,))
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    if sys.argv[1] == "process":
+        p = workers.process(ctx, "w", print, StartsForever())
+        p.start()
+        pid = p.pid
+    else:  # a ProcessPoolExecutor's worker, started from a thread that then ends (as `rurk tune`'s trial threads)
+        import threading
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(1, mp_context=ctx, **workers.pool_initializer(print, StartsForever()))
+        t = threading.Thread(target=pool.submit, args=(print,))
+        t.start(), t.join()
+        pid = next(iter(pool._processes))
+    print(pid, flush=True)
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("kind", ["process", "pool"])
+def test_a_worker_dies_with_its_parent_even_during_its_start_up(tmp_path, kind):
+    """kill -9 of the parent while its worker is still starting (unpickling its work, which imports torch for
+    rurk's real work and here never ends) ends the worker at once: rurk.workers arms the parent-death signal before
+    it unpickles anything, so the test holds on any machine at any load."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux only")
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), kind], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and os.path.exists(f"/proc/{child}") and \
+            open(f"/proc/{child}/stat").read().split()[2] != "Z":
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+
+
 def test_a_claim_that_does_not_wait_skips_a_held_cell(tmp_path):
     from rurk.store import Store
 

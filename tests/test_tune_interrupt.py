@@ -114,3 +114,39 @@ def test_rurk_tune_killed_after_trial_2_finishes_every_trial_on_restart(tmp_path
     counted = [t for t in trials if not t.user_attrs.get("discarded")]
     assert [t.state.name for t in counted] == ["COMPLETE"] * 4, [t.state.name for t in trials]
     assert "RUNNING" not in {t.state.name for t in trials}
+
+
+def test_ctrl_c_with_parallel_trials_fails_none_of_them(tmp_path):
+    """Ctrl-C while two trials run in worker processes: the trials whose pool is shut down under them are
+    interrupted (run again on resume), never failed, and no new trial is asked; the resumed study finishes with
+    every counted trial COMPLETE. (The pool's shutdown is simulated: the objectives raise what a shut-down
+    ProcessPoolExecutor raises once the test has seen the KeyboardInterrupt.)"""
+    import threading
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    started, shutdown = threading.Semaphore(0), threading.Event()
+
+    def pooled(params):
+        started.release()
+        shutdown.wait(30)
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def ctrl_c():
+        started.acquire(), started.acquire()  # both trials are running
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the main thread, waiting for the trial threads, gets it
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(pooled, SPACE, storage, "s", trials=4, jobs=2)
+    shutdown.set()
+    deadline = time.time() + 30
+    study = optuna.load_study(study_name="s", storage=storage)
+    while time.time() < deadline and not all(t.user_attrs.get("interrupted") for t in study.trials):
+        time.sleep(0.05)
+    time.sleep(0.2)  # a thread that would (wrongly) ask another trial has had the time to
+    trials = study.trials
+    assert len(trials) == 2 and all(t.user_attrs.get("interrupted") for t in trials)
+    assert {t.state.name for t in trials} == {"RUNNING"}  # neither told FAIL
+    run_study(bowl, SPACE, storage, "s", trials=4, jobs=2)
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state.name for t in trials if not t.user_attrs.get("discarded")] == ["COMPLETE"] * 4

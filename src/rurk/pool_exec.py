@@ -19,6 +19,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
+from . import workers
 from .experiment import run_seed
 from .pipeline import prepare, reference_model
 from .store import Store
@@ -46,9 +47,8 @@ class ProcessExecutor:
         for w in range(self.jobs):
             order = seeds[w % len(seeds):] + seeds[: w % len(seeds)]
             rows = names if w % 2 == 0 else names[::-1]
-            p = ctx.Process(target=_worker, name=f"rurk-worker-{w}",
-                            args=(w, scenario, opts, str(store.root), order, rows, spec, str(out_dir), self.threads,
-                                  os.getpid()))
+            p = workers.process(ctx, f"rurk-worker-{w}", _worker, w, scenario, opts, str(store.root), order, rows,
+                                spec, str(out_dir), self.threads)
             p.start()
             procs.append(p)
         try:
@@ -65,9 +65,9 @@ class ProcessExecutor:
                                "command again to continue")
 
 
-def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads, parent: int) -> None:
+def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads) -> None:
+    """One worker (started by :func:`rurk.workers.process`: it dies with its parent, Ctrl-C is the parent's)."""
     os.environ["RURK_PROGRESS"] = "0"  # K workers' progress bars would overwrite each other; rows are printed
-    _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -93,20 +93,3 @@ def train_references(scenario, prepared, seeds, store, device, w: int) -> None:
     for seed in seeds:
         for kind in kinds:
             reference_model(kind, scenario, prepared, seed, store, device=device, progress=False, wait=False)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: end this worker when the process that started it dies, however it dies (``kill -9`` included), so no
-    orphan keeps computing; elsewhere the parent's ``finally`` terminates the workers on an exception or Ctrl-C.
-    A parent that died before the signal was armed (while this worker was still starting) ends it here."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        sys.exit(1)

@@ -37,6 +37,7 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
 from importlib import resources
@@ -47,6 +48,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from . import workers
 from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .metrics import avg_gap
 from .methods.base import get_method, unlearn
@@ -169,25 +171,13 @@ def _load_splits(scenario: Scenario, split_seeds, seed: int, store, device: str,
 _WORKER: dict = {}
 
 
-def _worker_init(scenario: Scenario, split_seeds: list, seed: int, root: str, device: str, refs_metrics: list,
-                 parent: int) -> None:
-    """Start of a trial worker process: one torch thread, no progress bars, Ctrl-C left to the parent (which
-    ends the workers), the forget sets loaded once; and a watchdog so a worker whose parent was killed exits
-    instead of waiting for work forever."""
-    import signal
-
+def _worker_init(scenario: Scenario, split_seeds: list, seed: int, root: str, device: str, refs_metrics: list) -> None:
+    """Start of a trial worker process (after :func:`rurk.workers.arm`: it ends when its parent does, Ctrl-C is the
+    parent's): one torch thread, no progress bars, the forget sets loaded once."""
     os.environ["RURK_PROGRESS"] = "0"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     torch.set_num_threads(1)
-
-    def watchdog() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watchdog, daemon=True).start()
     _WORKER["scenario"], _WORKER["seed"] = scenario, seed
     _WORKER["splits"] = _load_splits(scenario, split_seeds, seed, Store(root), device, refs_metrics)
 
@@ -222,9 +212,9 @@ def _trial_pool(jobs: int, scenario: Scenario, split_seeds: list, seed: int, sto
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                               initargs=(scenario, split_seeds, seed, str(store.root), device,
-                                         [ref for *_, ref in splits], os.getpid()))
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               **workers.pool_initializer(_worker_init, scenario, split_seeds, seed, str(store.root),
+                                                          device, [ref for *_, ref in splits]))
     try:
         yield pool
     finally:
@@ -277,6 +267,7 @@ class _StudyRun:
         self.sampler_seed, self.prune, self.log = sampler_seed, prune, log
         self.distributions = None
         self.lock = threading.Lock()
+        self.stop = threading.Event()  # set when the run is interrupted: no trial is asked, failed or told after it
         self.t0 = time.monotonic()
 
     def _reporter(self, trial):
@@ -307,7 +298,15 @@ class _StudyRun:
         except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr("interrupted", True)  # the next run finishes it with these values
             raise
+        except BrokenProcessPool as e:  # a worker process died (killed, out of memory): the run ends, the trial waits
+            trial.set_user_attr("interrupted", True)
+            self.stop.set()
+            raise RuntimeError(f"a trial worker process died ({e}); finished trials are kept in {self.storage}: "
+                               "run the same command again to continue (this trial is run again)") from None
         except Exception as e:  # a failing setting is a failed trial, never the end of the study
+            if self.stop.is_set():  # the run was interrupted under this trial (its pool shut down): not its failure
+                trial.set_user_attr("interrupted", True)
+                return
             reason = f"{type(e).__name__}: {e}"
             trial.set_user_attr("failed_reason", reason[:500])
             trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
@@ -362,7 +361,7 @@ class _StudyRun:
         index and marked as this process's."""
         optuna = self.optuna
         with self.lock:
-            if self._done():
+            if self._done() or self.stop.is_set():
                 return None
             # n = the trial's number when none was discarded
             n = sum(_counted(t) for t in self.study.get_trials(deepcopy=False))
@@ -397,13 +396,18 @@ class _StudyRun:
             try:
                 self.worker()
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                self.stop.set()
                 errors.append(e)
 
         threads = [threading.Thread(target=guarded, daemon=True) for _ in range(jobs)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        try:
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        except BaseException:  # Ctrl-C while waiting: the other threads' trials are interrupted, not failed
+            self.stop.set()
+            raise
         if errors:
             raise errors[0]
 

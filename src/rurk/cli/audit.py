@@ -1,0 +1,180 @@
+"""`rurk audit`: a scenario's model (a method's, a checkpoint, Original) or your own model (`--arch`) against a
+reference, written as JSON, CSV, PNG and the leak gallery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..attack_report import write_robust
+from ..attacks import RobustSettings, robust_curves, subsample
+from ..audit import residual_knowledge
+from ..config import ConfigError, Scenario
+from ..experiment import RunOptions, audit_settings, unlearned_model
+from ..gallery import write_per_sample
+from ..metric_specs import cell_failure
+from ..pipeline import load_run_model, pick_device, prepare, reference_models
+from ..plots import plot_residual_curves
+from ..store import Store, load_checkpoint
+from ..usermodel import (
+    build_user_model,
+    check_model_fits,
+    load_samples,
+    parse_normalize,
+    with_normalization,
+)
+from .checks import _audit_options, _audit_spec, _checkpoint_name, _scenario, _seeds
+
+
+def cmd_audit(args) -> None:
+    """`rurk audit SCENARIO ...` (a method's model or a checkpoint of the scenario's architecture against Re-train)
+    or `rurk audit --arch MODULE:FUNCTION --unlearned M --reference A --forget F` (any model, no scenario).
+
+    A scenario audit writes to its own folder, OUT/SCENARIO/audits/seed-S/NAME/ (:func:`audit_dir`), never into a
+    run's seed-S/NAME/, whose files the run's report.md links."""
+    if args.arch:
+        return _audit_user_model(args)
+
+    if args.scenario is None:
+        raise ConfigError("audit needs a scenario (e.g. `rurk audit fmnist5 --method rurk`) or --arch MODULE:FUNCTION "
+                          "with --unlearned, --reference and --forget")
+    for flag in ("forget", "normalize", "retain", "test"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag} is for auditing your own model: use it with --arch MODULE:FUNCTION")
+    scenario = _scenario(args)
+    spec = _audit_spec(args, scenario)  # every audit setting checked before any training
+    robust = _robust_settings(args)
+    store = Store(args.out)
+    prepared = prepare(scenario, store)
+    seed = _seeds(args, scenario)[0]
+    refs = reference_models(scenario, prepared, seed, store, device=args.device)
+
+    def model_from(path: str | None, fallback):
+        if path is None:
+            return fallback
+        model = load_run_model(store, refs.keys["original"], scenario, prepared, args.device)
+        return load_checkpoint(model, path).eval()  # rurk's checkpoints or a plain safetensors of this architecture
+
+    if args.method:
+        m, rec, _ = unlearned_model(args.method, scenario, prepared, refs, seed, store)
+        if m is None:
+            raise ValueError(f"method {args.method!r} produced no model: {cell_failure(rec)}")
+        name = args.method
+    else:
+        m = model_from(args.unlearned, refs.original)
+        name = _checkpoint_name(args.unlearned) if args.unlearned else "original"
+    a = model_from(args.reference, refs.retrain)
+    d = prepared.data
+    sets = None
+    if robust is not None:
+        sets = {"forget": d.forget, **{k: subsample(getattr(d, k), robust.max_samples, seed, k)
+                                       for k in ("retain", "test") if len(getattr(d, k))}}
+    _audit_and_write(args, spec, m, a, d.forget, audit_dir(args.out, scenario.name, seed, name), seed,
+                     name=name, ref_name="retrain" if args.reference is None else _checkpoint_name(args.reference),
+                     ref_label="Re-train" if args.reference is None else None,
+                     reference=f"retrain@{seed}" if args.reference is None else str(args.reference),
+                     scenario=scenario.name, num_classes=prepared.num_classes, robust=robust, robust_sets=sets)
+
+
+def audit_dir(out: str | Path, scenario: str, seed: int, name: str) -> Path:
+    """Where `rurk audit SCENARIO` writes: OUT/SCENARIO/audits/seed-S/NAME/, beside (never inside) the run's
+    seed-S/NAME/ folders. A later standalone audit of the same model replaces the earlier one's files; a run's
+    files stay those of the run's own audits."""
+    return Path(out) / scenario / "audits" / f"seed-{seed}" / name
+
+
+def _audit_user_model(args) -> None:
+    """`rurk audit --arch`: the user's factory, two plain safetensors files and a forget set; no scenario."""
+    if args.scenario is not None:
+        raise ConfigError(f"give a scenario ({args.scenario!r}) or --arch, not both")
+    needs = [f"--{f}" for f in ("unlearned", "reference", "forget") if not getattr(args, f)]
+    if needs:
+        raise ConfigError(f"--arch needs {', '.join(needs)} (e.g. --unlearned m.safetensors --reference "
+                          "a.safetensors --forget forget.npz)")
+    for flag in ("method", "set", "data_dir", "tuned", "seed"):
+        if getattr(args, flag, None) not in (None, []):
+            raise ConfigError(f"--{flag.replace('_', '-')} needs a scenario; with --arch the audit settings come "
+                              "from --probe, --taus, --draws, --bootstrap and --noise-seed")
+    if (args.retain or args.test) and not args.robust:
+        raise ConfigError("--retain and --test are used by --robust only; add --robust")
+    spec = audit_settings(Scenario(), _audit_options(args, RunOptions(), Scenario()))  # an empty scenario's defaults
+    robust = _robust_settings(args)
+    norm = parse_normalize(args.normalize) if args.normalize else None
+    forget = load_samples(args.forget, "--forget")
+    sets = {"forget": forget, **{k: load_samples(getattr(args, k), f"--{k}") for k in ("retain", "test")
+                                 if getattr(args, k)}}
+    device = pick_device(args.device)
+
+    def load(path: str, what: str):
+        model = load_checkpoint(build_user_model(args.arch), path).to(device)
+        model = with_normalization(model, forget.x.shape[1:], *norm) if norm else model
+        for k, data in sets.items():
+            n_out = check_model_fits(model, data, f"the {what} model", f"--{k}")
+        return model.eval(), n_out
+
+    (m, n_m), (a, n_a) = load(args.unlearned, "unlearned"), load(args.reference, "reference")
+    if n_m != n_a:
+        raise ValueError(f"the unlearned model has {n_m} outputs but the reference has {n_a}")
+    seed = spec.noise_seed if spec.noise_seed is not None else 0
+    name, ref_name = _checkpoint_name(args.unlearned), _checkpoint_name(args.reference)
+    if ref_name == name:
+        name, ref_name = f"unlearned ({name})", f"reference ({ref_name})"
+    _audit_and_write(args, spec, m, a, forget, Path(args.out), seed, name=name, ref_name=ref_name,
+                     reference=str(args.reference), scenario=None, num_classes=n_m, robust=robust,
+                     robust_sets=sets, arch=args.arch, forget_file=str(args.forget))
+
+
+def _robust_settings(args):
+    """`--robust` (with `--robust-eps`): the robust-accuracy settings, or None."""
+    if not args.robust:
+        if args.robust_eps:
+            raise ConfigError("--robust-eps needs --robust")
+        return None
+
+    try:
+        return RobustSettings(eps=_eps_list(args.robust_eps)) if args.robust_eps else RobustSettings()
+    except ValueError as e:
+        raise ConfigError(f"--robust-eps: {e}") from None
+
+
+def _audit_and_write(args, spec, m, a, forget, out: Path, seed: int, *, name: str, ref_name: str, reference: str,
+                     scenario: str | None, num_classes: int, robust=None, robust_sets=None,
+                     ref_label: str | None = None, **extra) -> None:
+    """Audit m against a on the forget set and write, under ``out``: residual-<probe>.json, .csv, .png and .npz,
+    leaks-<probe>.png and, with ``robust``, robust.csv and robust.png (m and a side by side); print the table.
+    ``ref_label`` names the reference in plot legends (default ``ref_name``)."""
+    res = residual_knowledge(m, a, forget.x, forget.y, seed=seed, index=forget.index, spec=spec)
+    stem = f"residual-{res.probe}"
+    where = f"{scenario}: " if scenario else ""
+    res.write_json(out / f"{stem}.json", scenario=scenario, seed=seed, method=name, reference=reference, **extra)
+    res.write_csv(out / f"{stem}.csv")
+    plot_residual_curves({name: res}, out / f"{stem}.png", reference=ref_label or ref_name,
+                         title=f"{where}{name} vs {ref_name} ({res.probe} probe, c = {res.c}, seed {seed})")
+    gallery = write_per_sample(res, spec.make_probe(), forget.x, forget.y, forget.index, m, a, out, k=args.gallery,
+                               num_classes=num_classes,
+                               title=f"{where}{name} vs {ref_name}: {res.probe} probe, tau = {max(res.taus):.4g}")
+    print(f"{'tau':>7s} {'r_paper':>8s} {'n_unb':>5s} {'r_pooled':>8s} {'prev':>6s} {'acc_m':>6s} {'acc_a':>6s} {'disagr':>6s}")
+    for t in res.per_tau:
+        fmt = lambda v: "   –" if v is None else f"{v:.3f}"
+        print(f"{t.tau:7.4f} {fmt(t.r_paper):>8s} {t.n_unbounded:5d} {fmt(t.r_pooled):>8s} {t.prevalence:6.1%} "
+              f"{t.acc_m:6.3f} {t.acc_a:6.3f} {fmt(t.disagreement):>6s}")
+    print(f"wrote {out}/{stem}.json, .csv, .png, .npz and {gallery.path.name} ({res.timing.seconds:.1f} s, "
+          f"{res.timing.forward_passes} forward passes)")
+    if robust is not None:
+        curves = {n: robust_curves(model, robust_sets, seed, num_classes, robust) for n, model in ((name, m), (ref_name, a))}
+        lines = write_robust([(seed, curves)], out, f"{where}{name} vs {ref_name}: robust accuracy under L∞ PGD")
+        print("\n".join(line for line in lines if line.startswith(("|", "###"))))
+        print(f"wrote {out}/robust.csv, robust.png")
+
+
+def _eps_list(text: str) -> list[float]:
+    """``0,2/255,0.03`` -> [0.0, 0.00784..., 0.03] (``--robust-eps``; ``k/255`` allowed)."""
+    def value(item: str) -> float:
+        num, _, den = item.partition("/")
+        return float(num) / float(den or 1)
+
+    try:
+        return [value(t.strip()) for t in text.split(",") if t.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--robust-eps = {text!r}: expected comma-separated numbers, e.g. 0,2/255,4/255") from None
+
+
