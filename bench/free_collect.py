@@ -47,9 +47,9 @@ def counts(model, x, y, taus, draws, seed, tag) -> np.ndarray:
 def extra_models(spec: str, scenario, store, split, seed, refs, prepared) -> dict:
     """The candidate proxies named in ``spec`` (comma-separated): ``mini:E`` (mini Original and mini Re-train at E
     epochs) or a method name (that method's unlearned model, e.g. ``euk``)."""
-    from rurk.experiment import method_config, scenario_with
+    from rurk.experiment import method_config
     from rurk.methods.base import unlearn
-    from rurk.tune import read_tuned
+    from rurk.tune import with_tuned
 
     models = {}
     for item in filter(None, spec.split(",")):
@@ -59,8 +59,7 @@ def extra_models(spec: str, scenario, store, split, seed, refs, prepared) -> dic
             r = reference_models(mini, prepare(mini, store), seed, store, device="cpu", progress=False)
             models[f"mini_o{e}"], models[f"mini_r{e}"] = r.original, r.retrain
         else:
-            tuned_scenario = scenario_with(scenario, read_tuned(scenario))
-            cfg = method_config(tuned_scenario, item)
+            cfg = method_config(with_tuned(scenario), item)
             models[item] = unlearn(item, refs.original, prepared.unlearn_data(), seed, cfg=cfg)[0].eval()
     return models
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from rurk import calibrate
+from rurk import calibrate, estimate
 from rurk.calibrate import CalibrationSpec, Calibrator
 from rurk.config import ConfigError
 from rurk.data import load_source, make_split
@@ -154,10 +154,12 @@ def test_target_scales_each_forget_class_error_by_the_learning_curve():
     assert target_of(8.0, CALIB)[0] == pytest.approx(0.25 * max(0.0, 1 - (10 / 9) ** 8 * 0.1))
 
 
-def test_target_falls_back_to_the_pooled_error_for_a_forget_class_without_calibration_images():
+def test_a_forget_class_without_calibration_images_is_refused():
+    """No held-out image of a forget class, no estimate of Re-train's accuracy on it (it used to borrow the pooled
+    error of the other classes)."""
     only_class_0 = labelled([0] * 10, [0] * 8 + [2] * 2)
-    target, _ = target_of(0.0, only_class_0)
-    assert target == pytest.approx(0.8)  # class 1 takes the pooled error 0.2
+    with pytest.raises(ValueError, match=r"no image of forget class\(es\) \[1\]"):
+        target_of(0.0, only_class_0)
 
 
 def test_the_correction_needs_the_retain_counts():
@@ -169,12 +171,12 @@ def test_the_correction_needs_the_retain_counts():
 
 
 def test_the_difficulty_shift_moves_each_forget_class_target_by_proxy_times_its_shift_within_0_and_1(monkeypatch):
-    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib, cache_dir=None: {0: -0.3, 1: 0.4})
+    monkeypatch.setattr(estimate, "difficulty_shift", lambda retain, forget, calib, cache_dir=None: {0: -0.3, 1: 0.4})
     target, est = target_of(0.0, CALIB, proxy=0.5)
     # class 0: 0.8 + 0.5·(−0.3) = 0.65; class 1: 0.9 + 0.5·0.4 = 1.1, clipped to 1
     assert target == pytest.approx(0.75 * 0.65 + 0.25 * 1.0)
     assert est["proxy"] == {"slope": 0.5, "shift": {"0": -0.3, "1": 0.4}}
-    monkeypatch.setattr(calibrate, "difficulty_shift", lambda retain, forget, calib, cache_dir=None: {0: -2.0, 1: 0.0})
+    monkeypatch.setattr(estimate, "difficulty_shift", lambda retain, forget, calib, cache_dir=None: {0: -2.0, 1: 0.0})
     assert target_of(0.0, CALIB, proxy=1.0)[0] == pytest.approx(0.25 * 0.9)  # class 0 clipped to 0, never negative
     assert "proxy" not in target_of(0.0, CALIB)[1]  # off at 0: the target of the tests above
 
@@ -198,12 +200,12 @@ def test_difficulty_shift_is_the_retain_trained_proxys_forget_minus_calibration_
     fits = []
     real_fit = LogisticRegression.fit
     monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
-    shift = calibrate.difficulty_shift(retain, forget, calib)
+    shift = estimate.difficulty_shift(retain, forget, calib)
     assert shift == {0: pytest.approx(0.5 - 1.0), 1: 0.0}  # class 1 has no calibration images: no shift
     same = TensorData(forget.x.clone(), forget.y.clone(), forget.index.clone())
-    assert calibrate.difficulty_shift(retain, same, calib) == shift and len(fits) == 1  # cached by content
+    assert estimate.difficulty_shift(retain, same, calib) == shift and len(fits) == 1  # cached by content
     easy = halves([0, 0], ["L", "L"], 4)
-    assert calibrate.difficulty_shift(retain, easy, calib) == {0: 0.0} and len(fits) == 2
+    assert estimate.difficulty_shift(retain, easy, calib) == {0: 0.0} and len(fits) == 2
 
 
 def test_difficulty_shift_is_kept_in_the_store_and_read_back_by_a_later_process(monkeypatch, tmp_path):
@@ -211,28 +213,28 @@ def test_difficulty_shift_is_kept_in_the_store_and_read_back_by_a_later_process(
 
     retain = halves([0] * 20 + [1] * 20, ["L"] * 20 + ["R"] * 20, 1)
     forget, calib = halves([0, 0, 0, 0, 1], ["L", "L", "R", "R", "R"], 2), halves([0] * 6, ["L"] * 6, 3)
-    monkeypatch.setattr(calibrate, "_SHIFTS", {})
-    shift = calibrate.difficulty_shift(retain, forget, calib, tmp_path)
+    monkeypatch.setattr(estimate, "_SHIFTS", {})
+    shift = estimate.difficulty_shift(retain, forget, calib, tmp_path)
     (path,) = tmp_path.glob("difficulty-shift-*.json")
-    monkeypatch.setattr(calibrate, "_SHIFTS", {})  # a new process: only the file is left
+    monkeypatch.setattr(estimate, "_SHIFTS", {})  # a new process: only the file is left
 
     def no_fit(self, *a, **k):
         raise AssertionError("fitted again although the store holds the shift")
 
     monkeypatch.setattr(LogisticRegression, "fit", no_fit)
-    assert calibrate.difficulty_shift(retain, forget, calib, tmp_path) == shift
+    assert estimate.difficulty_shift(retain, forget, calib, tmp_path) == shift
     # a file that is not these sets' (its recorded content hash differs) is never read: the proxy is fitted again
     path.write_text(path.read_text().replace('"sets": "', '"sets": "x'))
-    monkeypatch.setattr(calibrate, "_SHIFTS", {})
+    monkeypatch.setattr(estimate, "_SHIFTS", {})
     with pytest.raises(AssertionError, match="fitted again"):
-        calibrate.difficulty_shift(retain, forget, calib, tmp_path)
+        estimate.difficulty_shift(retain, forget, calib, tmp_path)
 
 
 def test_originals_calibration_counts_are_computed_once_per_original_and_settings(monkeypatch):
-    monkeypatch.setattr(calibrate, "_CALIB_CORRECT", {})
+    monkeypatch.setattr(calibrate, "_CALIB_COUNTS", {})
     calls = []
-    real = Calibrator._correct
-    monkeypatch.setattr(Calibrator, "_correct", lambda self, m, name, d: calls.append(name) or real(self, m, name, d))
+    real = calibrate.original_counts
+    monkeypatch.setattr(calibrate, "original_counts", lambda m, d, spec: calls.append("calib") or real(m, d, spec))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     forget, retain = labelled([0, 0, 1], [0, 0, 1]), labelled([0] * 4 + [1] * 4 + [2] * 4, [0] * 4 + [1] * 4 + [2] * 4)
@@ -250,7 +252,7 @@ def test_originals_calibration_counts_are_computed_once_per_original_and_setting
         model[1].bias += 1.0
     target(model)
     assert calls == ["calib"] * 3  # other weights
-    monkeypatch.setattr(calibrate, "_CALIB_CORRECT", {})
+    monkeypatch.setattr(calibrate, "_CALIB_COUNTS", {})
     with torch.no_grad():
         model[1].bias -= 1.0
     assert target(model) == first  # the cached value is the computed one

@@ -787,7 +787,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
     tau; counts stay on the device until the end. A model whose logits are NaN or inf on any input it classified is
     refused (:class:`rurk.torchutil.NonFiniteLogits`, naming it and how many inputs), never counted. ``reference``
     (random probes only) shares the retrained model's predictions across audits against it
-    (:class:`ReferencePredictions`)."""
+    (:class:`ReferencePredictions`). One model passed as both (``count_correct(m, m, ...)``) is counted in one pass
+    (``k_a`` = ``k_m``): what the audit without Re-train and the estimate of Re-train use."""
     x, y, dev = inputs.x, inputs.y, inputs.device
     n, c, taus, n_tau = x.shape[0], spec.draws, list(spec.taus), len(spec.taus)
     eff = _craft_on(pr, spec)
@@ -822,6 +823,8 @@ def count_correct(unlearned: nn.Module, retrained: nn.Module, inputs: AuditInput
                     pbar.update(n_blocks * len(zero_t))
             fwd_noisy, bwd = _count_noisy(predict, pr, spec, inputs, seed, num_classes, work_t, bs, eff, fmt, k, pbar)
             fwd += fwd_noisy - predict.reused
+            if m is a and eff is None:  # one model counted on its own copies: one pass, not two
+                fwd //= 2
             predict.require_finite()
             k_np = [None if kt is None else kt.cpu().numpy() for kt in k]
     finally:
@@ -841,7 +844,7 @@ def _count_tau0(predict: _Predictor, x, y, zero_t: list[int], c: int, bs: int, f
     for s, e in _chunks(n, bs):
         xb = in_format(x[s:e], fmt)
         pm0[s:e] = predict(predict.m, xb)
-        pa0[s:e] = predict(predict.a, xb, slot=("tau0", s))
+        pa0[s:e] = pm0[s:e] if predict.a is predict.m else predict(predict.a, xb, slot=("tau0", s))
     predict.check()
     for t in zero_t:
         k_m[t] = c * (pm0 == y)
@@ -864,7 +867,7 @@ def _group_hits(predict: _Predictor, pr: Probe, x_rep, y_rep, noise, target, tau
         check = check_first and ci == 0
         xm, xa = _perturbed_chunk(pr, m, a, x_rep[s:e], ys, tau, noise, target, s, e, eff, clipped, t)
         pm = predict(m, xm, check)
-        pa = predict(a, xa, check, slot=(t, gi, ci))
+        pa = pm if a is m and xa is xm else predict(a, xa, check, slot=(t, gi, ci))
         hm[s:e] = pm == ys
         ha[s:e] = pa == ys
         if hd is not None:

@@ -49,20 +49,18 @@ measures it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data.tensordata import TensorData
+from .estimate import (PROXY_MAX_SIDE, PROXY_MAX_TRAIN, EstimateSpec, _fingerprint, _fingerprint_model,  # noqa: F401
+                       difficulty_shift, estimate_retrain, fit_proxy, original_counts)
 from .perturb import make_probe
-from .store import write_json
 from .perturb.base import AdversarialProbe
 from .torchutil import make_generator, model_device, predict
 from .train import accuracy
@@ -143,35 +141,28 @@ class Calibrator:
         return float(self._correct(model, name, data).mean())
 
     def estimate_target(self, original: nn.Module) -> float:
-        """Re-train's expected accuracy on the forget set: Original's error on the calibration copies of each
-        forget class, scaled by ``κ_k = (n_train,k / n_retain,k)^α``, shifted by ``proxy ×`` the class's
-        difficulty shift (clipped to [0, 1]) and weighted by the forget set's classes."""
+        """Re-train's expected accuracy on the forget set at the rule's τ: :func:`rurk.estimate.estimate_retrain`
+        (the one estimate the audit without Re-train uses too; its learning-curve correction and difficulty shift
+        per forget class, weighted by the forget set's classes). Original's counts on the calibration copies are
+        cached per process by Original's weights, the set and the settings: every calibrated method and tuning
+        trial on one Original starts from the same target."""
         sp = self.spec
-        key = (_fingerprint_model(original), str(model_device(original)), _fingerprint(self.calib), sp.probe, sp.tau,
-               sp.draws, self.seed)
-        if key not in _CALIB_CORRECT:  # the same for every method and trial on this Original and calibration set
-            _CALIB_CORRECT[key] = self._correct(original, "calib", self.calib)
-        correct = _CALIB_CORRECT[key]
-        labels = self.calib.y.cpu().repeat(self.spec.draws)
-        pooled_err = 1.0 - float(correct.mean())
-        f_counts = torch.bincount(self.forget.y.cpu(), minlength=self.num_classes)
-        shifts = difficulty_shift(self.retain, self.forget, self.calib, self.cache_dir) if self.spec.proxy > 0 else {}
-        target, kappas = 0.0, {}
-        for k in torch.nonzero(f_counts).flatten().tolist():
-            sel = labels == k
-            err = 1.0 - float(correct[sel].mean()) if sel.any() else pooled_err
-            kappa = 1.0
-            if self.spec.alpha > 0:
-                n_retain = int(self.retain_counts[k])
-                kappa = math.inf if n_retain == 0 else ((n_retain + int(f_counts[k])) / n_retain) ** self.spec.alpha
-            kappas[k] = kappa
-            acc_k = min(1.0, max(0.0, 1.0 - kappa * err + self.spec.proxy * shifts.get(k, 0.0)))
-            target += float(f_counts[k]) / len(self.forget) * acc_k
-        self.estimate = {"original_calib_acc": 1.0 - pooled_err, "alpha": self.spec.alpha,
-                         "kappa": {str(k): v for k, v in kappas.items()}}
-        if self.spec.proxy > 0:
-            self.estimate["proxy"] = {"slope": self.spec.proxy, "shift": {str(k): v for k, v in shifts.items()}}
-        return target
+        espec = EstimateSpec(probe=sp.probe, taus=(sp.tau,), alpha=sp.alpha, proxy=sp.proxy, bootstrap=0,
+                             seed=self.seed)
+        key = (_fingerprint_model(original), str(model_device(original)), _fingerprint(self.calib), repr(espec))
+        if key not in _CALIB_COUNTS:
+            _CALIB_COUNTS[key] = original_counts(original, self.calib, espec)
+        est = estimate_retrain(original, self.forget, self.calib, espec, num_classes=self.num_classes,
+                               retain=self.retain if (sp.alpha > 0 or sp.proxy > 0) else None,
+                               counts=_CALIB_COUNTS[key], cache_dir=self.cache_dir)
+        parts = est.classes
+        w = sum(p["n_calib"] for p in parts.values())
+        self.estimate = {"original_calib_acc": sum(p["original_calib_acc"][0] * p["n_calib"] for p in parts.values()) / w,
+                         "alpha": sp.alpha, "kappa": {str(k): p["kappa"] for k, p in parts.items()},
+                         "estimate": "rurk.estimate (acc_O(τ) − (κ − 1)·err_O(0) + proxy × shift)"}
+        if sp.proxy > 0:
+            self.estimate["proxy"] = {"slope": sp.proxy, "shift": {str(k): p["shift"] for k, p in parts.items()}}
+        return float(est.acc[0])
 
     # ---------------------------------------------------------------------------------------- the protocol
     def start(self, model: nn.Module) -> None:
@@ -209,74 +200,7 @@ class Calibrator:
                 "n_calib": len(self.calib), "trajectory": self.trajectory}
 
 
-# ---------------------------------------------------------------------------------------------- difficulty shift
-#: the proxy's training images at most (a seeded subset of the retain set beyond it) and its input side at most
-#: (larger images are average-pooled): it must stay cheap next to unlearning at paper scale too (decision)
-PROXY_MAX_TRAIN, PROXY_MAX_SIDE = 5000, 32
-_SHIFTS: dict[str, dict[int, float]] = {}  # per process: the shift depends on the three sets only
-#: per process: Original's per-copy correctness on the calibration copies, by (Original's weights, the set, probe,
-#: τ, draws, seed) — every calibrated method and tuning trial on one Original starts from the same target
-_CALIB_CORRECT: dict[tuple, torch.Tensor] = {}
-
-
-def _features(data: TensorData) -> np.ndarray:
-    x = data.x.detach().float().cpu()
-    if x.dim() == 4 and max(x.shape[-2:]) > PROXY_MAX_SIDE:
-        x = F.adaptive_avg_pool2d(x, PROXY_MAX_SIDE)
-    return x.reshape(len(x), -1).double().numpy()
-
-
-def _hash_tensors(labelled) -> str:
-    """A SHA-1 over (label, tensor) pairs: each label, then the tensor's bytes (CPU, contiguous)."""
-    h = hashlib.sha1()
-    for label, t in labelled:
-        t = t.detach().cpu().contiguous()
-        h.update(label.encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _fingerprint(*sets: TensorData) -> str:
-    """A content hash of data sets (images and labels, with their shapes and dtypes)."""
-    return _hash_tensors((str((tuple(t.shape), t.dtype)), t) for d in sets for t in (d.x, d.y))
-
-
-def _fingerprint_model(model: nn.Module) -> str:
-    """A content hash of a model's parameters and buffers (names, shapes, dtypes, values)."""
-    return _hash_tensors((f"{name}{tuple(t.shape)}{t.dtype}", t) for name, t in model.state_dict().items())
-
-
-def fit_proxy(train: TensorData):
-    """The proxy: a logistic regression on (pooled) pixels, L2 with C = 0.1, fitted by float64 L-BFGS
-    (deterministic) on at most ``PROXY_MAX_TRAIN`` images of ``train`` (a seeded subset beyond that)."""
-    from sklearn.linear_model import LogisticRegression
-
-    if len(train) > PROXY_MAX_TRAIN:
-        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:PROXY_MAX_TRAIN])
-    return LogisticRegression(C=0.1, max_iter=3000).fit(_features(train), train.y.cpu().numpy())
-
-
-def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData,
-                     cache_dir: Path | None = None) -> dict[int, float]:
-    """Per forget class ``k``: the proxy's accuracy on the forget images of ``k`` minus its accuracy on the
-    calibration images of ``k`` (0 where the class has no calibration images). The proxy (:func:`fit_proxy`) is
-    trained on the retain set, so — like Re-train — it never saw the forget images. Cached per process (tuning
-    calls it once per forget set, not per trial) and, with ``cache_dir`` (the run store's splits folder), in a
-    JSON file named by the three sets' content hash, so later processes and runs read it instead of fitting."""
-    key = _fingerprint(retain, forget, calib)
-    path = None if cache_dir is None else Path(cache_dir) / f"difficulty-shift-{key[:20]}.json"
-    if key not in _SHIFTS and path is not None and path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("sets") == key:
-            _SHIFTS[key] = {int(k): float(v) for k, v in stored["shift"].items()}
-    if key not in _SHIFTS:
-        clf = fit_proxy(retain)
-        right = lambda d: torch.from_numpy(clf.predict(_features(d))) == d.y.cpu()  # noqa: E731
-        f_right, c_right = right(forget), right(calib)
-        f_y, c_y = forget.y.cpu(), calib.y.cpu()
-        _SHIFTS[key] = {k: (float(f_right[f_y == k].float().mean() - c_right[c_y == k].float().mean())
-                            if bool((c_y == k).any()) else 0.0) for k in torch.unique(f_y).tolist()}
-        if path is not None:
-            write_json(path, {"sets": key, "proxy": "LogisticRegression(C=0.1) on pixels (rurk.calibrate.fit_proxy)",
-                              "shift": {str(k): v for k, v in _SHIFTS[key].items()}})
-    return dict(_SHIFTS[key])
+#: per process: Original's counts on the calibration copies (rurk.estimate.original_counts), by (Original's weights,
+#: its device, the set, the estimate's settings) — every calibrated method and tuning trial on one Original starts
+#: from the same target
+_CALIB_COUNTS: dict[tuple, np.ndarray] = {}

@@ -19,8 +19,10 @@ from torch import nn
 from . import metrics as M
 from .attacks import RelearnCurveSettings, RobustSettings, relearn_curve, robust_curves, subsample
 from .audit import AuditSpec, ReferencePredictions, audit_spec, residual_knowledge
+from .audit_free import estimate_spec
 from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .dryrun import ProbeStore
+from .estimate import estimate_retrain
 from .methods import load_all
 from .methods.base import FinetuneConfig, MethodRecord, get_method, parse_variant, unlearn
 from .metric_specs import PCT_METRICS, cell_failure, failed_cell
@@ -131,6 +133,9 @@ class SeedResult:
     #: every cell of the seed as the store records it: {"row", "kind", "wall_s", "threads"} (kind: the store's,
     #: "model" for Original/Re-train); what report.md's "Where the time went" and summary.json's threads read
     spent: list[dict] = field(default_factory=list)
+    #: the estimate of Re-train's accuracy on the forget copies at the audit's τ (rurk.estimate, as a dict), what
+    #: r_free divides by; None where the split has no calibration set or the scenario forgets a class
+    estimate: dict | None = None
 
 
 def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, names: list[str],
@@ -144,6 +149,10 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
     relearn_curves, robust, spent = {}, {}, []
     seed_dir = out_dir / f"seed-{seed}"
     shared = ReferencePredictions()  # Re-train's predictions on the audit's copies: the same for every row
+    # the estimate every row's r_free divides by, first: it belongs to the reference rows' cell (rurk.grid)
+    est_cells: list[dict] = []
+    estimate = seed_estimate(scenario, prepared, refs, seed, store, spec, base, est_cells)
+    spent += [{"row": "original", **c} for c in est_cells]
 
     for name in [*REFERENCE_ROWS, *names]:
         if name in REFERENCE_ROWS:
@@ -170,7 +179,28 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
         if opts.attacks:
             relearn_curves[name], robust[name] = curves
         log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
-    return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v}, spent)
+    return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v}, spent,
+                      estimate)
+
+
+def seed_estimate(scenario: Scenario, prepared: Prepared, refs: References, seed: int, store: Store, spec: AuditSpec,
+                  base: dict, spent: list[dict]) -> dict | None:
+    """The seed's estimate of Re-train's accuracy on the forget copies at every τ of the audit (rurk.estimate;
+    cached), from Original, the split's calibration set and the retain set — what every row's r_free divides by.
+    None without a calibration set, for class unlearning (Re-train's accuracy on a forgotten class is 0, which
+    held-out images of the class cannot estimate) and for attack probes (each model is attacked on its own)."""
+    d = prepared.data
+    if d.calib is None or not len(d.calib) or prepared.class_unlearning or spec.make_probe().adversarial:
+        return None
+    seed_n = int(spec.noise_seed if spec.noise_seed is not None else seed)
+    espec = estimate_spec(spec, seed_n)
+
+    def compute():
+        return estimate_retrain(refs.original, d.forget, d.calib, espec, num_classes=prepared.num_classes,
+                                retain=d.retain, cache_dir=prepared.cache_dir).to_dict()
+
+    return _cached(store, "estimate", base | {"model": "original", "estimate": repr(espec)}, compute, scenario, seed,
+                   spent)
 
 
 def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, refs: References,

@@ -141,3 +141,39 @@ def calibration_figure(rows: Mapping[str, list[tuple[int, dict]]], title: str | 
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def plot_free_curve(res, path, title: str | None = None, dpi: int = 120) -> Path:
+    """The audit without Re-train (:class:`rurk.audit_free.FreeResult`) as a PNG: r_free against τ with its 95%
+    band, the ±0.05 band around 1 that "as Re-train" means, and each τ's verdict as its marker's colour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    taus = np.array([t.tau for t in res.per_tau])
+    r = np.array([np.nan if t.r_free is None else t.r_free for t in res.per_tau])
+    lo = np.array([np.nan if t.lo is None else t.lo for t in res.per_tau])
+    hi = np.array([np.nan if t.hi is None else t.hi for t in res.per_tau])
+    ax.axhspan(0.95, 1.05, color="tab:green", alpha=0.12, label="as Re-train (1 ± 0.05)")
+    ax.fill_between(taus, lo, hi, color="tab:blue", alpha=0.2, linewidth=0, label="95% interval")
+    ax.plot(taus, r, "-", color="tab:blue", label="r_free = acc_m / estimate")
+    ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
+    colours = {"residual knowledge": "tab:red", "as Re-train": "tab:green", "over-forgetting": "tab:purple",
+               "inconclusive": "tab:gray", "no verdict": "white"}
+    verdicts = [t.verdict for t in res.per_tau]
+    for v, c in colours.items():  # the verdict of each τ as its marker's colour
+        sel = np.array([x == v for x in verdicts])
+        if sel.any():
+            ax.plot(taus[sel], r[sel], "o", color=c, markeredgecolor="k", ms=7, linestyle="none", label=v)
+    ax.set_xlabel("tau")
+    ax.set_ylabel("r_free")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path

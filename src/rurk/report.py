@@ -23,7 +23,9 @@ import torch
 
 from . import __version__, machine
 from .attack_report import attack_sections
+from .audit_free import free_taus
 from .claims import check_claims, claims_markdown
+from .estimate import RetrainEstimate
 from .config import ConfigError, to_dict
 from .methods.base import FinetuneConfig, get_method, parse_variant
 from .metric_specs import LABELS, PCT_KEYS, PCT_METRICS, RELEARN, RETAIN, cell_failure, failure_reason
@@ -117,13 +119,15 @@ def _row_entry(name: str, probe: str, results: list) -> dict:
 
 
 def _residual_entry(name: str, probe: str, results: list) -> dict | None:
-    """A row's residual-knowledge curves over seeds (mean and std per tau); Re-train is the reference (r = 1)."""
+    """A row's residual-knowledge curves over seeds (mean and std per tau) and, where the seeds have an estimate of
+    Re-train (:func:`_free_entry`), the same without Re-train; Re-train is the reference (r = 1)."""
     if name == "retrain":
         taus = results[0].residual.get("original", {}) or {}
         taus = [t["tau"] for t in taus.get("per_tau", [])]
         n = len(taus)
         return {"probe": probe, "taus": taus, "r_paper": [1.0] * n, "r_pooled": [1.0] * n,
-                "prevalence": [0.0] * n, "ties": [1.0] * n, "disagreement": [0.0] * n, "note": "reference: r = 1"}
+                "prevalence": [0.0] * n, "ties": [1.0] * n, "disagreement": [0.0] * n, "note": "reference: r = 1",
+                **_free_entry(name, results)}
     audits = [r.residual.get(name) for r in results if r.residual.get(name)]
     if not audits:
         return None
@@ -134,7 +138,32 @@ def _residual_entry(name: str, probe: str, results: list) -> dict | None:
     res["r_pooled_per_seed"] = [[t["r_pooled"] for t in a["per_tau"]] for a in audits]
     res["prevalence_per_seed"] = [[t["prevalence"] for t in a["per_tau"]] for a in audits]
     res["r_pooled_ci95_per_seed"] = [[(t.get("ci95") or {}).get("r_pooled") for t in a["per_tau"]] for a in audits]
+    res.update(_free_entry(name, results))
     return res
+
+
+def _free_entry(name: str, results: list) -> dict:
+    """The row's audit without Re-train over seeds (:mod:`rurk.audit_free`): per seed, its accuracy on the forget
+    copies (Re-train's own, for the Re-train row: r_free is then the estimate's error) over the seed's estimate,
+    with interval and verdict; the mean and std of r_free per τ. Empty where a seed has no estimate."""
+    per_seed = []
+    for r in results:
+        audit = r.residual.get("original" if name == "retrain" else name)
+        if not audit or not getattr(r, "estimate", None):
+            continue
+        est = RetrainEstimate.from_dict(r.estimate)
+        acc = np.array([t["acc_a" if name == "retrain" else "acc_m"] for t in audit["per_tau"]], dtype=float)
+        calib = ((r.records.get(name) or {}).get("extra") or {}).get("calibration") if name != "retrain" else None
+        per_seed.append(free_taus(acc, est, calib.get("tau") if calib else None))
+    if not per_seed:
+        return {}
+    r_free = np.array([[np.nan if t.r_free is None else t.r_free for t in seed] for seed in per_seed])
+    return {"r_free": [float(v) for v in np.nanmean(r_free, 0)], "r_free_std": [float(v) for v in np.nanstd(r_free, 0)],
+            "r_free_per_seed": [[t.r_free for t in seed] for seed in per_seed],
+            "r_free_ci95_per_seed": [[(t.lo, t.hi) for t in seed] for seed in per_seed],
+            "r_free_verdict_per_seed": [[t.verdict for t in seed] for seed in per_seed],
+            "r_free_circular_tau": next((t.tau for seed in per_seed for t in seed
+                                         if t.reason and "calibrated stopping" in t.reason), None)}
 
 
 def _mark_degenerate(methods: dict) -> None:
@@ -403,6 +432,8 @@ def write_tables(summary: dict, out_dir: Path) -> dict[str, tuple[list[str], lis
         "r_paper": curve_table(summary, "r_paper"),
         "perturbed_unlearn": curve_table(summary, "acc_m", lambda v: 1 - v),
         "disagreement": curve_table(summary, "disagreement"),
+        "r_free": curve_table(summary, "r_free"),
+        "free": free_table(summary),
     }
     for name, (h, r) in tables.items():
         write_csv(out_dir / f"{name}.csv", h, r)
@@ -452,16 +483,49 @@ RESIDUAL_SECTIONS = (
 
 
 def _residual_markdown(probe: str, tables: dict) -> list[str]:
-    """The residual-knowledge section: the plot, then one table per field over tau."""
+    """The residual-knowledge section: the plot, then one table per field over tau, then the audit without
+    Re-train (where the run has its estimate)."""
     out = [f"## Residual knowledge ({probe} probe)", "", "![r_tau vs tau](residual.png)", ""]
     for name, heading in RESIDUAL_SECTIONS:
         out += [f"### {heading}", "", markdown(*tables[name]), ""]
+    if tables["free"][1]:
+        out += ["## Residual knowledge without Re-train", "",
+                "r_free = the row's accuracy on the perturbed forget copies / the estimate of Re-train's "
+                "(`rurk.estimate`: Original on the calibration set's copies, corrected for Re-train's smaller share "
+                "of the class and for the forget set's difficulty) — what an auditor without Re-train measures — "
+                "beside r_pooled, which needs Re-train. Re-train's own r_free is the estimate's error. Verdicts per "
+                "seed: RK residual knowledge, ≈ as Re-train (within ±0.05), OF over-forgetting, ? inconclusive, "
+                "– none (the row stopped on this estimate at that τ: calibrated stopping; or the τ is not validated).",
+                "", markdown(*tables["free"]), ""]
     return out
+
+
+FREE_SYMBOLS = {"residual knowledge": "RK", "as Re-train": "≈", "over-forgetting": "OF", "inconclusive": "?",
+                "no verdict": "–"}
+
+
+def free_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Per row and key τ: r_pooled (with Re-train), r_free ± its seed spread (without) and the per-seed verdicts."""
+    taus = _taus_of(summary)
+    ki = key_taus(taus)
+    header = ["method", *[f"{what} τ={taus[i]:.3g}" for i in ki for what in ("r_pooled", "r_free", "verdicts")]]
+    rows = []
+    for name, e in summary["methods"].items():
+        res = e.get("residual") or {}
+        if not res.get("r_free"):
+            continue
+        cells = [name]
+        for i in ki:
+            cells += [_fmt(res["r_pooled"][i], 3),
+                      f"{res['r_free'][i]:.3f}" + (f" ± {res['r_free_std'][i]:.3f}" if len(res["r_free_per_seed"]) > 1 else ""),
+                      " ".join(FREE_SYMBOLS[s[i]] for s in res["r_free_verdict_per_seed"])]
+        rows.append(cells)
+    return header, rows
 
 
 #: report phases by the store's record kinds (SeedResult.spent)
 PHASES = {"model": "training (Original, Re-train)", "unlearned": "unlearning", "eval": "evaluation",
-          "audit": "audit", "relearn_curve": "curves", "robust": "curves"}
+          "audit": "audit", "estimate": "audit", "relearn_curve": "curves", "robust": "curves"}
 
 
 def time_markdown(results: list, top: int = 5) -> list[str]:

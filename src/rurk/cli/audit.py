@@ -31,15 +31,18 @@ def cmd_audit(args) -> None:
 
     A scenario audit writes to its own folder, OUT/SCENARIO/audits/seed-S/NAME/ (:func:`audit_dir`), never into a
     run's seed-S/NAME/, whose files the run's report.md links."""
+    free = _free_mode(args)
     if args.arch:
-        return _audit_user_model(args)
+        return _audit_user_free(args) if free else _audit_user_model(args)
 
     if args.scenario is None:
         raise ConfigError("audit needs a scenario (e.g. `rurk audit fmnist5 --method rurk`) or --arch MODULE:FUNCTION "
                           "with --unlearned, --reference and --forget")
-    for flag in ("forget", "normalize", "retain", "test"):
+    for flag in ("forget", "normalize", "retain", "test", "original", "calibration"):
         if getattr(args, flag):
             raise ConfigError(f"--{flag} is for auditing your own model: use it with --arch MODULE:FUNCTION")
+    if free:
+        return _audit_scenario_free(args)
     scenario = _scenario(args)
     spec = _audit_spec(args, scenario)  # every audit setting checked before any training
     robust = _robust_settings(args)
@@ -178,3 +181,150 @@ def _eps_list(text: str) -> list[float]:
         raise ConfigError(f"--robust-eps = {text!r}: expected comma-separated numbers, e.g. 0,2/255,4/255") from None
 
 
+
+
+# ---------------------------------------------------------------------------------------------- without Re-train
+def _free_mode(args) -> bool:
+    """Whether this audit runs without Re-train: `--reference none` (scenario or `--arch`), or `--arch` with
+    `--original` and `--calibration` and no `--reference` (`--reference` was checked to be given at most once)."""
+    if isinstance(args.reference, list):
+        args.reference = args.reference[0] if args.reference else None
+    if args.reference == "none":
+        return True
+    return bool(args.arch and args.reference is None and (args.original or args.calibration))
+
+
+def _free_write(res, out: Path, m, forget, probe, *, name: str, scenario: str | None, seed: int, args, **meta):
+    """The files of an audit without Re-train in ``out``: residual-free-<probe>.json/.csv/.png and the leak gallery
+    leaks-free-<probe>.png (forget samples ranked by the model's per-sample accuracy against its class's
+    estimate); then the table."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ..gallery import write_gallery
+    from ..plots import plot_free_curve
+
+    pr = probe.name
+    stem = out / f"residual-free-{pr}"
+    res.write_json(f"{stem}.json", scenario=scenario, seed=seed, method=name, reference="none (estimate)", **meta)
+    res.write_csv(f"{stem}.csv")
+    where = f"{scenario}: " if scenario else ""
+    plot_free_curve(res, f"{stem}.png", title=f"{where}{name} without Re-train ({pr} probe, c = {res.c}, seed {seed})")
+    per_class = {int(k): np.asarray(v["estimate"]) for k, v in res.estimate.classes.items()}
+    expected = np.stack([[per_class[int(lab)][t] * res.c for lab in res.labels] for t in range(len(res.taus))])
+    shim = SimpleNamespace(k_m=res.k_m, k_a=np.rint(expected).astype(int), taus=res.taus, c=res.c, index=res.index,
+                           label=res.labels, probe=pr, seed=seed, block_size=16, craft_on=None)
+    x_rows = forget.x[np.searchsorted(forget.index.numpy(), res.index)] if len(forget) else forget.x
+    gallery = write_gallery(shim, probe, x_rows, res.labels, m, out / f"leaks-free-{pr}.png", k=args.gallery,
+                            num_classes=int(max(per_class) + 1),
+                            title=f"{where}{name} without Re-train: k_a = the estimate of Re-train's count, tau = "
+                                  f"{max(res.taus):.4g}")
+    print(f"{'tau':>7s} {'acc_m':>6s} {'estimate [95%]':>20s} {'r_free [95%]':>22s}  verdict")
+    for t in res.per_tau:
+        est = f"{t.estimate:.3f} [{t.estimate_lo:.3f}, {t.estimate_hi:.3f}]" if t.estimate_lo is not None else \
+            f"{t.estimate:.3f}"
+        r = "–" if t.r_free is None else f"{t.r_free:.3f}" + (f" [{t.lo:.3f}, {t.hi:.3f}]" if t.lo is not None and
+                                                                 t.hi is not None else "")
+        print(f"{t.tau:7.4f} {t.acc_m:6.3f} {est:>20s} {r:>22s}  {t.verdict}" + (f" ({t.reason})" if t.reason else ""))
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"wrote {stem}.json, .csv, .png and {gallery.path.name}")
+
+
+def _audit_scenario_free(args) -> None:
+    """`rurk audit SCENARIO [--method M | --unlearned F] --reference none`: the model against the estimate made from
+    the seed's Original and the split's calibration and retain sets. Re-train is never trained, loaded or read."""
+    from ..audit_free import residual_free
+    from ..pipeline import reference_model
+
+    scenario = _scenario(args)
+    spec = _audit_spec(args, scenario)
+    if spec.make_probe().adversarial:
+        raise ConfigError(f"--probe = {spec.make_probe().name!r} with --reference none: expected a random probe "
+                          "(gaussian, uniform-linf, uniform-l2); the estimate of Re-train is made for random copies")
+    store = Store(args.out)
+    prepared = prepare(scenario, store)
+    d = prepared.data
+    if d.calib is None or not len(d.calib):
+        raise ConfigError(f"{scenario.name} has no calibration set (forget.calibration = 0): the audit without "
+                          "Re-train needs held-out images of the forget classes; set forget.calibration")
+    if prepared.class_unlearning:
+        raise ConfigError(f"{scenario.name} forgets a whole class: Re-train's accuracy on it is 0, which held-out "
+                          "images cannot estimate; audit against Re-train instead")
+    seed = _seeds(args, scenario)[0]
+    original, _ = reference_model("original", scenario, prepared, seed, store, device=args.device)
+    circular = None
+    if args.method:
+        from ..pipeline import References, reference_keys
+
+        keys = reference_keys(scenario, prepared, seed)
+        refs = References(original, None, None, keys, {})  # Re-train's key only names the cell; it is never loaded
+        m, rec, _ = unlearned_model(args.method, scenario, prepared, refs, seed, store)
+        if m is None:
+            raise ValueError(f"method {args.method!r} produced no model: {cell_failure(rec)}")
+        calib = ((rec.get("extra") or {}).get("calibration") or {})
+        circular = calib.get("tau")
+        name = args.method
+    elif args.unlearned:
+        from ..pipeline import reference_keys
+
+        model = load_run_model(store, reference_keys(scenario, prepared, seed)["original"], scenario, prepared,
+                               args.device)
+        m = load_checkpoint(model, args.unlearned).eval()
+        name = _checkpoint_name(args.unlearned)
+    else:
+        m, name = original, "original"
+    noise = spec.noise_seed if spec.noise_seed is not None else seed
+    res = residual_free(m, original, d.forget, d.calib, num_classes=prepared.num_classes, retain=d.retain, spec=spec,
+                        seed=noise, circular_tau=circular, cache_dir=prepared.cache_dir)
+    _free_write(res, audit_dir(args.out, scenario.name, seed, name), m, d.forget, spec.make_probe(), name=name,
+                scenario=scenario.name, seed=seed, args=args)
+
+
+def _audit_user_free(args) -> None:
+    """`rurk audit --arch F --unlearned M --original O --forget F --calibration C [--retain R]`: your model against
+    the estimate made from your Original and held-out images; no Re-train anywhere."""
+    from ..audit_free import residual_free
+    from ..estimate import check_images
+
+    if args.scenario is not None:
+        raise ConfigError(f"give a scenario ({args.scenario!r}) or --arch, not both")
+    needs = [f"--{f}" for f in ("unlearned", "original", "forget", "calibration") if not getattr(args, f)]
+    if needs:
+        raise ConfigError(f"--arch without Re-train needs {', '.join(needs)} (e.g. --unlearned m.safetensors "
+                          "--original o.safetensors --forget forget.npz --calibration held-out.npz)")
+    for flag in ("method", "set", "data_dir", "tuned", "seed"):
+        if getattr(args, flag, None) not in (None, []):
+            raise ConfigError(f"--{flag.replace('_', '-')} needs a scenario; with --arch the audit settings come "
+                              "from --probe, --taus, --draws, --bootstrap and --noise-seed")
+    if args.test or args.robust:
+        raise ConfigError("--robust and --test are for the audit against a reference (give --reference)")
+    spec = audit_settings(Scenario(), _audit_options(args, RunOptions(), Scenario()))
+    if spec.make_probe().adversarial:
+        raise ConfigError(f"--probe = {spec.make_probe().name!r} without Re-train: expected a random probe "
+                          "(gaussian, uniform-linf, uniform-l2); the estimate of Re-train is made for random copies")
+    norm = parse_normalize(args.normalize) if args.normalize else None
+    forget = load_samples(args.forget, "--forget")
+    calib = load_samples(args.calibration, "--calibration")
+    retain = load_samples(args.retain, "--retain") if args.retain else None
+    check_images(forget, calib)
+    sets = {"forget": forget, "calibration": calib, **({"retain": retain} if retain is not None else {})}
+    device = pick_device(args.device)
+
+    def load(path: str, what: str):
+        model = load_checkpoint(build_user_model(args.arch), path).to(device)
+        model = with_normalization(model, forget.x.shape[1:], *norm) if norm else model
+        for k, data in sets.items():
+            n_out = check_model_fits(model, data, f"the {what} model", f"--{k}")
+        return model.eval(), n_out
+
+    (m, n_m), (o, n_o) = load(args.unlearned, "unlearned"), load(args.original, "original")
+    if n_m != n_o:
+        raise ValueError(f"the unlearned model has {n_m} outputs but the original has {n_o}")
+    seed = spec.noise_seed if spec.noise_seed is not None else 0
+    res = residual_free(m, o, forget, calib, num_classes=n_m, retain=retain, spec=spec, seed=seed)
+    _free_write(res, Path(args.out), m, forget, spec.make_probe(), name=_checkpoint_name(args.unlearned),
+                scenario=None, seed=seed, args=args, arch=args.arch, forget_file=str(args.forget),
+                original_file=str(args.original), calibration_file=str(args.calibration),
+                retain_file=None if retain is None else str(args.retain))

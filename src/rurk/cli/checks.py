@@ -167,8 +167,18 @@ def _check_args(args) -> None:
     for name, (parse, expected) in lists.items():
         if isinstance(given(name), str):
             setattr(args, name, _items(f"--{name.replace('_', '-')}", given(name), parse, expected))
-    for name in ("unlearned", "reference"):
-        if given(name) is not None:
+    if isinstance(given("reference"), list):  # `rurk audit --reference` may be given once: a file, or none
+        if len(args.reference) > 1:
+            raise _refuse("--reference", args.reference, "one reference: a .safetensors file, or none to audit without "
+                                                         "Re-train (not both)")
+        args.reference = args.reference[0]
+    if given("reference") == "none":
+        for flag in ("robust",):
+            if given(flag):
+                raise ConfigError(f"--{flag} with --reference none: expected a reference model (--{flag} compares the "
+                                  "audited model with it)")
+    for name in ("unlearned", "reference", "original"):
+        if given(name) is not None and given(name) != "none":
             _check_checkpoint(f"--{name}", given(name))
     if given("out") is not None and not given("arch"):
         _check_store(args.out)

@@ -74,7 +74,14 @@ def _audit_parser(c) -> None:
     c.add_argument("--forget", default=None, metavar="FILE.npz|DIR", help="with --arch: the forget set (see below)")
     c.add_argument("--normalize", default=None, metavar="MEAN,STD",
                    help="with --arch: normalise [0, 1] inputs for the model, e.g. 0.5,0.25 or 0.49,0.48,0.45:0.25,0.24,0.26")
-    c.add_argument("--retain", default=None, metavar="FILE.npz|DIR", help="with --arch --robust: retain samples")
+    c.add_argument("--retain", default=None, metavar="FILE.npz|DIR",
+                   help="with --arch: retain samples (--robust; without Re-train, they make the estimate better)")
+    c.add_argument("--original", default=None, metavar="FILE.safetensors",
+                   help="with --arch, without --reference: the model before unlearning, whose accuracy on --calibration "
+                        "estimates Re-train's")
+    c.add_argument("--calibration", default=None, metavar="FILE.npz|DIR",
+                   help="with --arch, without --reference: held-out images of the forget set's classes that no model "
+                        "trained on (at least 30 per class)")
     c.add_argument("--test", default=None, metavar="FILE.npz|DIR", help="with --arch --robust: test samples")
     c.add_argument("--gallery", type=int, default=16, metavar="K",
                    help="samples in each group of the leak gallery leaks-<probe>.png [default: 16]")
@@ -150,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--unlearned", default=None,
                    help="a .safetensors file of the audited model: the scenario's architecture (default: Original), "
                         "or with --arch the factory's")
-    c.add_argument("--reference", default=None,
+    c.add_argument("--reference", action="append", default=None, metavar="FILE.safetensors|none",
                    help="a .safetensors file of the reference: the scenario's architecture (default: Re-train), "
-                        "or with --arch the factory's (required)")
+                        "or with --arch the factory's; none: audit without Re-train, against the estimate of its "
+                        "accuracy (needs the calibration set: the scenario's, or --original and --calibration)")
     audit_args(c)
     c.add_argument("--tuned", default=None, help="with --method: TOML of tuned method values, or 'none'")
 
