@@ -259,3 +259,11 @@ def test_your_own_model_without_retrain_needs_its_files(user_files, tmp_path, ca
     argv = user_argv(user_files, tmp_path)
     i = argv.index("--calibration")
     refused(capsys, argv[:i] + argv[i + 2:] + ["--reference", "none"], "--arch without Re-train needs --calibration")
+
+
+def test_no_verdict_beyond_the_validated_largest_tau():
+    est = RetrainEstimate([0.1, 0.2], np.array([0.8, 0.7]), np.array([0.76, 0.66]), np.array([0.84, 0.74]),
+                          "retain", {}, np.array([0.0, 0.0]), np.array([0.04, 0.04]))
+    low, high = free_taus(np.array([0.95, 0.95]), est)
+    assert low.verdict == "residual knowledge" and high.verdict == "no verdict"
+    assert f"> {E.VERDICT_MAX_TAU:g}" in high.reason and high.r_free == pytest.approx(0.95 / 0.7)

@@ -49,14 +49,21 @@ from .data.tensordata import TensorData
 from .store import write_json
 
 #: The estimator's validated error (RMSE against Re-train's accuracy on the forget copies, points) per τ, with and
-#: without the retain set, from ``bench/free_estimate.py`` on the tuning-side forget sets (see the README's
-#: "Auditing without Re-train" table); between grid τ linear, beyond the largest none (no interval, no verdict).
+#: without the retain set: ``bench/free_estimate.py --validated`` on fmnist5's nine tuning-side forget sets (split
+#: seeds 1-4 and 7-11, run seed 1), never on a forget set the validation or the README reports. Between grid τ
+#: linear, beyond the largest none (no interval, no verdict). Measured on fmnist5 only: on other data the
+#: interval's width is an assumption, and the audit's notes say so.
 VALIDATED = {
-    "retain": {0.0: 3.4, 0.01: 3.4, 0.02: 3.4, 0.03: 3.4, 0.05: 3.5, 0.1: 3.8, 0.2: 3.6, 0.3: 5.6},
-    "no_retain": {0.0: 6.6, 0.01: 6.7, 0.02: 6.7, 0.03: 6.8, 0.05: 6.9, 0.1: 7.0, 0.2: 7.6, 0.3: 9.1},
+    "retain": {0.0: 3.9, 0.01: 3.8, 0.02: 3.8, 0.03: 3.8, 0.05: 3.8, 0.1: 3.7, 0.2: 3.6, 0.3: 5.3},
+    "no_retain": {0.0: 5.6, 0.01: 5.6, 0.02: 5.6, 0.03: 5.6, 0.05: 5.8, 0.1: 5.8, 0.2: 6.1, 0.3: 8.0},
 }
 #: calibration images of a class below which the estimate is allowed only with a warning (and a wider interval)
 MIN_CALIB = 30
+#: the largest τ with verdicts: on fmnist5's twelve validation cells (bench/free_validate.py) the estimate's error
+#: at τ ≤ 0.1 is 2.9–3.6 points and its interval covers Re-train in 12/12 (11/12 at 0.1), every conclusive verdict
+#: there right; at τ = 0.2 and 0.3 it is 6 and 11 points (Re-train's accuracy on heavy noise varies from seed to
+#: seed far more than Original shows), the interval covers 7/12 and 8/12 and 19 verdicts were wrong (decision)
+VERDICT_MAX_TAU = 0.1
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,9 @@ class RetrainEstimate:
         """Why τ number ``i`` gets no verdict (None when it may)."""
         if not np.isfinite(self.validated_half[i]):
             return f"τ = {self.taus[i]:g} lies beyond the validated grid (≤ {max(VALIDATED[self.mode]):g})"
+        if self.taus[i] > VERDICT_MAX_TAU + 1e-12:
+            return (f"τ = {self.taus[i]:g} > {VERDICT_MAX_TAU:g}: there the estimate's error on forget sets that chose "
+                    "nothing is 6–11 points and its interval misses Re-train too often (bench/free_validate.py)")
         return None
 
     @classmethod

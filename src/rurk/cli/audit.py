@@ -207,6 +207,9 @@ def _free_write(res, out: Path, m, forget, probe, *, name: str, scenario: str | 
 
     pr = probe.name
     stem = out / f"residual-free-{pr}"
+    if not (scenario or "").startswith("fmnist5"):
+        res.notes.append("the estimator's error that sets the interval was validated on fmnist5 only "
+                         "(rurk.estimate.VALIDATED): on other data the interval's width, and so the verdicts, assume it")
     res.write_json(f"{stem}.json", scenario=scenario, seed=seed, method=name, reference="none (estimate)", **meta)
     res.write_csv(f"{stem}.csv")
     where = f"{scenario}: " if scenario else ""
