@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rurk.claims import ACC_TOL, FAILS, HOLDS, INCONCLUSIVE, ONE_SEED, R_TOL, check_claims, interval
-from rurk.config import RelearnConfig
+from rurk.config import ConfigError, RelearnConfig
 from rurk.data.tensordata import TensorData
 from rurk.experiment import SeedResult
 from rurk.methods import UnlearnData, unlearn
@@ -172,12 +172,14 @@ def test_rurk_probe_params_reach_the_probe():
         make_perturb(RURKConfig(probe="pgd", probe_params={"alpha": -1.0}), SEED, "cpu", 3)
 
 
-def test_zero_epochs_leave_the_model_unchanged():
+def test_zero_epochs_or_lr_are_refused_naming_the_value():
+    """0 epochs or lr 0 leave the model as Original: a row identical to Original's, once reported without a word."""
     d, original = tiny_data(), Softmax()
     for name in ("rurk", "neggrad_plus"):
-        model, rec = unlearn(name, original, d, SEED, preset="paper", overrides={"epochs": 0})
-        assert rec.steps == 0 and not rec.diverged
-        assert torch.equal(model.lin.weight, original.lin.weight)
+        for overrides, match in (({"epochs": 0}, "epochs = 0: expected an integer >= 1"),
+                                 ({"lr": 0.0}, "lr = 0.0: expected a finite number > 0")):
+            with pytest.raises(ConfigError, match=match):
+                unlearn(name, original, d, SEED, preset="paper", overrides=overrides)
 
 
 def test_by_default_the_forget_pass_updates_batchnorm_statistics():
@@ -189,7 +191,8 @@ def test_by_default_the_forget_pass_updates_batchnorm_statistics():
     model = bn_net().train()
     objective(model, (xr, yr), (xf, yf), PerturbedBatch(xf, yf, -1.0), Weights(1.0, 0.1, 0.1))
     assert not torch.equal(model[1].running_mean, retain_only[1].running_mean)
-    cfg = RURKConfig(epochs=1, batch_size=64, lambda_f=0.0, lambda_a=0.0, lr=0.0, calibrate=False)
+    cfg = RURKConfig(epochs=1, batch_size=64, lambda_f=0.0, lambda_a=0.0, calibrate=False)
+    object.__setattr__(cfg, "lr", 0.0)  # refused for users (it leaves the model as Original); here it isolates BN
     runs = {}
     for key, kw in (("default", {}), ("frozen", {"bn_update_on_forget": False})):
         m = bn_net()

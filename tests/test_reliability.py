@@ -103,7 +103,7 @@ def test_a_failed_cell_ends_the_run_with_exit_1_and_is_reported_again(tmp_path, 
 
 def test_bad_method_settings_are_refused_before_any_training(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("trained before validating"))
-    for extra, match in ((["--set", "methods.gd.lr=-1"], "methods.gd: optim.lr = -1.0: expected a number >= 0"),
+    for extra, match in ((["--set", "methods.gd.lr=-1"], "methods.gd: lr = -1.0: expected a finite number > 0"),
                          (["--set", "methods.rurk.tau=-1"], "tau = -1.0"),
                          (["--methods", "gd,nope"], "unknown method 'nope'"),
                          (["--set", "train.epochz=1"], "unknown setting 'train.epochz'")):

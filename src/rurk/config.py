@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,6 +209,12 @@ class SeedConfig:
 #: samples = 80 MB); 10^8 died of MemoryError after training. 1,000 (the default) already fixes a 95% interval to
 #: a few tenths of a percent.
 MAX_BOOTSTRAP = 100_000
+#: The most perturbed copies per forget sample an audit takes. An accuracy over c copies has a standard error of at
+#: most 0.5/sqrt(c), 0.0016 at 100,000 (the paper uses 100), far inside the bootstrap interval over the samples; and
+#: the copies of one block of 16 samples already take 16 x 100,000 x 784 x 4 bytes = 5 GB per buffer on 28x28
+#: images (rurk.audit.audit_memory; the forget set's own bound is checked once its size is known). 10^7 died of
+#: MemoryError after Original and Re-train were trained.
+MAX_DRAWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,7 @@ class AuditConfig:
     def __post_init__(self):
         for name, ok, expected in (
                 ("bootstrap", 0 <= self.bootstrap <= MAX_BOOTSTRAP, f"an integer from 0 to {MAX_BOOTSTRAP}"),
+                ("draws", 1 <= self.draws <= MAX_DRAWS, f"an integer from 1 to {MAX_DRAWS}"),
                 ("noise_seed", self.noise_seed is None or self.noise_seed >= 0, "an integer >= 0 or unset")):
             if not ok:
                 raise ConfigError(f"audit.{name} = {getattr(self, name)!r}: expected {expected}")
@@ -243,7 +252,7 @@ class RelearnConfig:
     eta: float = 0.05  # paper
 
     def __post_init__(self):
-        for name, ok, expected in (("lr", self.lr >= 0, "a number >= 0"), ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+        for name, ok, expected in (("lr", math.isfinite(self.lr) and self.lr >= 0, "a finite number >= 0"), ("batch_size", self.batch_size >= 1, "an integer >= 1"),
                                    ("max_epochs", self.max_epochs >= 0, "an integer >= 0"), ("eta", self.eta >= 0, "a number >= 0")):
             if not ok:
                 raise ValueError(f"relearn.{name} = {getattr(self, name)!r}: expected {expected}")
@@ -268,15 +277,54 @@ class Scenario:
     tuned: str | None = None  # TOML of tuned per-method values (from `rurk tune`), relative to the package
 
     def __post_init__(self):
-        # OptimConfig allows 0 epochs (a method may skip its fine-tuning) but Original and Re-train are trained from
-        # scratch (or from the pre-trained model): 0 epochs gave untrained references and a report of chance numbers
-        for key, recipe in (("train", self.train), ("retrain", self.retrain_optim())):
+        # the name is a folder under --out (OUT/NAME/ holds the report): "../x" or "a/b" wrote outside --out
+        if not _plain_name(self.name):
+            raise ConfigError(f"name = {self.name!r}: expected a plain file-name component (no '/' or '\\', no "
+                              "leading '.', no surrounding spaces): it names the report's folder under --out")
+        # OptimConfig allows 0 epochs and lr 0 (the re-learn metric's loop may) but Original and Re-train are trained
+        # from scratch (or from the pre-trained model): 0 epochs gave untrained references and a report of chance
+        # numbers, lr 0 the same after a whole training run
+        recipes = [("train", self.train), ("retrain", self.retrain_optim())]
+        if self.pretrain.dataset:
+            recipes.append(("pretrain.optim", self.pretrain.optim))
+        for key, recipe in recipes:
             if recipe.epochs < 1:
                 raise ConfigError(f"{key}.epochs = {recipe.epochs}: expected an integer >= 1 (the references "
                                   "are trained for it)")
+            if not recipe.lr > 0:
+                raise ConfigError(f"{key}.lr = {recipe.lr!r}: expected a finite number > 0 (the references are "
+                                  "trained with it)")
 
     def retrain_optim(self) -> OptimConfig:
         return from_dict(OptimConfig, merge(to_dict(self.train), self.retrain), prefix="retrain")
+
+
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` is one plain path component: not empty, no separator, not hidden or a parent reference."""
+    return (bool(name) and name == name.strip() and not name.startswith(".") and "/" not in name
+            and "\\" not in name and "\0" not in name and len(name) <= 200)
+
+
+def read_toml(path: str | Path, what: str) -> dict:
+    """A TOML file as a dict; a syntax error (or a file that cannot be read as one) is one line naming the file and
+    the line: ``<what> = '<path>': expected a TOML file, but line L, column C: ...``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} = {str(path)!r}: expected a TOML file (it is a directory)")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        where = "but "
+        if m := re.search(r"\(at line (\d+), column (\d+)\)$", msg):
+            where, msg = f"but at line {m.group(1)}, column {m.group(2)}: ", msg[: m.start()].rstrip()
+        elif m := re.search(r"\(at end of document\)$", msg):
+            where, msg = "but at the end of the file: ", msg[: m.start()].rstrip()
+        raise ConfigError(f"{what} = {str(path)!r}: expected a TOML file, {where}{msg}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} = {str(path)!r}: expected a TOML file, but it is not UTF-8 text ({e.reason} at "
+                          f"byte {e.start})") from None
 
 
 def scenario_dir() -> Path:
@@ -295,12 +343,14 @@ def list_scenarios() -> dict[str, str]:
 def load_scenario(name_or_path: str | Path, overrides: dict | None = None) -> Scenario:
     """Load a shipped scenario by name, or a TOML file by path, applying ``overrides`` (nested dict)."""
     path = Path(name_or_path)
+    if path.is_dir():  # `rurk run /tmp/somedir`
+        raise ConfigError(f"scenario = {str(name_or_path)!r}: expected a shipped scenario's name or a .toml file (it is "
+                          "a directory)")
     if not (path.suffix == ".toml" and path.exists()):
         path = scenario_dir() / f"{name_or_path}.toml"
         if not path.exists():
             known = ", ".join(list_scenarios())
             raise ConfigError(f"unknown scenario {str(name_or_path)!r}; shipped scenarios: {known} (or pass a .toml path)")
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    raw = read_toml(path, "scenario")
     raw.setdefault("name", path.stem)
     return from_dict(Scenario, merge(raw, overrides or {}))

@@ -28,6 +28,13 @@ from .torchutil import model_device, predict, to_layout
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+#: The most epochs a training run may be asked for. The loop plans every epoch's step count up front (a Python list,
+#: one entry per epoch), so 10^11 epochs died of MemoryError only once Original's training began; no recipe needs
+#: more than a few hundred (the shipped scenarios: 200 at most), and 100,000 epochs of the smallest shipped data
+#: (digits5, 4 steps) would already take days on a CPU.
+MAX_EPOCHS = 100_000
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimiser and schedule of one training run (Original/Re-train recipes and every fine-tuning method)."""
@@ -49,8 +56,8 @@ class OptimConfig:
     def __post_init__(self):
         checks = [
             (self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'"),
-            (self.lr >= 0, "lr", "a number >= 0"),
-            (self.epochs >= 0, "epochs", "an integer >= 0"),
+            (math.isfinite(self.lr) and self.lr >= 0, "lr", "a finite number >= 0"),
+            (0 <= self.epochs <= MAX_EPOCHS, "epochs", f"an integer from 0 to {MAX_EPOCHS}"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.schedule in ("constant", "cosine"), "schedule", "'constant' or 'cosine'"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "an integer >= 1 or unset"),

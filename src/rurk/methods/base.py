@@ -119,6 +119,13 @@ class FinetuneConfig:
     forget_term: ClassVar[bool] = False
 
     def __post_init__(self):
+        # lr 0 or 0 epochs leave the model as Original: a row identical to Original's, reported as a method's, without
+        # a word (the optimiser's own config allows both; a method is asked to change the model)
+        if not 0 < self.lr < float("inf"):  # nan fails both comparisons
+            raise ValueError(f"lr = {self.lr!r}: expected a finite number > 0 (lr 0 leaves the model as Original)")
+        if not self.epochs >= 1:
+            raise ValueError(f"epochs = {self.epochs!r}: expected an integer >= 1 (0 epochs leave the model as "
+                             "Original)")
         if self.calibrate and not self.forget_term:
             raise ValueError(f"calibrate = true: {type(self).__name__} has no forget term for the rule to stop on "
                              "(use it with rurk, neggrad_plus, ga, scrub, rl, salun, bad_teacher or jit)")
