@@ -26,8 +26,10 @@ k = c * 1[pred = y] (the *tau = 0 shortcut*).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import time
 from contextlib import contextmanager, nullcontext
 import dataclasses
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 
 from .config import PAPER_TAUS
+from .store import atomic_write
 from .train import progress_enabled
 from .torchutil import in_format, require_finite
 from .perturb import CRAFT_ON, Draw, Probe, block_generator, derive_seed, eval_mode, make_probe, module_device
@@ -61,6 +64,37 @@ STAT_FIELDS = (
     "disagreement",
 )
 _COUNT_FIELDS = ("n_used", "n_both_zero", "n_unbounded")
+
+
+def audit_memory(spec: "AuditSpec", n: int, sample_shape: Sequence[int]) -> int:
+    """Bytes an audit of ``n`` forget samples of ``sample_shape`` holds at once, at least: one group of noise blocks
+    — ``min(n, block_size)`` samples x ``draws`` copies, held as the copies, their noise and the perturbed batch
+    being built (float32, and a spare for the clamp) — plus the reference model's predictions on every copy at
+    every tau, which the rows of a seed share (int64)."""
+    pixels = math.prod(int(d) for d in sample_shape)
+    copies = min(int(n), int(spec.block_size)) * int(spec.draws)
+    return 4 * copies * pixels * 4 + int(n) * int(spec.draws) * len(spec.taus) * 8
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_audit_memory(spec: "AuditSpec", n: int, sample_shape: Sequence[int], what: str = "--draws") -> None:
+    """Refuse (ValueError, one line naming ``what``) an audit whose copies cannot fit this machine's memory:
+    ``--draws 10000000`` on digits5 asked for 160 GB and died of MemoryError once Original and Re-train were
+    trained. Called as soon as the forget set's size and image shape are known, before any model is trained."""
+    need, have = audit_memory(spec, n, sample_shape), machine_memory()
+    if have is not None and need > have:
+        shape = "x".join(str(int(d)) for d in sample_shape)
+        raise ValueError(f"{what} = {spec.draws}: expected fewer copies: the audit of {n} forget samples of shape "
+                         f"{shape} at {len(spec.taus)} taus needs about {need / 1e9:.1f} GB at once ({spec.draws} "
+                         f"copies of min({n}, {spec.block_size}) samples, 4 float32 buffers, and the reference's "
+                         f"predictions on every copy), this machine has {have / 1e9:.1f} GB")
 
 
 def default_batch_size(device, adversarial: bool = False) -> int:
@@ -303,13 +337,13 @@ class AuditResult:
         """The per-sample table as CSV (``r`` written as ``inf`` for unbounded, ``d`` empty when the
         models saw different copies)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cols = ["index", "label", "tau", "k_m", "k_a", "d", "r", "leak"]
-        with path.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            for row in self.rows():
-                w.writerow(["" if row[k] is None else row[k] for k in cols])
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(cols)
+        for row in self.rows():
+            w.writerow(["" if row[k] is None else row[k] for k in cols])
+        atomic_write(path, buf.getvalue().encode())  # never a truncated file (a full disk, a killed run)
         return path
 
     def top_leaks(self, n: int = 10, tau: float | None = None) -> list[dict[str, Any]]:
@@ -385,8 +419,7 @@ class AuditResult:
 
     def write_json(self, path, **kwargs) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(**kwargs), indent=2) + "\n")
+        atomic_write(path, (json.dumps(self.to_json(**kwargs), indent=2) + "\n").encode())
         return path
 
 

@@ -315,9 +315,17 @@ def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData,
     key = _fingerprint(retain, forget, calib)
     path = None if cache_dir is None else Path(cache_dir) / f"difficulty-shift-{key[:20]}.json"
     if key not in _SHIFTS and path is not None and path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("sets") == key:
-            _SHIFTS[key] = {int(k): float(v) for k, v in stored["shift"].items()}
+        # a damaged file (it does not parse, or lacks its fields) is treated as absent and written again, as a damaged
+        # checkpoint is: it used to fail every calibrated cell with its JSONDecodeError, --retry-failed included
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("sets") == key:
+                _SHIFTS[key] = {int(k): float(v) for k, v in stored["shift"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+            import sys
+
+            print(f"rurk: warning: {path}: damaged ({type(e).__name__}: {e}); fitting the difficulty shift again",
+                  file=sys.stderr)
     if key not in _SHIFTS:
         clf = fit_proxy(retain)
         right = lambda d: torch.from_numpy(clf.predict(_features(d))) == d.y.cpu()  # noqa: E731

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .plots import _COLORS
+from .store import atomic_output
 
 
 def agg_figure(width_in: float, height_in: float, **kw):
@@ -18,9 +19,11 @@ def agg_figure(width_in: float, height_in: float, **kw):
 
 
 def save_png(fig, path, dpi: int = 120) -> Path:
+    """Save ``fig`` as ``path`` through a temporary file beside it (:func:`rurk.store.atomic_output`): a full disk
+    or a killed run never leaves a truncated PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 

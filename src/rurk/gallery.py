@@ -24,6 +24,7 @@ k_m > k_a, blue: k_m < k_a). The PNG is ``cols x 200`` px wide and ``50 + 2 x 25
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from torch import nn
 
 from .figures import agg_figure, save_png
 from .perturb import Draw, Probe, block_generator, module_device
+from .store import atomic_write
 
 DPI = 100
 TILE_PX = (200, 150)  # width, height of one sample's tile
@@ -64,9 +66,9 @@ def write_scores(res, path) -> Path:
     if res.d is not None:
         arrays["d"] = res.d.astype(np.int64)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())  # never a truncated file (a full disk, a killed run)
     return path
 
 

@@ -64,18 +64,44 @@ def _tmp_path(path: Path) -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one. A write that
+    fails (a full disk, a read-only folder) leaves no temporary file and raises an OSError naming ``path``."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a file name (a CSV writer, a plot's savefig): when
+    the block ends without error it is renamed to ``path``, so readers see either the old file or the complete new
+    one, never a truncated one; on an error it is removed. An OSError (``ENOSPC``: the disk is full) is raised
+    again naming ``path`` — the error of a failed ``write()`` names no file."""
+    path = Path(path)
     tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.filename in (None, str(tmp), tmp):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+class DamagedRecord(ValueError):
+    """A record of the store database whose JSON does not parse (the message names the record and the file)."""
 
 
 class Store:
@@ -118,8 +144,17 @@ class Store:
             ).fetchone()
         if row is None:
             return None
-        return {"kind": kind, "key": key, "scenario": row[0], "seed": row[1], "config": json.loads(row[2]),
-                "metrics": json.loads(row[3]), "timings": json.loads(row[4]), "created": row[5]}
+        values = {}
+        for column, text in zip(("config", "metrics", "timings"), row[2:5]):
+            try:
+                values[column] = json.loads(text)
+            except (TypeError, json.JSONDecodeError) as e:  # TypeError: NULL, or bytes that are not text
+                shown = text if not isinstance(text, str) or len(text) <= 40 else text[:40] + "..."
+                raise DamagedRecord(
+                    f"store record (kind {kind!r}, key {key!r}) in {self.db_path}: its {column} = {shown!r}: expected "
+                    f"JSON ({getattr(e, 'msg', e)}); delete the record to recompute it: sqlite3 {self.db_path} "
+                    f"\"DELETE FROM records WHERE kind='{kind}' AND key='{key}'\"") from None
+        return {"kind": kind, "key": key, "scenario": row[0], "seed": row[1], **values, "created": row[5]}
 
     def delete(self, kind: str, key: str) -> None:
         with self._connect() as db:
@@ -254,7 +289,31 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
              if list(header[k]["shape"]) != list(state[k].shape)]
     if wrong:
         raise ValueError(f"{path} does not fit the model: wrong shapes: {_listing(wrong)}")
+    wrong = [f"{k}: file {_DTYPES.get(header[k].get('dtype'), header[k].get('dtype'))} vs model "
+             f"{str(state[k].dtype).removeprefix('torch.')}" for k in state
+             if _kind(header[k].get("dtype")) != _kind(state[k].dtype)]
+    if wrong:  # load_state_dict casts without a word: int64 weights became whole-number floats
+        raise ValueError(f"{path} does not fit the model: wrong dtypes: {_listing(wrong)} (expected the model's kind "
+                         "of number: floating-point weights for floating-point parameters)")
     return load_weights(model, path)
+
+
+#: safetensors' dtype codes, as torch names them
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+           "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+           "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+
+
+def _kind(dtype) -> str:
+    """'float', 'int', 'bool' or 'complex' of a safetensors dtype code or a torch dtype (a float file of another
+    precision loads into a float model, cast as safetensors and torch do; an integer one into a float model does
+    not)."""
+    if isinstance(dtype, torch.dtype):
+        return ("bool" if dtype == torch.bool else "complex" if dtype.is_complex else
+                "float" if dtype.is_floating_point else "int")
+    code = str(dtype)
+    return ("bool" if code == "BOOL" else "float" if code.startswith(("F", "BF")) else
+            "complex" if code.startswith("C") else "int")
 
 
 def _listing(items: list[str], n: int = 12) -> str:

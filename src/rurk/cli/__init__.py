@@ -31,6 +31,18 @@ def _pop_threads(argv: list[str]) -> tuple[list[str], str | None]:
     return out, value
 
 
+def _os_error(e: OSError) -> str:
+    """``<path>: <what the system said> (<errno name>)`` of an OSError (the files written so far are complete: every
+    store file and audit file is written to a temporary file and renamed)."""
+    import errno
+
+    name = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
+    what = e.strerror or str(e)
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    hint = "; free some space and rerun (finished work is kept)" if e.errno == errno.ENOSPC else ""
+    return f"{paths or 'a file'}: {what}" + (f" ({name})" if name else "") + hint
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 1 some work failed (a method, a diverging training run), 2 a usage or input error,
     130 interrupted. Errors are one line; ``--debug`` (anywhere on the command line) shows the traceback."""
@@ -68,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"rurk: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only folder, a file where a folder should be: the path, in one line
+        if debug:
+            raise
+        print(f"rurk: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # CellFailed, a diverging Original/Re-train, ...
         if debug:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from ..attack_report import write_robust
 from ..attacks import RobustSettings, robust_curves, subsample
-from ..audit import residual_knowledge
+from ..audit import check_audit_memory, residual_knowledge
 from ..config import ConfigError, Scenario
 from ..experiment import RunOptions, audit_settings, unlearned_model
 from ..gallery import write_per_sample
 from ..metric_specs import cell_failure
 from ..pipeline import load_run_model, pick_device, prepare, reference_models
 from ..plots import plot_residual_curves
-from ..store import Store, load_checkpoint
+from ..store import Store, atomic_output, load_checkpoint
 from ..usermodel import (
     build_user_model,
     check_model_fits,
@@ -48,6 +48,7 @@ def cmd_audit(args) -> None:
     robust = _robust_settings(args)
     store = Store(args.out)
     prepared = prepare(scenario, store)
+    _check_memory(spec, prepared)  # before any model is trained
     seed = _seeds(args, scenario)[0]
     refs = reference_models(scenario, prepared, seed, store, device=args.device)
 
@@ -78,6 +79,14 @@ def cmd_audit(args) -> None:
                      scenario=scenario.name, num_classes=prepared.num_classes, robust=robust, robust_sets=sets)
 
 
+def _check_memory(spec, prepared) -> None:
+    """The audit's copies of the scenario's forget set fit this machine's memory
+    (:func:`rurk.audit.check_audit_memory`)."""
+    f = prepared.data.forget
+    n = len(f) if spec.max_forget is None else min(len(f), spec.max_forget)
+    check_audit_memory(spec, n, tuple(f.x.shape[1:]))
+
+
 def audit_dir(out: str | Path, scenario: str, seed: int, name: str) -> Path:
     """Where `rurk audit SCENARIO` writes: OUT/SCENARIO/audits/seed-S/NAME/, beside (never inside) the run's
     seed-S/NAME/ folders. A later standalone audit of the same model replaces the earlier one's files; a run's
@@ -103,6 +112,7 @@ def _audit_user_model(args) -> None:
     robust = _robust_settings(args)
     norm = parse_normalize(args.normalize) if args.normalize else None
     forget = load_samples(args.forget, "--forget")
+    check_audit_memory(spec, len(forget), tuple(forget.x.shape[1:]))  # before the models are loaded
     sets = {"forget": forget, **{k: load_samples(getattr(args, k), f"--{k}") for k in ("retain", "test")
                                  if getattr(args, k)}}
     device = pick_device(args.device)
@@ -211,7 +221,8 @@ def _free_write(res, out: Path, m, forget, probe, *, name: str, scenario: str | 
         res.notes.append("the estimator's error that sets the interval was validated on fmnist5 only "
                          "(rurk.estimate.VALIDATED): on other data the interval's width, and so the verdicts, assume it")
     res.write_json(f"{stem}.json", scenario=scenario, seed=seed, method=name, reference="none (estimate)", **meta)
-    res.write_csv(f"{stem}.csv")
+    with atomic_output(f"{stem}.csv") as tmp:  # never a truncated CSV (a full disk, a killed run)
+        res.write_csv(tmp)
     where = f"{scenario}: " if scenario else ""
     plot_free_curve(res, f"{stem}.png", title=f"{where}{name} without Re-train ({pr} probe, c = {res.c}, seed {seed})")
     per_class = {int(k): np.asarray(v["estimate"]) for k, v in res.estimate.classes.items()}
@@ -248,6 +259,7 @@ def _audit_scenario_free(args) -> None:
                           "(gaussian, uniform-linf, uniform-l2); the estimate of Re-train is made for random copies")
     store = Store(args.out)
     prepared = prepare(scenario, store)
+    _check_memory(spec, prepared)
     d = prepared.data
     if d.calib is None or not len(d.calib):
         raise ConfigError(f"{scenario.name} has no calibration set (forget.calibration = 0): the audit without "
@@ -309,6 +321,7 @@ def _audit_user_free(args) -> None:
                           "(gaussian, uniform-linf, uniform-l2); the estimate of Re-train is made for random copies")
     norm = parse_normalize(args.normalize) if args.normalize else None
     forget = load_samples(args.forget, "--forget")
+    check_audit_memory(spec, len(forget), tuple(forget.x.shape[1:]))
     calib = load_samples(args.calibration, "--calibration")
     retain = load_samples(args.retain, "--retain") if args.retain else None
     check_images(forget, calib)
