@@ -9,6 +9,7 @@ The per-seed records are then aggregated by :mod:`rurk.report`.
 
 from __future__ import annotations
 
+import difflib
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from torch import nn
 
 from . import metrics as M
 from .attacks import RelearnCurveSettings, RobustSettings, relearn_curve, robust_curves, subsample
-from .audit import AuditSpec, ReferencePredictions, audit_spec, residual_knowledge
+from .audit import AuditSpec, ReferencePredictions, audit_spec, check_audit_memory, residual_knowledge
 from .audit_free import estimate_spec
 from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .dryrun import ProbeStore
@@ -56,9 +57,35 @@ class RunOptions:
     retry_failed: bool = False  # run again the cells an earlier run recorded as failed or diverged
 
 
+def check_method_tables(methods: dict, source: str | None = None) -> None:
+    """Every ``[methods.NAME]`` table (of a scenario file, ``--set methods.NAME.KEY=VALUE`` or a tuned file, named
+    by ``source`` in the error) names a registered method: a typo (``neggradplus``) used to be accepted and ignored,
+    the method run with its defaults (exit code 0). Unknown keys inside a known method's table are refused when its
+    config is built (:func:`check_method_configs`)."""
+    registry, where = load_all(), f"{source}: " if source else ""
+    for name, table in methods.items():
+        if name not in registry:
+            close = difflib.get_close_matches(name, list(registry), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{where}methods.{name} = {table!r}: expected a table named after a method ({hint}"
+                              f"known: {', '.join(sorted(registry))})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}methods.{name} = {table!r}: expected a table of the method's settings")
+
+
+def check_method_configs(scenario: Scenario) -> None:
+    """Every ``[methods.*]`` table of the scenario (its own, tuned values and ``--set`` overrides) names a registered
+    method and builds a valid config for it — not only the tables of the methods this command runs: a typo in another
+    method's table is refused too, before any work."""
+    check_method_tables(scenario.methods)
+    for name in scenario.methods:
+        _config(scenario, name, {})
+
+
 def method_names(scenario: Scenario, opts: RunOptions) -> list[str]:
     """The rows to run: method names or command-line variants (``rurk:lambda_f=0``), each validated (method
     exists, keys and values valid for its config, after presets and tuning) before any work starts."""
+    check_method_configs(scenario)
     registry = load_all()
     names = opts.methods or scenario.run_methods or sorted(registry)
     if "all" in names:  # `--methods all,rurk:lambda_f=0`: every registered method, then the variants
@@ -76,17 +103,42 @@ def method_config(scenario: Scenario, name: str):
     table (tuned values and `--set methods.NAME.key=value` overrides), then the variant's own values."""
     base, variant = parse_variant(name)
     try:
-        cfg = get_method(base).config(scenario.preset, merge(scenario.methods.get(base, {}), variant))
+        cfg = _config(scenario, base, variant)
         if isinstance(cfg, FinetuneConfig):
-            try:
-                cfg.optim()  # the optimiser fields (lr >= 0, ...) are checked now, not when the method starts
-            except ValueError as e:
-                raise ConfigError(f"methods.{base}: {e}") from None
+            _check_calibration(scenario, base, cfg)
         return cfg
     except ConfigError as e:
         if not variant:
             raise
         raise ConfigError(f"method variant {name!r}: {e}") from None
+
+
+def _config(scenario: Scenario, base: str, variant: dict):
+    """Method ``base``'s config: its preset, the scenario's [methods.BASE] table, then ``variant``'s values."""
+    cfg = get_method(base).config(scenario.preset, merge(scenario.methods.get(base, {}), variant))
+    if isinstance(cfg, FinetuneConfig):
+        try:
+            cfg.optim()  # the optimiser fields (lr >= 0, ...) are checked now, not when the method starts
+        except ValueError as e:
+            raise ConfigError(f"methods.{base}: {e}") from None
+    return cfg
+
+
+def _check_calibration(scenario: Scenario, name: str, cfg: FinetuneConfig) -> None:
+    """Calibrated stopping (``calibrate = true``) needs held-out images of the forget class, which only a scenario
+    with ``forget.kind = 'sample'`` and ``forget.calibration > 0`` has: the method used to refuse only when it
+    started, after Original and Re-train were trained, and its row was recorded as failed."""
+    if not cfg.calibrate:
+        return
+    f = scenario.forget
+    if f.kind == "sample" and f.calibration > 0:
+        return
+    why = ("forget.kind = 'class': Re-train's accuracy on a forgotten class is 0, which held-out images cannot "
+           "estimate" if f.kind == "class" else
+           "forget.kind = 'file': a forget file names no class to hold images out of" if f.kind == "file" else
+           "forget.calibration = 0: no held-out images of the forget class")
+    raise ConfigError(f"methods.{name}.calibrate = true: expected false with {why} (run {name}:calibrate=false, or "
+                      f"--set methods.{name}.calibrate=false)")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -142,7 +194,7 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
              opts: RunOptions, out_dir: Path, *, spec: AuditSpec | None = None, progress: bool | None = None,
              log=print) -> SeedResult:
     spec = spec or audit_settings(scenario, opts)
-    refs = reference_models(scenario, prepared, seed, store, device=opts.device, progress=progress)
+    refs = reference_models(scenario, prepared, seed, store, device=opts.device, progress=progress, log=log)
     base = _base_cell(prepared, refs, seed)
     original_loss = M.mean_ce(refs.original, prepared.data.forget)
     metrics, residual, records = {}, {}, {}
@@ -381,6 +433,8 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
     spec = audit_settings(scenario, opts)
     store = Store(out)
     prepared = prepare(scenario, store)
+    f = prepared.data.forget  # the audit's copies fit this machine's memory: checked before any model is trained
+    check_audit_memory(spec, len(f) if spec.max_forget is None else min(len(f), spec.max_forget), tuple(f.x.shape[1:]))
     seeds = opts.seeds or list(scenario.seeds.run)
     log(f"{scenario.name}: |S_r|={len(prepared.data.retain)} |S_f|={len(prepared.data.forget)} "
         f"|test|={len(prepared.data.test)}; seeds {seeds}; methods {', '.join(names)}; probe {spec.probe}")

@@ -10,6 +10,8 @@ seed), so a second run with the same settings trains nothing.
 from __future__ import annotations
 
 import copy
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,10 +164,11 @@ def reference_keys(scenario: Scenario, prepared: Prepared, seed: int) -> dict[st
 def reference_model(kind: str, scenario: Scenario, prepared: Prepared, seed: int, store: Store, *,
                     device: str | torch.device = "auto", progress: bool | None = None,
                     pretrained: tuple[nn.Module | None, str | None] = (None, None),
-                    wait: bool = True) -> tuple[nn.Module | None, str]:
+                    wait: bool = True, log=None) -> tuple[nn.Module | None, str]:
     """Train or reuse one reference model (``kind`` = original or retrain; ``pretrained`` = the
     (network, key) of :func:`pretrained_model` when the scenario pre-trains). Returns (model, key); with
-    ``wait=False`` a model another process is training right now is not waited for: (None, key)."""
+    ``wait=False`` a model another process is training right now is not waited for: (None, key). ``log`` (a
+    callable taking one line) hears when a model starts training and when it is done, with its seconds."""
     device = pick_device(device) if isinstance(device, str) else device
     mean, std, common = _reference_common(scenario, prepared, seed)
     train_set, recipe = _reference_recipe(kind, scenario, prepared.data)
@@ -179,9 +182,23 @@ def reference_model(kind: str, scenario: Scenario, prepared: Prepared, seed: int
         if not held:
             return None, key
         if store.load_model(key, model) is None:
-            _train_reference(kind, key, model, train_set, recipe, scenario, prepared, seed, store, mean, std,
-                             progress)
+            with _announced(log, seed, kind):
+                _train_reference(kind, key, model, train_set, recipe, scenario, prepared, seed, store, mean, std,
+                                 progress)
     return model.eval(), key
+
+
+@contextmanager
+def _announced(log, seed: int, kind: str):
+    """One line when a reference model starts training and one when it is done (with its wall time), through ``log``:
+    on a busy machine the demo printed nothing for minutes while its references trained."""
+    if log is None:
+        yield
+        return
+    log(f"  seed {seed} {kind}: training")
+    t0 = time.perf_counter()
+    yield
+    log(f"  seed {seed} {kind}: trained in {time.perf_counter() - t0:.1f} s")
 
 
 def _train_reference(kind, key, model, train_set, recipe, scenario, prepared, seed, store, mean, std, progress):
@@ -200,11 +217,12 @@ def _train_reference(kind, key, model, train_set, recipe, scenario, prepared, se
 
 
 def pretrained_model(scenario: Scenario, prepared: Prepared, seed: int, store: Store, *,
-                     device: str | torch.device = "auto", progress: bool | None = None) -> tuple[nn.Module, str]:
+                     device: str | torch.device = "auto", progress: bool | None = None,
+                     log=None) -> tuple[nn.Module, str]:
     """Train or reuse the scenario's pre-trained network (with its fresh head); (model, key)."""
     device = pick_device(device) if isinstance(device, str) else device
     mean, std, common = _reference_common(scenario, prepared, seed)
-    return _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress)
+    return _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress, log)
 
 
 def reference_models(
@@ -215,13 +233,16 @@ def reference_models(
     *,
     device: str | torch.device = "auto",
     progress: bool | None = None,
+    log=None,
 ) -> References:
-    """Train or reuse the pre-trained network (if the scenario has one), Original and Re-train."""
+    """Train or reuse the pre-trained network (if the scenario has one), Original and Re-train (``log``: see
+    :func:`reference_model`)."""
     device = pick_device(device) if isinstance(device, str) else device
     pretrained, pre_key = None, None
     if scenario.pretrain.dataset:
-        pretrained, pre_key = pretrained_model(scenario, prepared, seed, store, device=device, progress=progress)
-    kw = dict(device=device, progress=progress, pretrained=(pretrained, pre_key))
+        pretrained, pre_key = pretrained_model(scenario, prepared, seed, store, device=device, progress=progress,
+                                               log=log)
+    kw = dict(device=device, progress=progress, pretrained=(pretrained, pre_key), log=log)
     original, ok = reference_model("original", scenario, prepared, seed, store, **kw)
     retrain, rk = reference_model("retrain", scenario, prepared, seed, store, **kw)
     keys = {"original": ok, "retrain": rk}
@@ -240,7 +261,7 @@ def _accuracies(model: nn.Module, data: SplitData) -> dict[str, float]:
     }
 
 
-def _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress):
+def _pretrained(scenario, prepared, seed, store, device, mean, std, common, progress, log=None):
     """Pre-train on the whole pre-training source, then give the network a fresh head sized for the
     scenario's classes (Small CIFAR-5 protocol). ``exclude_forget`` removes S_f from pre-training
     when the pre-training source is the scenario's own source."""
@@ -253,8 +274,9 @@ def _pretrained(scenario, prepared, seed, store, device, mean, std, common, prog
     n_classes = source.num_classes
     model = new_model(scenario, n_classes, prepared.in_shape, mean, std, seed, device)
     if store.load_model(key, model) is None:
-        rec = fit(model, train, pre.optim, seed, loader_seed=scenario.seeds.loader,
-                  desc=f"pretrain seed {seed}", progress=progress)
+        with _announced(log, seed, "pretrained"):
+            rec = fit(model, train, pre.optim, seed, loader_seed=scenario.seeds.loader,
+                      desc=f"pretrain seed {seed}", progress=progress)
         store.save_model(key, model, {"kind": "pretrained", "scenario": scenario.name, "seed": seed,
                                       "train": rec.to_json(), "num_classes": n_classes})
         store.put("model", key, scenario=scenario.name, seed=seed, config=to_dict(pre),

@@ -78,12 +78,12 @@ def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads) -> No
         print(f"[worker {w}]{msg}", flush=True)
 
     if not scenario.pretrain.dataset:
-        train_references(scenario, prepared, seeds, store, opts.device, w)
+        train_references(scenario, prepared, seeds, store, opts.device, w, log=log)
     for seed in seeds:
         run_seed(scenario, prepared, seed, store, names, opts, Path(out_dir), spec=spec, progress=False, log=log)
 
 
-def train_references(scenario, prepared, seeds, store, device, w: int) -> None:
+def train_references(scenario, prepared, seeds, store, device, w: int, log=None) -> None:
     """Train every seed's Original and Re-train first, skipping a model another worker is training: the grid's
     rows need them, and a worker that met another's reference claim used to wait for it (three seeds on two
     workers: one idled while the other trained the third seed's two models). Worker ``w`` takes the seeds in its
@@ -91,5 +91,5 @@ def train_references(scenario, prepared, seeds, store, device, w: int) -> None:
     models; whatever the order, each model is the same (same key, seed and code)."""
     kinds = ("original", "retrain") if w % 2 == 0 else ("retrain", "original")
     for seed in seeds:
-        for kind in kinds:
-            reference_model(kind, scenario, prepared, seed, store, device=device, progress=False, wait=False)
+        for kind in kinds:  # ``log`` hears when a model starts training and when it is done (seed, model, seconds)
+            reference_model(kind, scenario, prepared, seed, store, device=device, progress=False, wait=False, log=log)

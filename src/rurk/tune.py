@@ -43,18 +43,13 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 from . import workers
-from .config import ConfigError, Scenario, from_dict, merge, to_dict
+from .config import ConfigError, Scenario, from_dict, merge, read_toml, to_dict
 from .metrics import avg_gap
 from .methods.base import get_method, unlearn
 from .torchutil import derive_seed
 from .train import diverged
-from .experiment import RunOptions, evaluate, scenario_with
+from .experiment import RunOptions, check_method_tables, evaluate, scenario_with
 from .methods import load_all
 from .pipeline import prepare, reference_models
 from .store import Store
@@ -624,8 +619,7 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
 
 def read_tuned(path: Path) -> dict:
     """{method: {"values": {...}, "provenance": {...}}} of a tuned TOML file, provenance decoded."""
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    raw = read_toml(path, "tuned file")
     prov = raw.get("provenance", {})
     return {m: {"values": v, "provenance": json.loads(prov[m]) if m in prov else {}} for m, v in raw.get("methods", {}).items()}
 
@@ -680,8 +674,10 @@ def with_tuned(scenario: Scenario, name: str | Path | None = None) -> Scenario:
 def load_tuned(name: str | Path) -> dict:
     """{method: {field: value}} from a tuned TOML file; validated against each method's config."""
     path = tuned_path(name)
-    with open(path, "rb") as f:
-        methods = tomllib.load(f).get("methods", {})
+    methods = read_toml(path, "tuned file").get("methods", {})
+    if not isinstance(methods, dict):
+        raise ConfigError(f"tuned file {path}: methods = {methods!r}: expected tables [methods.NAME]")
+    check_method_tables(methods, f"tuned file {path}")
     for m, values in methods.items():
         spec = get_method(m)
         from_dict(spec.config_cls, values, prefix=f"{path.name}: methods.{m}")

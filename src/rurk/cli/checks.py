@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from ..config import MAX_BOOTSTRAP, ConfigError, load_scenario, parse_overrides
+from ..config import MAX_BOOTSTRAP, MAX_DRAWS, ConfigError, load_scenario, parse_overrides
 from ..data.loaders import BUNDLED
-from ..experiment import RunOptions, audit_settings
+from ..experiment import RunOptions, audit_settings, check_method_configs, check_method_tables
 from ..store import check_safetensors
 from ..tune import with_tuned
 
@@ -72,10 +72,29 @@ def _check_out(out: str) -> None:
             return
 
 
+def _check_writable(path: Path, what: str, *, folder: bool = True) -> None:
+    """An existing ``path`` in the store is a folder (or, with ``folder=False``, a file) this process may write: a
+    file at OUT/locks, or a read-only OUT/NAME, used to end in a traceback, the latter only when the report was
+    written after all the work."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if folder and not path.is_dir():
+        raise _refuse(what, str(path), "a directory (it is a file; move it away or choose another --out)")
+    if not folder and not path.is_file():
+        raise _refuse(what, str(path), "a file (it is a directory; move it away or choose another --out)")
+    if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+        raise _refuse(what, str(path), f"a {'directory' if folder else 'file'} you may write to (it is read-only)")
+
+
 def _check_store(out: str) -> None:
-    """An existing store database opens and passes SQLite's quick check: a damaged rurk.sqlite used to end in a
-    traceback once the command had started."""
-    db = Path(out) / "rurk.sqlite"
+    """The store's own folders and database are what they should be and writable (each written only once work has
+    been done), and an existing store database opens and passes SQLite's quick check: a damaged rurk.sqlite used to
+    end in a traceback once the command had started."""
+    root = Path(out)
+    for name in ("locks", "models", "splits"):
+        _check_writable(root / name, f"store folder {name}/")
+    db = root / "rurk.sqlite"
+    _check_writable(db, "store database", folder=False)
     if not db.is_file():
         return
     try:
@@ -154,6 +173,9 @@ def _check_args(args) -> None:
     for name, minimum in (("draws", 1), ("gallery", 0)):
         if given(name) is not None and given(name) < minimum:
             raise _refuse(f"--{name}", given(name), f"an integer >= {minimum}")
+    if given("draws") is not None and args.draws > MAX_DRAWS:
+        raise _refuse("--draws", args.draws, f"an integer from 1 to {MAX_DRAWS} (copies per sample; the audit holds "
+                                             "them in memory)")
     if given("bootstrap") is not None and not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
         raise _refuse("--bootstrap", args.bootstrap, f"an integer from 0 to {MAX_BOOTSTRAP} (resamples)")
     lists = {"seeds": (_nonneg_int, "comma-separated integers >= 0, e.g. 131,42,7"),
@@ -200,7 +222,12 @@ def _scenario(args):
     if getattr(args, "data_dir", None) and scenario.data.dataset in BUNDLED:
         raise _refuse("--data-dir", args.data_dir, f"none: {scenario.name}'s data ({scenario.data.dataset}) is "
                                                    "bundled and read from no directory")
-    return with_tuned(scenario, getattr(args, "tuned", None))
+    check_method_tables(scenario.methods)  # the scenario's own tables and --set's, before the tuned ones join them
+    scenario = with_tuned(scenario, getattr(args, "tuned", None))
+    check_method_configs(scenario)  # every [methods.*] table builds its method's config, not only the run's
+    if getattr(args, "out", None) is not None:
+        _check_writable(Path(args.out) / scenario.name, "the scenario's report folder")
+    return scenario
 
 
 def _seeds(args, scenario) -> list[int]:
