@@ -36,7 +36,7 @@ from torch import nn
 from .audit import AuditSpec, check_inputs, count_correct
 from .data.tensordata import TensorData
 from .estimate import EstimateSpec, RetrainEstimate, estimate_retrain, original_counts
-from .store import write_json
+from .store import atomic_output, write_json
 
 #: "as Re-train" means |r − 1| ≤ BAND (the claims check's R_TOL)
 BAND = 0.05
@@ -93,7 +93,7 @@ class FreeResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         per_class = {int(k): np.asarray(v["estimate"]) for k, v in self.estimate.classes.items()}
-        with path.open("w", newline="") as f:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["index", "label", "tau", "k_m", "acc_m", "estimate_class", "ratio"])
             for t, tau in enumerate(self.taus):

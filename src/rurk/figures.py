@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .plots import _COLORS
 from .store import atomic_output
 
 
@@ -31,3 +30,10 @@ def line_style(i: int) -> dict:
     """Colour, line style and marker of the i-th curve (as in :func:`rurk.plots.residual_figure`), so coinciding
     curves stay distinguishable."""
     return {"color": _COLORS(i % 20), "linestyle": ("-", "--", "-.", ":")[(i // 10) % 4], "marker": "osD^vP*Xph<>"[i % 12]}
+
+
+def _COLORS(i: int):
+    """Twenty distinguishable colours (tab20, dark shades first), enough for every method in one plot."""
+    from matplotlib import colormaps
+
+    return colormaps["tab20"]((2 * i) % 20 + (i >= 10))

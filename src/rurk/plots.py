@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .figures import _COLORS, save_png
+
 
 def _curve_data(obj: Any) -> dict[str, np.ndarray]:
     """taus, r_paper, r_pooled and their (len, 2) bands from an AuditResult, a to_json() summary
@@ -46,13 +48,6 @@ def _curve_data(obj: Any) -> dict[str, np.ndarray]:
         "r_paper_ci": band([(r.get("ci95") or {}).get("r_paper") for r in rows], n),
         "r_pooled_ci": band([(r.get("ci95") or {}).get("r_pooled") for r in rows], n),
     }
-
-
-def _COLORS(i: int):
-    """Twenty distinguishable colours (tab20, dark shades first), enough for every method in one plot."""
-    from matplotlib import colormaps
-
-    return colormaps["tab20"]((2 * i) % 20 + (i >= 10))
 
 
 def residual_figure(curves: Mapping[str, Any], title: str | None = None, *, reference: str = "Re-train"):
@@ -105,8 +100,7 @@ def plot_residual_curves(
     fig = residual_figure(curves, title, reference=reference)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return save_png(fig, path, dpi=dpi)
 
 
 def calibration_figure(rows: Mapping[str, list[tuple[int, dict]]], title: str | None = None):
@@ -175,5 +169,4 @@ def plot_free_curve(res, path, title: str | None = None, dpi: int = 120) -> Path
         ax.set_title(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return save_png(fig, path, dpi=dpi)

@@ -31,7 +31,8 @@ from .methods.base import FinetuneConfig, get_method, parse_variant
 from .metric_specs import LABELS, PCT_KEYS, PCT_METRICS, RELEARN, RETAIN, cell_failure, failure_reason
 from .metrics import aggregate, avg_gap
 from .plots import calibration_figure, plot_residual_curves
-from .store import write_json
+from .figures import save_png
+from .store import atomic_write, write_json
 from .tables import markdown, write_csv  # re-exported: cli and readme import them from here
 
 REFERENCE_ROWS = ("original", "retrain")
@@ -408,8 +409,8 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
     _plot_residual(summary, results, out_dir, f"{scenario.name}: residual knowledge vs Re-train ({probe} probe, ")
     calib = calibration_rows(results, names)
     if calib:
-        calibration_figure(calib, f"{scenario.name}: calibrated stopping (ring = kept checkpoint)").savefig(
-            out_dir / "calibration.png", dpi=110, format="png")
+        save_png(calibration_figure(calib, f"{scenario.name}: calibrated stopping (ring = kept checkpoint)"),
+                 out_dir / "calibration.png", dpi=110)
     planned = {n: next(((r.records.get(n) or {}).get("extra") or {}).get("planned_steps") for r in results)
                for n in calib}
     text = [*_head_markdown(scenario, results, tables), *_marks_markdown(summary),
@@ -417,7 +418,7 @@ def write_report(scenario, spec, results: list, out_dir: Path, names: list[str])
             claims_markdown(summary["claims"]), "", *calibration_markdown(calib, planned),
             *_residual_markdown(probe, tables), *attack_sections(results, out_dir, names, probe, scenario.name)]
     text += _run_markdown(summary) + time_markdown(results)
-    (out_dir / "report.md").write_text("\n".join(text))
+    atomic_write(out_dir / "report.md", "\n".join(text).encode())
     return summary
 
 

@@ -42,8 +42,8 @@ class NGDConfig(FinetuneConfig):
             raise ValueError(f"noise_form = {self.noise_form!r}: expected 'sgd' or 'langevin'")
         if not self.sigma >= 0:
             raise ValueError(f"sigma = {self.sigma!r}: expected a number >= 0")
-        if not self.eta >= 0:
-            raise ValueError(f"eta = {self.eta!r}: expected a number >= 0")
+        if not (self.eta > 0 and math.isfinite(self.eta)):
+            raise ValueError(f"eta = {self.eta!r}: expected a finite number > 0 (0 leaves Original unchanged)")
 
 
 def noise_scale(form: str, sigma: float, lr: float) -> float:
