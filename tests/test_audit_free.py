@@ -267,3 +267,48 @@ def test_no_verdict_beyond_the_validated_largest_tau():
     low, high = free_taus(np.array([0.95, 0.95]), est)
     assert low.verdict == "residual knowledge" and high.verdict == "no verdict"
     assert f"> {E.VERDICT_MAX_TAU:g}" in high.reason and high.r_free == pytest.approx(0.95 / 0.7)
+
+
+# ---------------------------------------------------------------------------------------------- collateral damage
+class Always(torch.nn.Module):
+    """Predicts class ``k`` for every input."""
+
+    def __init__(self, k: int, n: int = 3):
+        super().__init__()
+        self.k, self.n = k, n
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = torch.zeros(len(x), self.n) + 0 * self.w
+        out[:, self.k] = 1.0
+        return out
+
+
+def test_collateral_is_the_accuracy_on_noisy_images_of_the_forget_classes_only():
+    from types import SimpleNamespace
+
+    from rurk.audit import AuditSpec
+    from rurk.audit_free import class_sets, collateral
+
+    data = SimpleNamespace(test=labelled([0, 0, 1, 2, 0]), retain=labelled([1, 0, 2]))
+    sets = class_sets(data, [0])
+    assert sets["test"].y.tolist() == [0, 0, 0] and sets["retained"].y.tolist() == [0]
+    c = collateral(Always(0), sets, AuditSpec(taus=(0.0, 0.3), draws=4, bootstrap=0), seed=0)
+    assert c["test"] == [1.0, 1.0] and c["retained"] == [1.0, 1.0] and c["n_test"] == 3
+    assert collateral(Always(1), sets, AuditSpec(taus=(0.3,), draws=4, bootstrap=0), seed=0)["test"] == [0.0]
+
+
+def test_the_report_pairs_each_rows_collateral_with_retrains_seed_by_seed():
+    from rurk.experiment import SeedResult
+    from rurk.report import main_table, summarise
+
+    keys = ("retain_acc", "unlearn_acc", "test_acc", "mia")
+    results = []
+    for seed, (rt, m) in enumerate(((0.8, 0.5), (0.6, 0.5))):
+        metric = lambda acc: {**dict(zip(keys, (0.9, 0.1, 0.8, 0.2))),  # noqa: E731
+                              "collateral": {"taus": [0.0, 0.3], "test": [0.9, acc], "retained": [1.0, acc]}}
+        results.append(SeedResult(seed, {"original": metric(0.9), "retrain": metric(rt), "rurk": metric(m)}, {}, {}))
+    s = summarise("hand", "gaussian", results, ["original", "retrain", "rurk"])
+    c = s["methods"]["rurk"]["collateral"]
+    assert c["test_gap_per_seed"] == [[0.0, pytest.approx(-30.0)], [0.0, pytest.approx(-10.0)]]
+    assert c["test_gap"] == [0.0, pytest.approx(-20.0)]

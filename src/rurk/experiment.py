@@ -15,12 +15,13 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import metrics as M
 from .attacks import RelearnCurveSettings, RobustSettings, relearn_curve, robust_curves, subsample
 from .audit import AuditSpec, ReferencePredictions, audit_spec, check_audit_memory, residual_knowledge
-from .audit_free import estimate_spec
+from .audit_free import COLLATERAL_DRAWS, COLLATERAL_MAX, class_sets, collateral, estimate_spec
 from .config import ConfigError, Scenario, from_dict, merge, to_dict
 from .dryrun import ProbeStore
 from .estimate import estimate_retrain
@@ -274,6 +275,7 @@ def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepare
     failed = next((why for c in curves or () if c and (why := cell_failure(c))), None)
     if failed:
         return failed_cell(failed), None, None
+    metrics = {**metrics, "collateral": row_collateral(model, cell, scenario, prepared, seed, store, spec, spent)}
     if name == "retrain":
         return metrics, None, curves  # a against itself: r = 1 at every tau by definition (tested in the audit)
 
@@ -290,6 +292,21 @@ def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepare
     if why := cell_failure(residual):
         return failed_cell(why), None, None
     return metrics, residual, curves
+
+
+def row_collateral(model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, seed: int, store: Store,
+                   spec: AuditSpec, spent: list[dict]) -> dict | None:
+    """The row's accuracy on perturbed copies of the forget classes' test and retained images at the audit's τ
+    (:func:`rurk.audit_free.collateral`; cached); None for class unlearning (the class is meant to go) and for
+    attack probes."""
+    if prepared.class_unlearning or spec.make_probe().adversarial:
+        return None
+    sets = class_sets(prepared.data, torch.unique(prepared.data.forget.y).tolist())
+    seed_n = int(spec.noise_seed if spec.noise_seed is not None else seed)
+    key = {"probe": spec.key()["probe"], "probe_params": spec.key()["probe_params"], "taus": list(spec.taus),
+           "draws": COLLATERAL_DRAWS, "max": COLLATERAL_MAX, "seed": seed_n}
+    return _cached(store, "collateral", cell | {"collateral": key},
+                   lambda: collateral(model, sets, spec, seed_n), scenario, seed, spent)
 
 
 def attack_cells(model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, seed: int,

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .claims import claims_markdown
-from .report import _fmt, main_table, markdown
+from .report import _fmt, main_table, markdown, worst_r
 
 
 def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] | None = None,
@@ -116,6 +116,13 @@ def seed_values(entry: dict, column: str, taus: list[float]) -> list[float | Non
         return (entry.get(spec.key) or {}).get("per_seed")
     if column.startswith("Avg. Gap"):
         return (entry.get("avg_gap_per_seed") or {}).get("values")
+    if column.startswith("worst"):
+        return worst_r(entry.get("residual") or {}, taus) or None
+    if column.startswith("class test acc"):
+        c, tau = entry.get("collateral") or {}, _column_tau(column)
+        if not c.get("test_per_seed") or tau not in c.get("taus", []):
+            return None
+        return [s[c["taus"].index(tau)] for s in c["test_per_seed"]]
     if column.startswith("Re-learn"):
         per_seed = (entry.get("relearn_epochs") or {}).get("per_seed")
         return None if not per_seed or None in per_seed else per_seed  # censored (>30) seeds: compared as shown
@@ -170,7 +177,7 @@ _INTERVAL = re.compile(r"\[(-?\d+(?:\.\d+)?), (-?\d+(?:\.\d+)?)\]")
 
 
 def _kind(column: str) -> str:
-    if column.startswith("r_pooled") or column.startswith("r_paper"):
+    if column.startswith(("r_pooled", "r_paper", "worst")):
         return "r"
     if column.startswith("prevalence"):
         return "prev"
@@ -184,7 +191,7 @@ def _kind(column: str) -> str:
 
 
 def _column_tau(column: str) -> float | None:
-    m = re.search(r"τ=(\d+(?:\.\d+)?)", column)
+    m = re.search(r"τ[=≤](\d+(?:\.\d+)?)", column)  # "worst |r−1| τ≤0.3" spans up to its τ
     return float(m.group(1)) if m else None
 
 

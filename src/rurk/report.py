@@ -116,7 +116,35 @@ def _row_entry(name: str, probe: str, results: list) -> dict:
     residual = _residual_entry(name, probe, results)
     if residual is not None:
         entry["residual"] = residual
+    coll = _collateral_entry(name, results)
+    if coll:
+        entry["collateral"] = coll
     return entry
+
+
+def _collateral_entry(name: str, results: list) -> dict:
+    """The row's accuracy on perturbed copies of the forget classes' test and retained images per τ
+    (:func:`rurk.audit_free.collateral`): per seed, mean over seeds (in %), and the paired per-seed gap to
+    Re-train's (points; negative: the row recognises noisy images of the class less often than Re-train)."""
+    out = {}
+    for kind in ("test", "retained"):
+        per_seed, gaps = [], []
+        for r in results:
+            c = (r.metrics.get(name) or {}).get("collateral") or {}
+            ref = (r.metrics.get("retrain") or {}).get("collateral") or {}
+            if kind in c:
+                per_seed.append([100 * v for v in c[kind]])
+                if kind in ref:
+                    gaps.append([100 * (v - w) for v, w in zip(c[kind], ref[kind])])
+        if per_seed:
+            out["taus"] = next(((r.metrics.get(name) or {}).get("collateral") or {}).get("taus")
+                               for r in results if (r.metrics.get(name) or {}).get("collateral"))
+            out[kind] = [float(v) for v in np.mean(per_seed, 0)]
+            out[f"{kind}_per_seed"] = per_seed
+            if gaps:
+                out[f"{kind}_gap"] = [float(v) for v in np.mean(gaps, 0)]
+                out[f"{kind}_gap_per_seed"] = gaps
+    return out
 
 
 def _residual_entry(name: str, probe: str, results: list) -> dict | None:
@@ -237,6 +265,9 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
               *[f"r_pooled τ={taus[i]:.3g}" for i in ki]]
     if taus:
         header.append(f"prevalence (ties) τ={taus[ki[-1]]:.3g}")
+        header.append(f"worst \\|r−1\\| τ≤{min(max(taus), WORST_TAU):.3g}")
+        if _has_collateral(summary):
+            header.append(f"class test acc τ={taus[ki[-1]]:.3g}")
     header.append("wall (s)")
     rows = []
     for name, e in methods.items():
@@ -276,9 +307,47 @@ def main_table(summary: dict) -> tuple[list[str], list[list[str]]]:
             sd = (res.get("prevalence_std") or [None] * len(taus))[ki[-1]]  # its seed spread, as for every cell
             cells.append("–" if p is None else f"{100 * p:.0f}%" + ("" if not sd else f" ± {100 * sd:.0f}%")
                          + ("" if t is None else f" ({100 * t:.0f}%)"))
+            cells.append(_worst_cell(name, res, taus))
+            if _has_collateral(summary):
+                cells.append(_collateral_cell(e.get("collateral") or {}, taus[ki[-1]]))
         cells.append(_fmt(e["wall_s"], 1))
         rows.append(cells)
     return header, rows
+
+
+#: the largest τ of the "worst |r − 1|" column (issue: r within 0.10 of 1 at every τ ≤ 0.3)
+WORST_TAU = 0.3
+
+
+def worst_r(res: dict, taus: list[float]) -> list[float]:
+    """Per seed: the largest |r_pooled − 1| over the grid's τ ≤ :data:`WORST_TAU` (how far from Re-train the row's
+    whole profile strays, not only at the τ the claims read)."""
+    sel = [i for i, t in enumerate(taus) if t <= WORST_TAU + 1e-12]
+    return [max(abs(s[i] - 1) for i in sel if s[i] is not None) for s in res.get("r_pooled_per_seed") or []
+            if any(s[i] is not None for i in sel)]
+
+
+def _worst_cell(name: str, res: dict, taus: list[float]) -> str:
+    if name == "retrain":
+        return "0.000"
+    w = worst_r(res, taus)
+    if not w:
+        return "–"
+    return f"{np.mean(w):.3f}" + (f" ± {np.std(w):.3f}" if len(w) > 1 else "")
+
+
+def _has_collateral(summary: dict) -> bool:
+    return any(e.get("collateral") for e in summary["methods"].values())
+
+
+def _collateral_cell(c: dict, tau: float) -> str:
+    """``acc ± std (gap)`` of the forget classes' noisy test images at ``tau``, gap paired to Re-train's."""
+    if not c.get("test") or tau not in c.get("taus", []):
+        return "–"
+    i = c["taus"].index(tau)
+    vals = [s[i] for s in c["test_per_seed"]]
+    gap = f" ({c['test_gap'][i]:+.1f})" if c.get("test_gap") else ""
+    return f"{np.mean(vals):.1f}" + (f" ± {np.std(vals):.1f}" if len(vals) > 1 else "") + gap
 
 
 def curve_table(summary: dict, fieldname: str, transform=lambda v: v, nd: int = 3) -> tuple[list[str], list[list[str]]]:

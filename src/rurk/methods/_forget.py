@@ -36,11 +36,12 @@ DIVERGENCE_FACTOR = 10.0  # rurk.md §7: warn when L_f exceeds 10× its initial 
 
 @dataclass(frozen=True)
 class Weights:
-    """L = retain·CE_r − forget·CE_f + adv·(sign·CE_adv) — see :func:`objective`."""
+    """L = retain·CE_r − forget·CE_f + adv·(sign·CE_adv) + anchor·CE_anchor — see :func:`objective`."""
 
     retain: float = 1.0
     forget: float = 0.0
     adv: float = 0.0
+    anchor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,15 @@ def bn_stats_frozen(model: nn.Module, active: bool = True) -> Iterator[None]:
 
 
 def objective(model: nn.Module, retain: Batch, forget: Batch, perturbed: PerturbedBatch | None, w: Weights,
-              *, bn_update_on_forget: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              *, bn_update_on_forget: bool = True,
+              anchor: PerturbedBatch | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The shared loss of RURK and NegGrad+ on one step (batch-mean CE, three separate forward passes):
 
         L = w.retain·CE(h(x_r), y_r) − w.forget·CE(h(x_f), y_f) + perturbed.sign·w.adv·CE(h(X′), labels)
+            [+ w.anchor·CE(h(X′_c), y_c)]
 
-    Returns ``(L, {"L_r", "L_f"[, "L_adv"]})`` (detached logs)."""
+    the last term (RURK's class anchor, beyond the paper) on perturbed copies of the retain batch's images of the
+    forget classes, when ``anchor`` holds any. Returns ``(L, {"L_r", "L_f"[, "L_adv"][, "L_anchor"]})``."""
     x_r, y_r = retain
     x_f, y_f = forget
     loss_r = F.cross_entropy(model(x_r), y_r)
@@ -114,6 +118,10 @@ def objective(model: nn.Module, retain: Batch, forget: Batch, perturbed: Perturb
     if loss_adv is not None:
         loss = loss + perturbed.sign * w.adv * loss_adv
         logs["L_adv"] = loss_adv.detach()
+    if anchor is not None and w.anchor and len(anchor.labels):
+        loss_c = F.cross_entropy(model(anchor.x), anchor.labels)
+        loss = loss + w.anchor * loss_c
+        logs["L_anchor"] = loss_c.detach()
     return loss, logs
 
 
@@ -183,6 +191,7 @@ def train_with_forget(
     *,
     weights: Weights,
     perturb: PerturbFn | None = None,
+    anchor: PerturbFn | None = None,
     bn_update_on_forget: bool = True,
     desc: str = "rurk",
 ) -> MethodRecord:
@@ -190,7 +199,8 @@ def train_with_forget(
 
     Every retain batch (retain stream seeded with the loader seed, one pass per epoch) is paired with the next
     batch of the cycling forget stream (own generator); ``perturb(model, x_f, y_f)`` (RURK) adds the perturbed
-    copies. Steps: epochs·⌈|S_r|/B⌉, or ``max_steps``."""
+    copies; ``anchor(model, x_r, y_r)`` (RURK's class anchor) the perturbed copies of the retain batch's
+    forget-class images. Steps: epochs·⌈|S_r|/B⌉, or ``max_steps``."""
     prepare_model(model)
     device = model_device(model)
     optim = cfg.optim()
@@ -202,7 +212,9 @@ def train_with_forget(
     def loss_fn(model: nn.Module, batch: Batch):
         x_f, y_f = forget.next()
         perturbed = perturb(model, x_f, y_f) if perturb is not None else None
-        loss, logs = objective(model, batch, (x_f, y_f), perturbed, weights, bn_update_on_forget=bn_update_on_forget)
+        anchored = anchor(model, *batch) if anchor is not None else None
+        loss, logs = objective(model, batch, (x_f, y_f), perturbed, weights, bn_update_on_forget=bn_update_on_forget,
+                               anchor=anchored)
         tracker.update({**logs, "L": loss.detach()})
         return loss, logs
 

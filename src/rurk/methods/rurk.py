@@ -31,6 +31,7 @@ Decisions (beyond the paper), also listed in rurk.md §2/§5/§6:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from ..perturb import PROBES, make_probe
-from ..torchutil import derive_seed, make_generator, model_device
+from ..torchutil import derive_seed, make_generator, model_device, to_layout
 from ._forget import PerturbedBatch, PerturbFn, Weights, perturb_forget, train_with_forget
 from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 
@@ -68,6 +69,8 @@ class RURKConfig(FinetuneConfig):
     lambda_a: float = 0.08  # decision (calibrated); paper (small scale): 0.03; preset cifar10: 0.00045 (paper)
     bn_update_on_forget: bool = True  # decision: True = literal Algorithm 1 (rurk.md §6)
     calibrate: bool = True  # decision: calibrated stopping on (rurk.calibrate)
+    lambda_c: float = 0.0  # decision (beyond the paper): weight of the class anchor, CE on noisy retained class images
+    anchor_tau: float | None = None  # decision: the anchor copies' Gaussian std; None = tau
 
     def __post_init__(self):
         super().__post_init__()
@@ -75,6 +78,10 @@ class RURKConfig(FinetuneConfig):
             raise ValueError(f"copies = {self.copies!r}: expected an integer >= 1")
         if not self.tau >= 0:
             raise ValueError(f"tau = {self.tau!r}: expected a number >= 0")
+        if not (self.lambda_c >= 0 and math.isfinite(self.lambda_c)):
+            raise ValueError(f"lambda_c = {self.lambda_c!r}: expected a number >= 0")
+        if self.anchor_tau is not None and not (self.anchor_tau >= 0 and math.isfinite(self.anchor_tau)):
+            raise ValueError(f"anchor_tau = {self.anchor_tau!r}: expected a number >= 0 or unset")
         if self.probe not in PROBES:
             raise ValueError(f"probe = {self.probe!r}: expected one of {', '.join(sorted(PROBES))}")
 
@@ -99,6 +106,29 @@ def make_perturb(cfg: RURKConfig, seed: int, device, num_classes: int) -> Pertur
     return perturb
 
 
+def make_anchor(cfg: RURKConfig, seed: int, device, data: UnlearnData) -> PerturbFn:
+    """RURK's class anchor (beyond the paper; decision): Gaussian copies (std ``anchor_tau``, default ``tau``) of the
+    retain batch's images of the forget set's classes, trained *towards* their labels. The perturbed forget term
+    generalises to noisy images of the whole class — the unlearned model then misclassifies noisy images of a class
+    it must still recognise, and r_τ falls below 1 at large τ (the tilt); the anchor holds the class's noisy
+    accuracy where Re-train's is, so the forget terms act on what is specific to the forget images."""
+    probe = make_probe("gaussian")
+    generator = make_generator(seed, "rurk-anchor", device)
+    classes = torch.unique(data.forget.y).to(device)
+    tau = cfg.tau if cfg.anchor_tau is None else cfg.anchor_tau
+
+    def anchor(model: nn.Module, x_r: torch.Tensor, y_r: torch.Tensor) -> PerturbedBatch:
+        keep = torch.isin(y_r, classes)
+        x, y = x_r[keep], y_r[keep]
+        with torch.no_grad():
+            draw = probe.draw(x, y, generator, data.num_classes)
+            xs = probe.apply(model, x, y, tau, draw).x
+        return PerturbedBatch(to_layout(xs.detach(), True), y, +1.0)
+
+    anchor.tau, anchor.classes = tau, classes.tolist()  # type: ignore[attr-defined]
+    return anchor
+
+
 @register(
     "rurk", RURKConfig, "RURK: retain CE − λ_f·forget CE − λ_a·CE on perturbed forget copies",
     presets={"paper": PAPER, "cifar10": {**PAPER, "lambda_a": 0.00045}},  # paper
@@ -111,9 +141,12 @@ def unlearn(original: nn.Module, data: UnlearnData, cfg: RURKConfig, seed: int):
     model = fresh_copy(original)
     record = MethodRecord("rurk", {}, seed)
     perturb = make_perturb(cfg, seed, model_device(model), data.num_classes)
-    weights = Weights(retain=1.0, forget=cfg.lambda_f, adv=cfg.lambda_a)
-    train_with_forget(model, data, cfg, record, weights=weights, perturb=perturb,
+    weights = Weights(retain=1.0, forget=cfg.lambda_f, adv=cfg.lambda_a, anchor=cfg.lambda_c)
+    anchor = make_anchor(cfg, seed, model_device(model), data) if cfg.lambda_c > 0 else None
+    train_with_forget(model, data, cfg, record, weights=weights, perturb=perturb, anchor=anchor,
                       bn_update_on_forget=cfg.bn_update_on_forget, desc="rurk")
+    if anchor is not None:
+        record.extra.update(anchor={"lambda_c": cfg.lambda_c, "tau": anchor.tau, "classes": anchor.classes})
     record.extra.update(probe=cfg.probe, probe_targeted=perturb.targeted, tau=cfg.tau, copies=cfg.copies,
                         probe_seed=derive_seed(seed, "rurk-probe"))
     return model, record
