@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rurk.threads import configure_threads
-from rurk.audit import default_batch_size, residual_knowledge
+from rurk.audit.spec import default_batch_size
+from rurk.audit.kernel import residual_knowledge
 
 CL = torch.channels_last
 SWEEP_BATCHES = (64, 128, 256, 512)

@@ -1,4 +1,4 @@
-"""What calibrated stopping costs (rurk.calibrate): each calibrated method of a run's scenario unlearned on one seed
+"""What calibrated stopping costs (rurk.methods._calibrate): each calibrated method of a run's scenario unlearned on one seed
 with the rule's retain/test trace at every check, at every ``calib_trace_every``-th (the default) and off, and
 with the rule itself off (the method's epoch budget, no checks). Prints a table with the CPU; asserts nothing.
 
@@ -23,9 +23,9 @@ import torch  # noqa: E402
 from rurk.config import load_scenario  # noqa: E402
 from rurk.methods.base import load_all, unlearn  # noqa: E402
 from rurk.pipeline import prepare, reference_models  # noqa: E402
-from rurk.report import cpu_model  # noqa: E402
+from rurk.report.summary import cpu_model  # noqa: E402
 from rurk.store import Store  # noqa: E402
-from rurk.tune import with_tuned  # noqa: E402
+from rurk.run.tuned import with_tuned  # noqa: E402
 
 
 def main() -> None:

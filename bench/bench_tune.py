@@ -21,7 +21,7 @@ Each run starts from an empty study (this script deletes OUT/tune.db first, neve
                                                     [--plot docs/bench-tune.png]
 
 ``--before-set KEY=VALUE`` (repeatable) adds scenario settings to ``before`` only — e.g.
-``--before-set methods.rurk.calibrate=false`` tunes RURK as it was tuned before calibrated stopping (a fixed
+``--before-set methods.rurk.methods._calibrate=false`` tunes RURK as it was tuned before calibrated stopping (a fixed
 epoch count), so ``before`` is the whole old way and ``after`` the whole new one.
 """
 
@@ -38,11 +38,12 @@ import optuna
 
 os.environ.setdefault("RURK_PROGRESS", "0")  # the re-scoring below runs in this process: no progress bars
 
-from rurk.calibrate import difficulty_shift
+from rurk.audit.estimate import difficulty_shift
 from rurk.config import load_scenario, parse_overrides
-from rurk.report import cpu_model
+from rurk.report.summary import cpu_model
 from rurk.store import Store
-from rurk.tune import _load_splits, _Objective, DEFAULT_TUNING_SEED
+from rurk.run.tune import _load_splits, _Objective
+from rurk.run.study import DEFAULT_TUNING_SEED
 
 
 def run_tune(scenario: str, method: str, out: Path, trials: int, flags: list[str]) -> tuple[float, str]:

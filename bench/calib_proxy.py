@@ -1,6 +1,6 @@
 """Can a cheap proxy of Re-train correct calibrated stopping's target per forget set? (a measurement; asserts nothing)
 
-The target (``rurk.calibrate``) estimates Re-train's accuracy on the forget set from Original's accuracy on the
+The target (``rurk.methods._calibrate``) estimates Re-train's accuracy on the forget set from Original's accuracy on the
 class's calibration images; it misses by a few points per forget set, because one forget set of 100 images is
 easier or harder than the calibration set. A model that, like Re-train, never saw the forget set can measure that
 difference: here a logistic regression on pixels trained on the retain set (the *proxy*). For every forget set
@@ -32,11 +32,12 @@ import numpy as np
 
 os.environ.setdefault("RURK_PROGRESS", "0")
 
-from rurk.calibrate import CalibrationSpec, Calibrator, _features, fit_proxy
+from rurk.audit.estimate import _features, fit_proxy
+from rurk.methods._calibrate import CalibrationSpec, Calibrator
 from rurk.config import load_scenario
 from rurk.data.tensordata import TensorData
 from rurk.pipeline import prepare, reference_models
-from rurk.report import cpu_model
+from rurk.report.summary import cpu_model
 from rurk.store import Store
 
 CANDIDATES = ("α only", "add", "add×0.65", "ratio", "κ·ratio")

@@ -21,10 +21,10 @@ import os
 import numpy as np
 import torch
 
-from rurk.calibrate import CalibrationSpec, Calibrator
+from rurk.methods._calibrate import CalibrationSpec, Calibrator
 from rurk.config import load_scenario
 from rurk.pipeline import load_run_model, prepare, reference_keys
-from rurk.report import cpu_model
+from rurk.report.summary import cpu_model
 from rurk.store import Store
 
 

@@ -47,9 +47,9 @@ def counts(model, x, y, taus, draws, seed, tag) -> np.ndarray:
 def extra_models(spec: str, scenario, store, split, seed, refs, prepared) -> dict:
     """The candidate proxies named in ``spec`` (comma-separated): ``mini:E`` (mini Original and mini Re-train at E
     epochs) or a method name (that method's unlearned model, e.g. ``euk``)."""
-    from rurk.experiment import method_config
+    from rurk.run.experiment import method_config
     from rurk.methods.base import unlearn
-    from rurk.tune import with_tuned
+    from rurk.run.tuned import with_tuned
 
     models = {}
     for item in filter(None, spec.split(",")):

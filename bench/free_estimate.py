@@ -1,13 +1,13 @@
 """How close is the Re-train-free estimate to Re-train? (a measurement; asserts nothing)
 
 For every (forget set, seed) cell it trains or reuses Original and Re-train, computes the estimate of
-:mod:`rurk.estimate` at every τ of the scenario's audit grid — with the retain set (both corrections) and without
+:mod:`rurk.audit.estimate` at every τ of the scenario's audit grid — with the retain set (both corrections) and without
 (a user who has only Original, the forget set and held-out images) — and compares it with Re-train's accuracy on
 the forget set's perturbed copies (the audit's noise, ``--draws`` copies per image). It prints, per τ, the mean
 absolute error, RMSE, worst error and bias in points, how often the 95% interval covers Re-train, and, where a
 forget set has several seeds, the noise floor: the error of predicting one seed's Re-train by the mean of the
 other seeds' (no estimate that cannot see a seed's own training can beat it). ``--validated`` prints the RMSE rows
-as :data:`rurk.estimate.VALIDATED` wants them.
+as :data:`rurk.audit.estimate.VALIDATED` wants them.
 
     .venv/bin/python bench/free_estimate.py --store runs-free --cells 1:1,2:1,3:1,4:1,7:1,8:1,9:1,10:1,11:1 --validated
     .venv/bin/python bench/free_estimate.py --store runs-val --cells 12:131,12:42,12:7,13:131,...
@@ -24,11 +24,12 @@ import torch
 
 os.environ.setdefault("RURK_PROGRESS", "0")
 
-from rurk.audit import AuditSpec, check_inputs, count_correct  # noqa: E402
+from rurk.audit.spec import AuditSpec
+from rurk.audit.kernel import check_inputs, count_correct  # noqa: E402
 from rurk.config import load_scenario  # noqa: E402
-from rurk.estimate import EstimateSpec, estimate_retrain, original_counts  # noqa: E402
+from rurk.audit.estimate import EstimateSpec, estimate_retrain, original_counts  # noqa: E402
 from rurk.pipeline import prepare, reference_models  # noqa: E402
-from rurk.report import cpu_model  # noqa: E402
+from rurk.report.summary import cpu_model  # noqa: E402
 from rurk.store import Store  # noqa: E402
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     ap.add_argument("--scenario", default="fmnist5")
     ap.add_argument("--cells", default="1:1,2:1,3:1,4:1,7:1,8:1,9:1,10:1,11:1", help="SPLIT:SEED,...")
     ap.add_argument("--draws", type=int, default=32, help="copies per forget image for Re-train's accuracy")
-    ap.add_argument("--validated", action="store_true", help="print the RMSE rows for rurk.estimate.VALIDATED")
+    ap.add_argument("--validated", action="store_true", help="print the RMSE rows for rurk.audit.estimate.VALIDATED")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cells = [tuple(map(int, c.split(":"))) for c in args.cells.split(",")]

@@ -1,7 +1,7 @@
 """Validation of the audit without Re-train on forget sets that chose nothing (a measurement; asserts nothing).
 
 Reads a run store where ``rurk run`` audited every method row against Re-train on some (forget set, seed) cells,
-makes each cell's estimate of Re-train (:mod:`rurk.estimate`, from Original, the calibration and retain sets) and
+makes each cell's estimate of Re-train (:mod:`rurk.audit.estimate`, from Original, the calibration and retain sets) and
 compares, for every row and τ, r_free = acc_m / estimate with the true r_pooled = acc_m / acc_a of the same copies.
 It prints:
 
@@ -30,12 +30,12 @@ import torch
 
 os.environ.setdefault("RURK_PROGRESS", "0")
 
-from rurk.audit_free import BAND, estimate_spec, free_taus  # noqa: E402
-from rurk.audit import AuditSpec  # noqa: E402
+from rurk.audit.free import BAND, estimate_spec, free_taus  # noqa: E402
+from rurk.audit.spec import AuditSpec  # noqa: E402
 from rurk.config import load_scenario  # noqa: E402
-from rurk.estimate import estimate_retrain  # noqa: E402
+from rurk.audit.estimate import estimate_retrain  # noqa: E402
 from rurk.pipeline import load_run_model, prepare  # noqa: E402
-from rurk.report import cpu_model  # noqa: E402
+from rurk.report.summary import cpu_model  # noqa: E402
 from rurk.store import Store  # noqa: E402
 
 CATS = ("residual knowledge", "as Re-train", "over-forgetting")

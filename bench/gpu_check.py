@@ -4,7 +4,7 @@ does not finish), never on slow numbers. Sized for < 5 min on one GPU.
 
 1. ResNet-18 on synthetic 3x32x32 data through ``rurk.train.fit``, bf16 autocast and fp32: images/s, and the
    ratio to a bare loop (forward, cross-entropy, backward, SGD step) under the same precision.
-2. The audit (``rurk.audit.residual_knowledge``, Gaussian probe) against a bare forward loop over the same
+2. The audit (``rurk.audit.kernel.residual_knowledge``, Gaussian probe) against a bare forward loop over the same
    number of forward passes (same batch size, inference mode): seconds and the ratio, fp32 and bf16.
 3. One small ``rurk run`` of a cifar5-shaped synthetic scenario (ResNet-18, 5 classes, pre-train + fine-tune,
    forget 50) written as TOML into a temporary directory, on ``--device cuda``; with Ray installed, the same grid
@@ -102,7 +102,8 @@ def check_training(device, n: int, epochs: int, width: float = 1.0) -> None:
 
 # ----------------------------------------------------------------------------------------------- 2. audit
 def check_audit(device, n: int, draws: int, width: float = 1.0) -> None:
-    from rurk.audit import default_batch_size, residual_knowledge
+    from rurk.audit.spec import default_batch_size
+    from rurk.audit.kernel import residual_knowledge
     from rurk.models import build_model
 
     torch.manual_seed(1)

@@ -1,7 +1,7 @@
 """Calibrated stopping with Re-train's own forget accuracy as the target: how much of each method's gap is the
 target's error, and how much the method's (a measurement; asserts nothing).
 
-Calibrated stopping (:mod:`rurk.calibrate`) stops every forget-term method at the same *estimated* target, so on
+Calibrated stopping (:mod:`rurk.methods._calibrate`) stops every forget-term method at the same *estimated* target, so on
 one forget set the calibrated rows differ by (a) where the target lands against Re-train's real forget accuracy,
 shared by all of them, and (b) what each method's loss does to everything else on the way there (retain, test,
 MIA). This separates the two: for every (store, split seed, run seed) cell it runs each method three times —
@@ -30,17 +30,17 @@ import numpy as np
 
 os.environ.setdefault("RURK_PROGRESS", "0")
 
-from rurk import calibrate
-from rurk.claims import interval
+from rurk.methods import _calibrate as calibrate
+from rurk.report.claims import interval
 from rurk.config import load_scenario
-from rurk.experiment import evaluate, method_config
+from rurk.run.experiment import evaluate, method_config
 from rurk.methods import load_all
 from rurk.methods.base import parse_variant, unlearn
-from rurk.metrics import avg_gap
+from rurk.audit.metrics import avg_gap
 from rurk.pipeline import load_run_model, prepare, reference_keys
-from rurk.report import cpu_model
+from rurk.report.summary import cpu_model
 from rurk.store import Store
-from rurk.tune import with_tuned
+from rurk.run.tuned import with_tuned
 
 
 def _init() -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rurk.claims import ACC_TOL, PAPER_TAU, R_TOL, _tau_index, interval
-from rurk.metric_specs import RETAIN, TEST
+from rurk.report.claims import ACC_TOL, PAPER_TAU, R_TOL, _tau_index, interval
+from rurk.audit.metric_specs import RETAIN, TEST
 
 
 def load(path: str) -> dict:

@@ -21,14 +21,15 @@ import torch
 
 os.environ.setdefault("RURK_PROGRESS", "0")
 
-from rurk.audit import AuditSpec, check_inputs, count_correct  # noqa: E402
+from rurk.audit.spec import AuditSpec
+from rurk.audit.kernel import check_inputs, count_correct  # noqa: E402
 from rurk.config import load_scenario  # noqa: E402
-from rurk.experiment import evaluate, unlearned_model  # noqa: E402
-from rurk.metrics import avg_gap  # noqa: E402
+from rurk.run.experiment import evaluate, unlearned_model  # noqa: E402
+from rurk.audit.metrics import avg_gap  # noqa: E402
 from rurk.pipeline import prepare, reference_models  # noqa: E402
-from rurk.report import cpu_model  # noqa: E402
+from rurk.report.summary import cpu_model  # noqa: E402
 from rurk.store import Store  # noqa: E402
-from rurk.tune import with_tuned  # noqa: E402
+from rurk.run.tuned import with_tuned  # noqa: E402
 
 
 def accuracy_on_copies(model, data, taus, draws, seed) -> np.ndarray:

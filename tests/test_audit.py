@@ -10,14 +10,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from rurk.audit import (
-    STAT_FIELDS,
-    AuditResult,
-    TauStats,
-    per_sample_ratio,
-    residual_knowledge,
-    summarise_counts,
-)
+from rurk.audit.stats import STAT_FIELDS, TauStats, per_sample_ratio, summarise_counts
+from rurk.audit.result import AuditResult
+from rurk.audit.kernel import residual_knowledge
 from rurk.perturb import block_generator
 
 TAUS = [0.0, 0.05, 0.15]
@@ -336,7 +331,7 @@ def test_report_outputs(digits, tmp_path):
 def test_plot(digits, tmp_path):
     from matplotlib.image import imread
 
-    from rurk.plots import plot_residual_curves, residual_figure
+    from rurk.report.plots import plot_residual_curves, residual_figure
 
     r = audit(digits, taus=[0.0, 0.05, 0.15], draws=5)
     dict_curve = {"taus": [0, 0.05, 0.15], "r_paper": [1.0, None, 1.2], "r_pooled": [1, 1.1, 1.3],
@@ -369,7 +364,7 @@ def test_bf16_autocast_is_validated(digits):
 
 
 def test_shared_reference_predictions_change_no_number_and_halve_the_work(digits):
-    from rurk.audit import ReferencePredictions
+    from rurk.audit.kernel import ReferencePredictions
 
     other = _train(small_cnn(seed=2), digits["x"], digits["y"], steps=10)
     shared = ReferencePredictions()

@@ -1,4 +1,4 @@
-"""The estimate of Re-train (rurk.estimate) and the audit without Re-train (rurk.audit_free, `--reference none`).
+"""The estimate of Re-train (rurk.audit.estimate) and the audit without Re-train (rurk.audit.free, `--reference none`).
 
 The estimate's arithmetic on hand-made counts; its bootstrap interval's coverage on a simulated calibration set;
 the three-way verdict on hand-made intervals; the command line's refusals; and that the audit without Re-train
@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import save_file
 
 import user_nets
-from rurk import estimate as E
-from rurk.audit_free import BAND, free_taus, verdict
+from rurk.audit import estimate as E
+from rurk.audit.free import BAND, free_taus, verdict
 from rurk.cli import main
 from rurk.data.tensordata import TensorData
-from rurk.estimate import EstimateSpec, RetrainEstimate, estimate_retrain
+from rurk.audit.estimate import EstimateSpec, RetrainEstimate, estimate_retrain
 
 
 def labelled(labels, n_px: int = 4) -> TensorData:
@@ -287,8 +287,8 @@ class Always(torch.nn.Module):
 def test_collateral_is_the_accuracy_on_noisy_images_of_the_forget_classes_only():
     from types import SimpleNamespace
 
-    from rurk.audit import AuditSpec
-    from rurk.audit_free import class_sets, collateral
+    from rurk.audit.spec import AuditSpec
+    from rurk.audit.free import class_sets, collateral
 
     data = SimpleNamespace(test=labelled([0, 0, 1, 2, 0]), retain=labelled([1, 0, 2]))
     sets = class_sets(data, [0])
@@ -299,8 +299,9 @@ def test_collateral_is_the_accuracy_on_noisy_images_of_the_forget_classes_only()
 
 
 def test_the_report_pairs_each_rows_collateral_with_retrains_seed_by_seed():
-    from rurk.experiment import SeedResult
-    from rurk.report import main_table, summarise
+    from rurk.run.experiment import SeedResult
+    from rurk.report.tables import main_table
+    from rurk.report.summary import summarise
 
     keys = ("retain_acc", "unlearn_acc", "test_acc", "mia")
     results = []

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from rurk.audit import _chunks, default_batch_size, residual_knowledge
+from rurk.audit.kernel import _chunks, residual_knowledge
+from rurk.audit.spec import default_batch_size
 from rurk.torchutil import canonical_strides as _canonical_strides, in_format as _in_format
 from rurk.perturb import block_generator, random_wrong_labels
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from rurk.audit import AuditSpec, audit_spec, check_inputs, count_correct, residual_knowledge, tau_statistics
+from rurk.audit.spec import AuditSpec, audit_spec
+from rurk.audit.kernel import check_inputs, count_correct, residual_knowledge, tau_statistics
 from rurk.cli import main
 from rurk.config import AuditConfig
 from rurk.store import Store

@@ -13,13 +13,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 import user_nets
-from rurk.attacks import (RelearnCurveSettings, RobustSettings, UntargetedPGD, adversarial_copies, relearn_curve,
-                          robust_accuracy, robust_curves, split_forget)
-from rurk.audit import residual_knowledge
+from rurk.audit.attacks import RelearnCurveSettings, RobustSettings, UntargetedPGD, adversarial_copies, relearn_curve, robust_accuracy, robust_curves, split_forget
+from rurk.audit.kernel import residual_knowledge
 from rurk.cli import main
 from rurk.config import RelearnConfig
 from rurk.data.tensordata import TensorData
-from rurk.gallery import gallery_groups, gallery_size, leak_ranking, perturbed_copies, write_gallery
+from rurk.audit.gallery import gallery_groups, gallery_size, leak_ranking, perturbed_copies, write_gallery
 from rurk.perturb import make_probe
 from rurk.train import OptimConfig, accuracy, fit
 from rurk.usermodel import load_samples, parse_normalize, with_normalization

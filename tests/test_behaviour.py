@@ -16,18 +16,19 @@ import pytest
 import torch
 from torch import nn
 
-from rurk.claims import ACC_TOL, FAILS, HOLDS, INCONCLUSIVE, ONE_SEED, R_TOL, check_claims, interval
+from rurk.report.claims import ACC_TOL, FAILS, HOLDS, INCONCLUSIVE, ONE_SEED, R_TOL, check_claims, interval
 from rurk.config import ConfigError, RelearnConfig
 from rurk.data.tensordata import TensorData
-from rurk.experiment import SeedResult
+from rurk.run.experiment import SeedResult
 from rurk.methods import UnlearnData, unlearn
-from rurk.methods._forget import (PerturbedBatch, Weights, _Tracker, forget_passes, objective, step_cap_reading,
-                                  train_with_forget)
+from rurk.methods._forget import PerturbedBatch, Weights, _Tracker, forget_passes, objective, step_cap_reading, train_with_forget
 from rurk.methods.base import MethodRecord
 from rurk.methods.neggrad_plus import NegGradPlusConfig
 from rurk.methods.rurk import RURKConfig, make_perturb
-from rurk.metrics import mean_ce, mia, mia_class, mia_sample, relearn_time, true_label_probs
-from rurk.report import _band, curve_table, key_taus, main_table, numeric_table, summarise
+from rurk.audit.metrics import mean_ce, mia, mia_class, mia_sample, relearn_time, true_label_probs
+from rurk.report.write import _band
+from rurk.report.tables import curve_table, key_taus, main_table, numeric_table
+from rurk.report.summary import summarise
 from rurk.torchutil import derive_seed
 from rurk.train import BatchStream
 from test_claims import row, summary, verdicts

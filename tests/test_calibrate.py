@@ -1,4 +1,4 @@
-"""Calibrated stopping (rurk.calibrate) and the calibration set it stands on (Split.calib).
+"""Calibrated stopping (rurk.methods._calibrate) and the calibration set it stands on (Split.calib).
 
 The rule is checked on a hand-built trajectory (which checkpoint it keeps, where it stops); the loop wiring on a
 real run (the kept model is exactly the model after the chosen step); the set on every way it can be drawn
@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from rurk import calibrate, estimate
-from rurk.calibrate import CalibrationSpec, Calibrator
+from rurk.methods import _calibrate as calibrate
+from rurk.audit import estimate
+from rurk.methods._calibrate import CalibrationSpec, Calibrator
 from rurk.config import ConfigError
 from rurk.data import load_source, make_split
 from rurk.data.splits import Split

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from rurk.claims import FAILS, HOLDS, INCONCLUSIVE, ONE_SEED, check_claims, interval
+from rurk.report.claims import FAILS, HOLDS, INCONCLUSIVE, ONE_SEED, check_claims, interval
 from rurk.config import PAPER_TAUS, ConfigError, list_scenarios, load_scenario
-from rurk.experiment import RunOptions, method_config, method_names
+from rurk.run.experiment import RunOptions, method_config, method_names
 from rurk.methods.base import parse_variant
 
 TAUS = [0.0, 0.03, 0.3]

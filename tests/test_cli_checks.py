@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rurk.pipeline as pipeline
-from rurk import tune
+from rurk.run import study as tune
 from rurk.cli import build_parser, main
 from rurk.cli.checks import _audit_spec, _check_args, _scenario
 from rurk.cli.parser import DEFAULT_TUNING_SEED

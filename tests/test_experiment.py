@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-import rurk.experiment as experiment
+import rurk.run.experiment as experiment
 from rurk.cli import main
 from rurk.config import load_scenario, parse_overrides
-from rurk.experiment import RunOptions, run_experiment
-from rurk.metrics import avg_gap
-from rurk.report import summarise
+from rurk.run.experiment import RunOptions, run_experiment
+from rurk.audit.metrics import avg_gap
+from rurk.report.summary import summarise
 from rurk.store import Store
 
 FAST = parse_overrides(["train.epochs=15", "methods.gd.epochs=2", "methods.rurk.epochs=1"])
@@ -126,7 +126,7 @@ def test_cli_run_and_tune_write_their_files(tmp_path, capsys):
 
 def test_tune_refuses_reported_seeds():
     from rurk.config import ConfigError
-    from rurk.tune import tune
+    from rurk.run.tune import tune
 
     with pytest.raises(ConfigError, match="reported"):
         tune(load_scenario("digits5"), ["gd"], "/nonexistent", seed=131)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 import user_nets
-from rurk import estimate
+from rurk.audit import estimate
 from rurk.cli import main
 from rurk.config import ConfigError, load_scenario, parse_overrides
 from rurk.data.tensordata import TensorData
@@ -241,7 +241,7 @@ def test_settings_that_do_nothing_or_cannot_fit_are_refused_before_training(tmp_
 
 def test_draws_beyond_the_memory_are_refused_with_the_size_before_training(tmp_path, capsys, no_training,
                                                                            monkeypatch):
-    import rurk.audit as audit
+    import rurk.audit.spec as audit
 
     refused(capsys, ["run", "digits5", "--draws", "10000000", "--out", str(tmp_path), *TINY],
             "--draws = 10000000: expected an integer from 1 to 100000")
@@ -275,14 +275,14 @@ def test_toml_syntax_errors_name_the_file_and_the_line(tmp_path, capsys, no_trai
 def test_a_forget_file_with_calibrated_methods_is_refused_before_work(tmp_path, capsys, no_training):
     (tmp_path / "forget.json").write_text("[2, 11, 12]")
     toml = _toml(tmp_path / "s.toml", f'[forget]\nkind = "file"\nfile = "{tmp_path / "forget.json"}"\n')
-    for argv, needle in ((["run", str(toml), "--methods", "gd,rurk"], "methods.rurk.calibrate = true: expected false "
+    for argv, needle in ((["run", str(toml), "--methods", "gd,rurk"], "methods.rurk.methods._calibrate = true: expected false "
                           "with forget.kind = 'file'"),
-                         (["unlearn", str(toml), "--method", "rurk"], "methods.rurk.calibrate = true"),
+                         (["unlearn", str(toml), "--method", "rurk"], "methods.rurk.methods._calibrate = true"),
                          (["run", str(toml), "--methods", "ga", "--set", "methods.ga.calibrate=true"],
                           "methods.ga.calibrate = true")):
         refused(capsys, [*argv, "--out", str(tmp_path / "o"), *TINY], needle, "calibrate=false")
     assert not (tmp_path / "o").exists()
-    from rurk.experiment import RunOptions, method_names
+    from rurk.run.experiment import RunOptions, method_names
 
     scenario = load_scenario(toml)  # accepted without calibrated stopping
     assert method_names(scenario, RunOptions(methods=["gd", "rurk:calibrate=false", "rurk:preset=paper"]))
@@ -295,7 +295,7 @@ def test_the_documented_forget_file_scenario_loads():
     import tomllib
 
     from rurk.config import Scenario, from_dict
-    from rurk.experiment import RunOptions, method_names
+    from rurk.run.experiment import RunOptions, method_names
 
     scenario = from_dict(Scenario, tomllib.loads(toml))
     assert scenario.forget.kind == "file" and scenario.forget.file == "forget.json"
@@ -304,9 +304,9 @@ def test_the_documented_forget_file_scenario_loads():
 
 # ---------------------------------------------------------------------------------------------- 10: progress
 def test_reference_training_is_announced_with_worker_seed_model_and_seconds(tmp_path, capsys, monkeypatch):
-    from rurk import pool_exec
-    from rurk.audit import audit_spec
-    from rurk.experiment import RunOptions
+    from rurk.run import pool_exec
+    from rurk.audit.spec import audit_spec
+    from rurk.run.experiment import RunOptions
 
     scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))
     threads = torch.get_num_threads()

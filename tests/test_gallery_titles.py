@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import rurk.plots as plots
-from rurk.audit import residual_knowledge
+import rurk.report.plots as plots
+from rurk.audit.kernel import residual_knowledge
 from rurk.cli import main
-from rurk.gallery import gallery_groups, gallery_heads, gallery_size, write_gallery
+from rurk.audit.gallery import gallery_groups, gallery_heads, gallery_size, write_gallery
 from rurk.perturb import make_probe
 
 

@@ -1,7 +1,7 @@
 """The package's layout: no import cycle between rurk's own modules, not even one hidden by a function-local import.
 
 A local import that breaks a cycle at import time still ties the two modules together (neither can be read,
-tested or moved alone); shared pieces are moved down instead (e.g. :mod:`rurk.tables`, :mod:`rurk.dryrun`).
+tested or moved alone); shared pieces are moved down instead (e.g. :mod:`rurk.report.tables`, :mod:`rurk.run.dryrun`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycle_including_local_imports():
     graph = import_graph()
-    assert "rurk.report" in graph and "rurk.tables" in graph["rurk.report"]
+    assert "rurk.report.write" in graph and "rurk.report.tables" in graph["rurk.report.write"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -104,3 +104,24 @@ def test_import_spellings(tmp_path, text):
     (pkg / "a.py").write_text("def g():\n    from .b import f\n")
     (pkg / "b.py").write_text(text)
     assert find_cycle(import_graph(pkg)) == ["rurk.a", "rurk.b", "rurk.a"]
+
+
+#: The flow of docs/design.md as the folders show it, lowest first: a package may import only from packages at its
+#: own level or below (the foundations — config, store, train, torchutil, ... — and data/models/perturb are below all).
+LAYERS = (("rurk.data", "rurk.models", "rurk.perturb"), ("rurk.audit",), ("rurk.methods",), ("rurk.pipeline",),
+          ("rurk.report",), ("rurk.run",), ("rurk.cli",))
+
+
+def test_packages_import_only_downstream_of_the_flow():
+    """audit never imports methods, run, report or cli; methods never run, report or cli; report never run or cli;
+    run never cli — data flows one way, and the folder names say which way."""
+    def layer(module: str) -> int | None:
+        return next((i for i, group in enumerate(LAYERS) for g in group if module == g or module.startswith(g + ".")),
+                    None)
+
+    graph = import_graph()
+    back = [(m, t) for m, targets in graph.items() for t in targets
+            if layer(m) is not None and layer(t) is not None and layer(t) > layer(m)]
+    assert back == [], back
+    assert {"rurk.audit.kernel", "rurk.methods.rurk", "rurk.report.write", "rurk.run.experiment",
+            "rurk.cli.commands"} <= set(graph)  # the folders exist as the picture draws them

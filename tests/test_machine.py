@@ -1,11 +1,11 @@
-"""The machine fingerprint (rurk.machine) and the report's record of it (rurk.report.machine_of)."""
+"""The machine fingerprint (rurk.machine) and the report's record of it (rurk.report.summary.machine_of)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from rurk import machine
-from rurk.report import machine_of
+from rurk.report.summary import machine_of
 
 ZEN1 = """processor	: 0
 vendor_id	: AuthenticAMD

@@ -12,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import rurk.metrics as M
+import rurk.audit.metrics as M
 from rurk.data.tensordata import TensorData
-from rurk.metrics import (Accuracies, Relearn, aggregate, avg_gap, mean_ce, mia, mia_class, mia_sample,
-                          relearn_time, standard_accuracies, true_label_probs)
+from rurk.audit.metrics import Accuracies, Relearn, aggregate, avg_gap, mean_ce, mia, mia_class, mia_sample, relearn_time, standard_accuracies, true_label_probs
 
 
 def td(x, y) -> TensorData:

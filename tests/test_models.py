@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rurk.models import (MODELS, Classifier, Normalize, build_model, default_tail, feature_head,
-                         last_k_layers)
+from rurk.models import MODELS, Classifier, Normalize, build_model, default_tail, feature_head, last_k_layers
 
 # Small but non-trivial configurations (3 channels everywhere so per-channel broadcasting is exercised).
 SMALL = {

@@ -145,7 +145,7 @@ def test_a_claim_that_does_not_wait_skips_a_held_cell(tmp_path):
 def test_workers_train_every_reference_first_skipping_one_being_trained(tmp_path):
     from rurk.config import load_scenario, parse_overrides
     from rurk.pipeline import prepare, reference_keys
-    from rurk.pool_exec import train_references
+    from rurk.run.pool_exec import train_references
     from rurk.store import Store
 
     scenario = load_scenario("digits5", parse_overrides(["train.epochs=2"]))

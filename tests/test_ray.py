@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-import rurk.experiment as experiment
+import rurk.run.experiment as experiment
 from rurk.cli import main
-from rurk.grid import Cell, critical_path, list_schedule
+from rurk.run.grid import Cell, critical_path, list_schedule
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'rurk[ray]')")
@@ -63,7 +63,7 @@ def local_run(tmp_path_factory):
 def ray_run(ray_instance, tmp_path_factory):
     """One grid on Ray, stopped (as by Ctrl-C) after 3 committed cells and started again; the first attempt of
     `retrain` (always committed before the stop) kills its worker."""
-    from rurk import ray_exec
+    from rurk.run import ray_exec
 
     out, faults = tmp_path_factory.mktemp("ray"), tmp_path_factory.mktemp("faults")
     mp = pytest.MonkeyPatch()
@@ -157,7 +157,7 @@ def test_an_interrupted_run_resumes_without_recomputing(ray_run):
 
 @needs_ray
 def test_one_store_for_both_executors(local_run, ray_run, ray_instance, monkeypatch):
-    from rurk import ray_exec
+    from rurk.run import ray_exec
 
     assert main(["run", *ARGS, "--out", str(local_run), "--executor", "ray"]) == 0  # a local store on Ray
     assert ray_exec.LAST_RUN["submitted"] == [] and len(ray_exec.LAST_RUN["done"]) == 7

@@ -1,4 +1,4 @@
-"""The README check (rurk.readme.compare) and the paired gaps it relies on.
+"""The README check (rurk.report.readme.compare) and the paired gaps it relies on.
 
 A block is compared exactly on the machine that wrote it and within derived tolerances elsewhere; these tests
 build blocks from hand-made three-seed results, move numbers by amounts on either side of the tolerance and
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from rurk.experiment import SeedResult
-from rurk.readme import CAPS, FLOORS, R_FLOOR_SLOPE, Z, _cell, compare, machine_line, parse, render, tolerance
-from rurk.report import main_table, summarise
+from rurk.run.experiment import SeedResult
+from rurk.report.readme import CAPS, FLOORS, R_FLOOR_SLOPE, Z, _cell, compare, machine_line, parse, render, tolerance
+from rurk.report.tables import main_table
+from rurk.report.summary import summarise
 
 KEYS = ("retain_acc", "unlearn_acc", "test_acc", "mia")
 TAUS = [0.0, 0.03, 0.3]
@@ -209,7 +210,7 @@ def test_structure_must_match_exactly(change):
 
 
 def test_transfer_table_sets_each_tuned_methods_tuning_gap_beside_this_runs():
-    from rurk.readme import render_transfer
+    from rurk.report.readme import render_transfer
 
     summary = {"seeds": [131, 42], "run": {"tuned": "t.toml", "split_seed": 0},
                "methods": {"gd": {"avg_gap": 6.5}, "cr": {"avg_gap": 1.0}}}

@@ -8,11 +8,11 @@ import threading
 import pytest
 import torch
 
-import rurk.experiment as experiment
+import rurk.run.experiment as experiment
 import rurk.pipeline as pipeline
 from rurk.cli import main
 from rurk.config import load_scenario, parse_overrides
-from rurk.experiment import RunOptions, run_experiment
+from rurk.run.experiment import RunOptions, run_experiment
 from rurk.store import Store
 
 FAST = ["--set", "train.epochs=3", "--set", "methods.gd.epochs=1", "--draws", "2", "--taus", "0,0.1",
@@ -218,7 +218,7 @@ def test_an_audit_with_other_draws_or_noise_seed_is_computed_anew_not_served_fro
 def test_tune_scores_trials_on_its_tuning_forget_sets_never_on_the_reported_one(tmp_path, monkeypatch):
     import dataclasses
 
-    import rurk.tune as tune_mod
+    import rurk.run.tune as tune_mod
 
     class Captured(Exception):
         pass
@@ -286,7 +286,7 @@ def _forget(n: int = 24):
 
 @pytest.mark.parametrize("poison", ["all", "one", "overflow"])
 def test_non_finite_logits_are_an_error_of_the_audit_never_a_number(poison):
-    from rurk.audit import residual_knowledge
+    from rurk.audit.kernel import residual_knowledge
     from rurk.torchutil import NonFiniteLogits
 
     x, y = _forget()
@@ -303,7 +303,7 @@ def test_non_finite_logits_are_an_error_of_the_audit_never_a_number(poison):
 
 @pytest.mark.parametrize("poison", ["all", "one"])
 def test_non_finite_logits_are_an_error_of_every_metric(poison):
-    from rurk import metrics as M
+    from rurk.audit import metrics as M
     from rurk.data.tensordata import TensorData
     from rurk.torchutil import NonFiniteLogits
     from rurk.train import accuracy

@@ -9,7 +9,9 @@ import pytest
 from rurk.config import ConfigError, load_scenario, parse_overrides
 from rurk.methods import load_all
 from rurk.methods.base import REGISTRY, Param, integer, log_uniform
-from rurk.tune import TrialFailed, load_tuned, run_study, tune
+from rurk.run.study import TrialFailed, run_study
+from rurk.run.tuned import load_tuned
+from rurk.run.tune import tune
 
 SPACE = {"x": log_uniform(1e-3, 1.0), "k": integer(1, 5)}
 

@@ -12,7 +12,8 @@ import rurk.pipeline as pipeline
 from rurk.cli import build_parser, main
 from rurk.config import load_scenario, parse_overrides
 from rurk.methods.base import integer, log_uniform
-from rurk.tune import DEFAULT_SPLIT_SEEDS, N_STARTUP_TRIALS, PRUNER_STARTUP_TRIALS, run_study, tune
+from rurk.run.study import DEFAULT_SPLIT_SEEDS, N_STARTUP_TRIALS, PRUNER_STARTUP_TRIALS, run_study
+from rurk.run.tune import tune
 
 SPACE = {"x": log_uniform(1e-3, 1.0), "k": integer(1, 5)}
 QUIET = dict(log=lambda *_: None)
@@ -131,11 +132,11 @@ def test_digits5_tune_in_worker_processes_records_per_split_gaps(tmp_path):
 def test_a_calibrated_trial_skips_the_plot_trace_and_scores_the_same(tmp_path):
     from dataclasses import replace
 
-    from rurk.experiment import evaluate
+    from rurk.run.experiment import evaluate
     from rurk.methods.base import unlearn
-    from rurk.metrics import avg_gap
+    from rurk.audit.metrics import avg_gap
     from rurk.store import Store
-    from rurk.tune import _load_splits, _Objective
+    from rurk.run.tune import _load_splits, _Objective
 
     scenario = load_scenario("digits5", parse_overrides(["train.epochs=3"]))
     splits = _load_splits(scenario, [1], 1, Store(tmp_path), "cpu")
@@ -166,7 +167,7 @@ def test_the_incumbent_is_trial_0_with_its_own_values_and_is_enqueued_once(tmp_p
     # continuing the study neither re-enqueues nor repeats it
     study = run_study(record, SPACE, storage(tmp_path), "i", trials=5, sampler_seed=0, incumbent=start, **QUIET)
     assert sum(t.params == start for t in study.trials) == 1 and len(study.trials) == 5
-    from rurk.tune import provenance
+    from rurk.run.tune import provenance
 
     prov = provenance(study, SPACE, sampler_seed=0, seed=1, split_seeds=[1, 2, 3], preset="small", wall_s=1.0,
                       incumbent=start)
@@ -180,7 +181,7 @@ def test_the_incumbent_is_trial_0_with_its_own_values_and_is_enqueued_once(tmp_p
 
 def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones_are_refused():
     from rurk.config import ConfigError
-    from rurk.tune import incumbent_values
+    from rurk.run.tune import incumbent_values
 
     args = build_parser().parse_args(["tune", "fmnist5", "--methods", "rurk", "--incumbent"])
     assert args.incumbent is True and build_parser().parse_args(["tune", "fmnist5", "--methods", "rurk"]).incumbent is False
@@ -189,7 +190,7 @@ def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones
                                                 "tau": 0.1}
     assert incumbent_values(sc, "rurk", {"lr": 0.05})["lr"] == 0.05  # the scenario's value over the default
     # by default what `rurk run` uses: a method's shipped tuned values (fmnist5 ships NegGrad+'s) ...
-    from rurk.tune import load_tuned
+    from rurk.run.tuned import load_tuned
 
     shipped = load_tuned(sc.tuned)["neggrad_plus"]
     assert incumbent_values(sc, "neggrad_plus") == {k: shipped[k] for k in ("lr", "epochs", "beta")}
@@ -211,7 +212,7 @@ def test_an_incumbent_outside_its_space_is_refused_before_any_work(tmp_path, mon
     from rurk.config import ConfigError
 
     called = []
-    monkeypatch.setattr("rurk.tune._load_splits", lambda *a, **k: called.append(1) or [])
+    monkeypatch.setattr("rurk.run.tune._load_splits", lambda *a, **k: called.append(1) or [])
     sc = load_scenario("fmnist5", {"methods": {"rurk": {"epochs": 40}}})
     with pytest.raises(ConfigError, match="rurk's current epochs = 40"):
         tune(sc, ["ga", "rurk"], tmp_path, trials=2, jobs=1, incumbent=True, log=lambda *_: None)
@@ -231,7 +232,7 @@ def test_the_study_name_follows_the_methods_resolved_config_code_defaults_includ
     from dataclasses import replace
 
     from rurk.methods.base import MethodSpec, get_method
-    from rurk.tune import study_name
+    from rurk.run.tune import study_name
 
     sc = load_scenario("fmnist5")
     name = lambda base: study_name(sc, "rurk", base, 1, [1, 2, 3], 0)  # noqa: E731

@@ -23,7 +23,7 @@ import pytest
 from optuna.storages._cached_storage import _CachedStorage
 
 from rurk.methods.base import integer, log_uniform
-from rurk.tune import run_study
+from rurk.run.study import run_study
 
 N = 2
 SPACE = {"x": log_uniform(1e-3, 1.0), "k": integer(1, 5), "z": log_uniform(1e-3, 1.0)}

@@ -171,7 +171,7 @@ class ForgetConfig:
     fraction: float | None = 0.5  # paper: 50% of class 0
     count: int | None = None
     file: str | None = None
-    calibration: int = 0  # decision: held-out images of the forget class for calibrated stopping (rurk.calibrate)
+    calibration: int = 0  # decision: held-out images of the forget class for calibrated stopping (rurk.methods._calibrate)
 
     def __post_init__(self):
         if self.kind not in ("sample", "class", "file"):
@@ -212,7 +212,7 @@ MAX_BOOTSTRAP = 100_000
 #: The most perturbed copies per forget sample an audit takes. An accuracy over c copies has a standard error of at
 #: most 0.5/sqrt(c), 0.0016 at 100,000 (the paper uses 100), far inside the bootstrap interval over the samples; and
 #: the copies of one block of 16 samples already take 16 x 100,000 x 784 x 4 bytes = 5 GB per buffer on 28x28
-#: images (rurk.audit.audit_memory; the forget set's own bound is checked once its size is known). 10^7 died of
+#: images (rurk.audit.spec.audit_memory; the forget set's own bound is checked once its size is known). 10^7 died of
 #: MemoryError after Original and Re-train were trained.
 MAX_DRAWS = 100_000
 

@@ -27,7 +27,7 @@ def save_png(fig, path, dpi: int = 120) -> Path:
 
 
 def line_style(i: int) -> dict:
-    """Colour, line style and marker of the i-th curve (as in :func:`rurk.plots.residual_figure`), so coinciding
+    """Colour, line style and marker of the i-th curve (as in :func:`rurk.report.plots.residual_figure`), so coinciding
     curves stay distinguishable."""
     return {"color": _COLORS(i % 20), "linestyle": ("-", "--", "-.", ":")[(i // 10) % 4], "marker": "osD^vP*Xph<>"[i % 12]}
 

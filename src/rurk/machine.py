@@ -15,7 +15,7 @@ model name (one "AMD EPYC" string covers Zen 1 with AVX2 only and Zen 4 with AVX
 :func:`machine` returns the per-process part (cached); :func:`digest` hashes a fingerprint. Every record the store
 writes carries the digest of the machine that computed it (``timings.machine``), so a report assembled from cells
 of several machines says so instead of claiming one (:mod:`rurk.report`), and the README check compares blocks
-exactly only when their whole fingerprints match (:mod:`rurk.readme`).
+exactly only when their whole fingerprints match (:mod:`rurk.report.readme`).
 """
 
 from __future__ import annotations

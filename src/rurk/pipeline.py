@@ -24,7 +24,7 @@ from .data import Source, Split, SplitData, load_source, make_split
 from .methods.base import UnlearnData
 from .models import build_model
 from .store import Store, cache_key, write_json
-from .train import OptimConfig, accuracy, fit, prepare_model
+from .train import accuracy, fit, prepare_model
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
 from . import machine
 
 FORMAT_VERSION = 1

@@ -32,8 +32,8 @@ from .data import load_source
 from .data.tensordata import TensorData
 from .methods import UnlearnData, unlearn
 from .models import build_model
-from .train import OptimConfig, accuracy, fit
 from .torchutil import predict
+from .train import OptimConfig, accuracy, fit
 
 __all__ = ["iris_figure", "iris_toy_data", "iris_models", "gaussian_copies", "correct_copies", "FORGET_PER_CLASS",
            "PETAL_COLUMNS"]

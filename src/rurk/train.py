@@ -175,7 +175,7 @@ class LoopRecord:
     history: dict[str, list[float]] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
-    calibration: dict | None = None  # what a Calibration decided (rurk.calibrate.Calibrator.finish)
+    calibration: dict | None = None  # what a Calibration decided (rurk.methods._calibrate.Calibrator.finish)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -194,7 +194,7 @@ def diverged(record: _Run, model: nn.Module) -> bool:
 
 # ---------------------------------------------------------------------------------------------- the loop
 class Calibration(Protocol):
-    """A stopping rule that watches the model (:class:`rurk.calibrate.Calibrator`): ``start`` sees the model
+    """A stopping rule that watches the model (:class:`rurk.methods._calibrate.Calibrator`): ``start`` sees the model
     before the first step, ``check`` after every step (True = stop now), ``finish`` may rewind the model to
     an earlier checkpoint and returns what it decided, for the record."""
 
@@ -233,7 +233,7 @@ def run_loop(
       touches these. ``set_mode`` puts the model in its training mode (default ``model.train()``).
     - ``after_step(model, lr)`` runs after every optimiser step (NGD's noise); ``stop(model, step)``
       is asked after every step and ends training early when it returns True (re-learn time).
-    - ``calibration`` (calibrated stopping, :mod:`rurk.calibrate`): started before the first step, checked
+    - ``calibration`` (calibrated stopping, :mod:`rurk.methods._calibrate`): started before the first step, checked
       after every step like ``stop``, and finished at the end — it may rewind the model to the checkpoint it
       chose; its decision is ``record.calibration``. The epoch budget is then an upper bound.
     - A non-finite loss stops the loop and marks the record ``diverged`` at that step.

@@ -23,7 +23,6 @@ import pickle
 import signal
 import sys
 
-
 #: how often a watching worker looks whether its parent is still there (seconds)
 WATCH_EVERY = 0.25
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..attack_report import write_robust
-from ..attacks import RobustSettings, robust_curves, subsample
-from ..audit import check_audit_memory, residual_knowledge
+from ..audit.attacks import RobustSettings, robust_curves, subsample
+from ..audit.gallery import write_per_sample
+from ..audit.kernel import residual_knowledge
+from ..audit.metric_specs import cell_failure
+from ..audit.spec import check_audit_memory
 from ..config import ConfigError, Scenario
-from ..experiment import RunOptions, audit_settings, unlearned_model
-from ..gallery import write_per_sample
-from ..metric_specs import cell_failure
 from ..pipeline import load_run_model, pick_device, prepare, reference_models
-from ..plots import plot_residual_curves
+from ..report.attack_report import write_robust
+from ..report.plots import plot_residual_curves
+from ..run.experiment import RunOptions, audit_settings, unlearned_model
 from ..store import Store, atomic_output, load_checkpoint
 from ..usermodel import (
     build_user_model,
@@ -81,7 +82,7 @@ def cmd_audit(args) -> None:
 
 def _check_memory(spec, prepared) -> None:
     """The audit's copies of the scenario's forget set fit this machine's memory
-    (:func:`rurk.audit.check_audit_memory`)."""
+    (:func:`rurk.audit.spec.check_audit_memory`)."""
     f = prepared.data.forget
     n = len(f) if spec.max_forget is None else min(len(f), spec.max_forget)
     check_audit_memory(spec, n, tuple(f.x.shape[1:]))
@@ -212,14 +213,14 @@ def _free_write(res, out: Path, m, forget, probe, *, name: str, scenario: str | 
 
     import numpy as np
 
-    from ..gallery import write_gallery
-    from ..plots import plot_free_curve
+    from ..audit.gallery import write_gallery
+    from ..report.plots import plot_free_curve
 
     pr = probe.name
     stem = out / f"residual-free-{pr}"
     if not (scenario or "").startswith("fmnist5"):
         res.notes.append("the estimator's error that sets the interval was validated on fmnist5 only "
-                         "(rurk.estimate.VALIDATED): on other data the interval's width, and so the verdicts, assume it")
+                         "(rurk.audit.estimate.VALIDATED): on other data the interval's width, and so the verdicts, assume it")
     res.write_json(f"{stem}.json", scenario=scenario, seed=seed, method=name, reference="none (estimate)", **meta)
     with atomic_output(f"{stem}.csv") as tmp:  # never a truncated CSV (a full disk, a killed run)
         res.write_csv(tmp)
@@ -249,7 +250,7 @@ def _free_write(res, out: Path, m, forget, probe, *, name: str, scenario: str | 
 def _audit_scenario_free(args) -> None:
     """`rurk audit SCENARIO [--method M | --unlearned F] --reference none`: the model against the estimate made from
     the seed's Original and the split's calibration and retain sets. Re-train is never trained, loaded or read."""
-    from ..audit_free import residual_free
+    from ..audit.free import residual_free
     from ..pipeline import reference_model
 
     scenario = _scenario(args)
@@ -300,8 +301,8 @@ def _audit_scenario_free(args) -> None:
 def _audit_user_free(args) -> None:
     """`rurk audit --arch F --unlearned M --original O --forget F --calibration C [--retain R]`: your model against
     the estimate made from your Original and held-out images; no Re-train anywhere."""
-    from ..audit_free import residual_free
-    from ..estimate import check_images
+    from ..audit.estimate import check_images
+    from ..audit.free import residual_free
 
     if args.scenario is not None:
         raise ConfigError(f"give a scenario ({args.scenario!r}) or --arch, not both")

@@ -12,11 +12,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from ..config import MAX_BOOTSTRAP, MAX_DRAWS, ConfigError, load_scenario, parse_overrides
+from ..config import (
+    MAX_BOOTSTRAP,
+    MAX_DRAWS,
+    ConfigError,
+    load_scenario,
+    parse_overrides,
+)
 from ..data.loaders import BUNDLED
-from ..experiment import RunOptions, audit_settings, check_method_configs, check_method_tables
+from ..run.experiment import (
+    RunOptions,
+    audit_settings,
+    check_method_configs,
+    check_method_tables,
+)
+from ..run.tuned import with_tuned
 from ..store import check_safetensors
-from ..tune import with_tuned
 
 T = TypeVar("T")
 

@@ -6,22 +6,23 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .. import metrics as M
-from ..claims import claims_lines
+from ..audit import metrics as M
+from ..audit.metric_specs import cell_failure, failure_reason
 from ..config import ConfigError, list_scenarios
-from ..experiment import RunOptions, method_config, run_experiment, unlearned_model
 from ..methods import load_all
-from ..metric_specs import cell_failure, failure_reason
 from ..pipeline import prepare, reference_models
-from ..plan import plan, plan_lines
-from ..pool_exec import ProcessExecutor
-from ..ray_exec import RayExecutor, import_ray
-from ..readme import compare, read_block, render, render_transfer, update
-from ..report import main_table, markdown
+from ..report.claims import claims_lines
+from ..report.readme import compare, read_block, render, render_transfer, update
+from ..report.tables import main_table, markdown
+from ..run.experiment import RunOptions, method_config, run_experiment, unlearned_model
+from ..run.plan import plan, plan_lines
+from ..run.pool_exec import ProcessExecutor
+from ..run.ray_exec import RayExecutor, import_ray
+from ..run.tune import tune
+from ..run.tuned import read_tuned, tuned_path
 from ..store import Store, cache_key
 from ..threads import available_cpus
 from ..toy import iris_figure
-from ..tune import read_tuned, tune, tuned_path
 from .checks import _audit_options, _refuse, _run_options, _scenario, _seeds
 
 

@@ -51,7 +51,7 @@ file's name, or original), never into a run's OUT/SCENARIO/seed-S/NAME/, whose f
 """
 
 
-#: `rurk tune`'s default tuning run seed (rurk.tune.DEFAULT_TUNING_SEED, not imported here: rurk.tune takes a
+#: `rurk tune`'s default tuning run seed (rurk.run.study.DEFAULT_TUNING_SEED, not imported here: rurk.run.tune takes a
 #: second to import and the parser is built for every command; tests/test_cli_checks.py keeps the two equal).
 DEFAULT_TUNING_SEED = 1
 
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--transfer", action="store_true", help="instead of the results: each tuned method's Avg. Gap on "
                    "its tuning forget sets (the tuned file's provenance) beside its Avg. Gap in this run")
     c.add_argument("--check", action="store_true", help="only compare; exit 1 when the block differs (exactly on the machine that wrote it, else beyond "
-                        "the tolerances of rurk.readme)")
+                        "the tolerances of rurk.report.readme)")
     c.set_defaults(fn="commands:cmd_readme")
 
     c = sub.add_parser("iris-figure", help="the toy 2-D illustration (paper Fig. 1 spirit) as a PNG")

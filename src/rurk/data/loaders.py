@@ -12,10 +12,10 @@ Sources: ``digits``, ``iris`` (scikit-learn, all in ``train``, empty ``test``), 
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
-import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path

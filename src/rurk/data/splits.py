@@ -17,7 +17,7 @@ so it can be written as JSON next to the checkpoints and reapplied to the exact 
    ``calib_count`` of the class's source-train images that the split does not use (left out by
    ``train_per_class``, e.g. the unused Fashion-MNIST training images), else from the class's validation
    hold-out (CIFAR-10's 20%; they leave val), else held out of the class's kept training samples (digits: a held-out part). Neither model ever trains on
-   them and they are never test images: calibrated stopping (:mod:`rurk.calibrate`) estimates Re-train's
+   them and they are never test images: calibrated stopping (:mod:`rurk.methods._calibrate`) estimates Re-train's
    accuracy on the forget set from them.
 6. **Forget selection** among the remaining training samples:
    ``"sample"`` = a seeded ``round(forget_fraction · n)`` (or exactly ``forget_count``) of the ``n`` remaining

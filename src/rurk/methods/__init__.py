@@ -5,8 +5,17 @@
 
 from __future__ import annotations
 
-from .base import (REGISTRY, FinetuneConfig, MethodRecord, MethodSpec, UnlearnData, get_method, load_all, register,
-                   unlearn)
+from .base import (
+    REGISTRY,
+    FinetuneConfig,
+    MethodRecord,
+    MethodSpec,
+    UnlearnData,
+    get_method,
+    load_all,
+    register,
+    unlearn,
+)
 
 __all__ = [
     "REGISTRY", "FinetuneConfig", "MethodRecord", "MethodSpec", "UnlearnData", "get_method", "register", "unlearn",

@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 from ..models import feature_head
 from ..torchutil import batched, eval_mode, model_device
 
+
 def classifier_layer(model: nn.Module) -> nn.Linear:
     """The classifier layer (the last Linear), identified by module reference."""
     return feature_head(model)[1]

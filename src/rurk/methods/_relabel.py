@@ -44,7 +44,7 @@ class RelabelConfig(FinetuneConfig):
     (reference code, spec §12), momentum 0.9 and batch 128 (paper, spec §0; the reference code uses 256) are
     FinetuneConfig's."""
 
-    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.methods._calibrate)
 
     weight_decay: float = 5e-4  # reference code
     allow_true_label: bool = False  # decision (spec §12): every forget label is wrong

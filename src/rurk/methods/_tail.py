@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy
-from ._retain import finetune_on_retain
 from ..models import init_module_, last_k_layers
+from ._retain import finetune_on_retain
+from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy
 
 
 @dataclass(frozen=True)

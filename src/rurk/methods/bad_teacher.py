@@ -27,13 +27,22 @@ from ..data.tensordata import TensorData
 from ..torchutil import derive_seed, make_generator, model_device
 from ..train import Batch, BatchStream, OptimConfig, prepare_model, run_loop
 from ._tail import reinit_tail
-from .base import (FinetuneConfig, MethodRecord, Param, UnlearnData, calibrator, fresh_copy, integer, log_uniform,
-                   register)
+from .base import (
+    FinetuneConfig,
+    MethodRecord,
+    Param,
+    UnlearnData,
+    calibrator,
+    fresh_copy,
+    integer,
+    log_uniform,
+    register,
+)
 
 
 @dataclass(frozen=True)
 class BadTeacherConfig(FinetuneConfig):
-    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.methods._calibrate)
 
     optimizer: str = "adam"  # reference code
     lr: float = 1e-4  # reference code

@@ -28,11 +28,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..calibrate import CalibrationSpec, Calibrator
 from ..config import ConfigError, from_dict, merge, parse_value, to_dict
 from ..data.tensordata import TensorData
 from ..perturb import PROBES
 from ..train import LoopRecord, OptimConfig
+from ._calibrate import CalibrationSpec, Calibrator
 
 
 @dataclass(frozen=True)
@@ -104,16 +104,16 @@ class FinetuneConfig:
     cosine_t_max: int | None = None  # decision: None = the planned iterations
     max_steps: int | None = None  # decision: no cap
     clip_grad_norm: float | None = None  # paper: none unless stated
-    # calibrated stopping (rurk.calibrate; decision, not in the paper): off for every method but RURK
+    # calibrated stopping (rurk.methods._calibrate; decision, not in the paper): off for every method but RURK
     calibrate: bool = False
     calib_probe: str = "gaussian"  # decision: the audit's probe
     calib_tau: float = 0.03  # decision: the audit's headline τ (0 = the clean rule)
     calib_every: int = 1  # decision: check after every step
     calib_draws: int = 2  # decision: copies per forget image per check
     calib_trace: int = 128  # decision: retain/test samples in the recorded trajectory
-    calib_trace_every: int = 4  # decision: the retain/test trace at every 4th check (rurk.calibrate)
+    calib_trace_every: int = 4  # decision: the retain/test trace at every 4th check (rurk.methods._calibrate)
     calib_alpha: float = 0.5  # decision: learning-curve exponent of the target's correction (0 = uncorrected)
-    calib_proxy: float = 0.65  # decision: slope of the target's difficulty shift (rurk.calibrate; 0 = none)
+    calib_proxy: float = 0.65  # decision: slope of the target's difficulty shift (rurk.methods._calibrate; 0 = none)
 
     #: whether the method has a forget term, so calibrated stopping can act on it (set by such methods' configs)
     forget_term: ClassVar[bool] = False
@@ -303,7 +303,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def calibrator(cfg: FinetuneConfig, data: UnlearnData, seed: int):
     """The calibrated-stopping rule for ``run_loop(..., calibration=...)`` when ``cfg.calibrate`` is on, else
-    None (:mod:`rurk.calibrate`). Refused for class unlearning: Re-train's accuracy on a forgotten class is 0,
+    None (:mod:`rurk.methods._calibrate`). Refused for class unlearning: Re-train's accuracy on a forgotten class is 0,
     which held-out images of the class cannot estimate."""
     if not cfg.calibrate:
         return None

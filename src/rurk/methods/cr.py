@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ..models import feature_head
 from ._persample import batched_features

@@ -45,8 +45,15 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
 from ..torchutil import eval_mode, model_device, to_layout
-from ._persample import (auto_chunk, batched_logits, classifier_layer, conv_mode, plan_factored, probed_logits,
-                         trainable_params)
+from ._persample import (
+    auto_chunk,
+    batched_logits,
+    classifier_layer,
+    conv_mode,
+    plan_factored,
+    probed_logits,
+    trainable_params,
+)
 from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 
 

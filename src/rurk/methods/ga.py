@@ -22,14 +22,23 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import Batch, BatchStream, accuracy, prepare_model, run_loop
 from ..torchutil import model_device
-from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator, fresh_copy, integer, log_uniform, register
+from ..train import Batch, BatchStream, accuracy, prepare_model, run_loop
+from .base import (
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    calibrator,
+    fresh_copy,
+    integer,
+    log_uniform,
+    register,
+)
 
 
 @dataclass(frozen=True)
 class GAConfig(FinetuneConfig):
-    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.methods._calibrate)
 
     lr: float = 1e-5  # paper (reference code: 1e-4) — see the discrepancy note above
     epochs: int = 1  # paper (3 for CIFAR-10 class unlearning: preset "cifar10-class"; reference code: 5)

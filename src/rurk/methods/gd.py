@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from ._retain import finetune_on_retain
-from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, register
+from .base import (
+    FINETUNE_SPACE,
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    fresh_copy,
+    register,
+)
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,21 @@ from torch import nn
 from ..perturb import make_probe
 from ..torchutil import derive_seed, make_generator, model_device, to_layout
 from ..train import Batch, BatchStream, prepare_model, run_loop
-from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator, fresh_copy, integer, log_uniform, register
+from .base import (
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    calibrator,
+    fresh_copy,
+    integer,
+    log_uniform,
+    register,
+)
 
 
 @dataclass(frozen=True)
 class JiTConfig(FinetuneConfig):
-    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.methods._calibrate)
 
     lr: float = 3e-4  # reference code (η; VGG, CIFAR-10 sample forgetting)
     momentum: float = 0.0  # reference code: plain SGD

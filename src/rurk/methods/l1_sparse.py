@@ -25,9 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import Batch, BatchStream, prepare_model, run_loop
 from ..torchutil import model_device
-from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, log_uniform, register
+from ..train import Batch, BatchStream, prepare_model, run_loop
+from .base import (
+    FINETUNE_SPACE,
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    fresh_copy,
+    log_uniform,
+    register,
+)
 
 
 @dataclass(frozen=True)

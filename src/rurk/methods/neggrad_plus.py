@@ -18,13 +18,21 @@ from typing import ClassVar
 
 from torch import nn
 
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
 from ._forget import Weights, train_with_forget
+from .base import (
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    fresh_copy,
+    integer,
+    log_uniform,
+    register,
+)
 
 
 @dataclass(frozen=True)
 class NegGradPlusConfig(FinetuneConfig):
-    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.methods._calibrate)
 
     epochs: int = 1  # paper (3 for CIFAR-10 class unlearning: preset "cifar10-class")
     clip_grad_norm: float | None = 1.0  # paper

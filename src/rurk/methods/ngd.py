@@ -24,8 +24,16 @@ import torch
 from torch import nn
 
 from ..torchutil import derive_seed, make_generator, model_device
-from .base import FINETUNE_SPACE, FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 from ._retain import finetune_on_retain
+from .base import (
+    FINETUNE_SPACE,
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    fresh_copy,
+    log_uniform,
+    register,
+)
 
 NOISE_FORMS = ("sgd", "langevin")
 

@@ -58,8 +58,15 @@ from torch.func import functional_call, jacrev, vmap
 
 from ..models import feature_head
 from ..torchutil import eval_mode, model_device, to_layout
-from ._persample import (batched_features, batched_logits, constants_of, conv_mode, plan_factored, probed_logits,
-                         trainable_params)
+from ._persample import (
+    batched_features,
+    batched_logits,
+    constants_of,
+    conv_mode,
+    plan_factored,
+    probed_logits,
+    trainable_params,
+)
 from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 
 GiB = 2**30

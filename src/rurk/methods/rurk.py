@@ -40,13 +40,28 @@ from torch import nn
 
 from ..perturb import PROBES, make_probe
 from ..torchutil import derive_seed, make_generator, model_device, to_layout
-from ._forget import PerturbedBatch, PerturbFn, Weights, perturb_forget, train_with_forget
-from .base import FinetuneConfig, MethodRecord, UnlearnData, fresh_copy, integer, log_uniform, register
+from ._forget import (
+    PerturbedBatch,
+    PerturbFn,
+    Weights,
+    perturb_forget,
+    train_with_forget,
+)
+from .base import (
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    fresh_copy,
+    integer,
+    log_uniform,
+    register,
+)
+
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class RURKConfig(FinetuneConfig):
-    """RURK with **calibrated stopping** by default (:mod:`rurk.calibrate`; decision): a constant lr and loss
+    """RURK with **calibrated stopping** by default (:mod:`rurk.methods._calibrate`; decision): a constant lr and loss
     weights large enough that the forget accuracy falls within the epoch budget, which is only an upper bound —
     the rule stops at Re-train's estimated accuracy and rewinds to the closest check. Without the rule no fixed
     setting transfers from one forget set to the next (docs/science/rurk.md §10).
@@ -55,7 +70,7 @@ class RURKConfig(FinetuneConfig):
     epochs, cosine, λ_f = λ_a = 0.03, τ = 0.03, no rule; ``cifar10`` is the same with λ_a = 0.00045.
     ``cosine_t_max=200`` / ``max_steps=200`` select readings 1 / 2 of the paper's "200 iterations" (rurk.md §5)."""
 
-    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.methods._calibrate)
 
     weight_decay: float = 5e-4  # paper
     epochs: int = 10  # decision: the budget (an upper bound under the rule); paper: N = 2 (rurk.md §5)
@@ -68,7 +83,7 @@ class RURKConfig(FinetuneConfig):
     lambda_f: float = 0.08  # decision (calibrated); paper (small scale): 0.03
     lambda_a: float = 0.08  # decision (calibrated); paper (small scale): 0.03; preset cifar10: 0.00045 (paper)
     bn_update_on_forget: bool = True  # decision: True = literal Algorithm 1 (rurk.md §6)
-    calibrate: bool = True  # decision: calibrated stopping on (rurk.calibrate)
+    calibrate: bool = True  # decision: calibrated stopping on (rurk.methods._calibrate)
     lambda_c: float = 0.0  # decision (beyond the paper): weight of the class anchor, CE on noisy retained class images
     anchor_tau: float | None = None  # decision: the anchor copies' Gaussian std; None = tau
 

@@ -32,16 +32,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import BatchStream, prepare_model, run_loop
 from ..torchutil import model_device
-from .base import FinetuneConfig, MethodRecord, UnlearnData, calibrator, fresh_copy, integer, log_uniform, register
+from ..train import BatchStream, prepare_model, run_loop
+from .base import (
+    FinetuneConfig,
+    MethodRecord,
+    UnlearnData,
+    calibrator,
+    fresh_copy,
+    integer,
+    log_uniform,
+    register,
+)
 
 MAX, MIN = "max", "min"
 
 
 @dataclass(frozen=True)
 class SCRUBConfig(FinetuneConfig):
-    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.calibrate)
+    forget_term: ClassVar[bool] = True  # calibrated stopping applies (rurk.methods._calibrate)
 
     lr: float = 5e-4  # paper
     weight_decay: float = 5e-4  # paper

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensordata import TensorData
-from ..train import BatchStream, prepare_model
 from ..torchutil import model_device
+from ..train import BatchStream, prepare_model
 from ._grads import summed_gradients
 from .base import MethodRecord, UnlearnData, fresh_copy, log_uniform, register
 

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import cnn, mlp, resnet, vgg  # noqa: F401  (registers the architectures)
-from .base import MODELS, Classifier, Normalize, default_tail, feature_head, init_module_, last_k_layers
+from .base import (
+    MODELS,
+    Classifier,
+    Normalize,
+    default_tail,
+    feature_head,
+    init_module_,
+    last_k_layers,
+)
 
 __all__ = ["Classifier", "Normalize", "build_model", "MODELS", "default_tail", "feature_head", "last_k_layers",
            "init_module_"]

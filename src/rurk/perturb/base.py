@@ -3,7 +3,7 @@
 A *probe* (residual-knowledge.md §5) draws perturbed copies x' of inputs x at strength tau. One
 implementation serves two callers:
 
-* the **audit** (:func:`rurk.audit.residual_knowledge`) draws the randomness of a whole block of
+* the **audit** (:func:`rurk.audit.kernel.residual_knowledge`) draws the randomness of a whole block of
   (sample, draw) copies once with :meth:`Probe.draw` and reuses it for every tau with
   :meth:`Probe.apply` -- *common random numbers across tau*: a random probe's copy is
   ``clip(x + tau * noise, 0, 1)`` with one base ``noise`` per (sample, draw); adversarial probes share

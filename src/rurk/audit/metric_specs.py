@@ -2,9 +2,9 @@
 
 :data:`EVAL_METRICS` is the one list of the standard metrics a row is scored on: their keys in ``evaluate()``'s
 output and the store, their labels in the report's table, their unit and scale (fractions stored, shown as
-percent with two decimals), and whether Avg. Gap averages them. Evaluation (:mod:`rurk.experiment`), the gap
-(:func:`rurk.metrics.avg_gap`), the report's table, ``metrics.csv`` and ``summary.json`` (:mod:`rurk.report`)
-and the claims (:mod:`rurk.claims`) all read it; :data:`GAP_KEYS`, :data:`PCT_KEYS` and :data:`LABELS` are
+percent with two decimals), and whether Avg. Gap averages them. Evaluation (:mod:`rurk.run.experiment`), the gap
+(:func:`rurk.audit.metrics.avg_gap`), the report's table, ``metrics.csv`` and ``summary.json`` (:mod:`rurk.report`)
+and the claims (:mod:`rurk.report.claims`) all read it; :data:`GAP_KEYS`, :data:`PCT_KEYS` and :data:`LABELS` are
 derived views of it.
 
 A cell's result is stored as a JSON dict (format unchanged): a failed cell carries ``"error"`` (the reason) or

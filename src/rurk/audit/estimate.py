@@ -1,8 +1,8 @@
 """Re-train's accuracy on the forget set's perturbed copies, estimated without Re-train.
 
 One estimate, used twice: calibrated stopping stops unlearning where the forget accuracy meets it at its τ
-(:mod:`rurk.calibrate`), and the audit without Re-train divides the audited model's accuracy by it at every τ of
-its grid (:mod:`rurk.audit_free`). What it may look at: the model before unlearning (Original), the forget set,
+(:mod:`rurk.methods._calibrate`), and the audit without Re-train divides the audited model's accuracy by it at every τ of
+its grid (:mod:`rurk.audit.free`). What it may look at: the model before unlearning (Original), the forget set,
 a **calibration set** — held-out images of the forget set's classes that no model trained on (``Split.calib``; a
 user's own held-out images) — and, optionally, the retain set. Never Re-train.
 
@@ -44,9 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .audit import AuditSpec, check_inputs, count_correct
-from .data.tensordata import TensorData
-from .store import write_json
+from ..data.tensordata import TensorData
+from ..store import write_json
+from .kernel import check_inputs, count_correct
+from .spec import AuditSpec
 
 #: The estimator's validated error (RMSE against Re-train's accuracy on the forget copies, points) per τ, with and
 #: without the retain set: ``bench/free_estimate.py --validated`` on fmnist5's nine tuning-side forget sets (split
@@ -334,6 +335,6 @@ def difficulty_shift(retain: TensorData, forget: TensorData, calib: TensorData,
         _SHIFTS[key] = {k: (float(f_right[f_y == k].float().mean() - c_right[c_y == k].float().mean())
                             if bool((c_y == k).any()) else 0.0) for k in torch.unique(f_y).tolist()}
         if path is not None:
-            write_json(path, {"sets": key, "proxy": "LogisticRegression(C=0.1) on pixels (rurk.estimate.fit_proxy)",
+            write_json(path, {"sets": key, "proxy": "LogisticRegression(C=0.1) on pixels (rurk.audit.estimate.fit_proxy)",
                               "shift": {str(k): v for k, v in _SHIFTS[key].items()}})
     return dict(_SHIFTS[key])

@@ -1,7 +1,7 @@
 """``--executor ray``: the cells of `rurk run` and the trials of `rurk tune` as Ray tasks; the driver is the
 store's only writer.
 
-The graph (:mod:`rurk.grid`): per seed the references (pre-trained network, Original, Re-train), then each
+The graph (:mod:`rurk.run.grid`): per seed the references (pre-trained network, Original, Re-train), then each
 method's unlearning, then each row's evaluation (metrics, attack curves, audit). Every cell is one Ray task that
 declares its resources (``--cpus-per-task``, ``--gpus-per-task``, fractions allowed) and is retried by Ray when
 its worker dies (``--max-retries``).
@@ -9,7 +9,7 @@ its worker dies (``--max-retries``).
 **Workers compute with the local code.** A task builds a scratch store in a temporary directory, installs the
 records and checkpoints it depends on (sent through Ray's object store), and runs the very function the local
 executor runs for that cell — :func:`rurk.pipeline.pretrained_model` / :func:`~rurk.pipeline.reference_model`,
-:func:`rurk.experiment.unlearned_model`, :func:`rurk.experiment.run_seed` for one row — against it. What the
+:func:`rurk.run.experiment.unlearned_model`, :func:`rurk.run.experiment.run_seed` for one row — against it. What the
 scratch store gained (records, checkpoints as CPU state dicts, the row's audit CSV and per-sample files) is the
 task's return value. The cache keys are therefore computed by the same code as locally, and a store filled by one
 executor is reused by the other.
@@ -26,10 +26,10 @@ API, under the same per-cell claims as a local run: each checkpoint (``Store.sav
 last), then its record, then the other records (``Store.put``), then the files (atomic writes). A killed driver
 loses at most the cell it was committing; a cell counts as done only by its record.
 
-**Resume.** Before submitting anything the driver asks :func:`rurk.grid.grid_status` which cells the store
+**Resume.** Before submitting anything the driver asks :func:`rurk.run.grid.grid_status` which cells the store
 already holds (the local code in a dry run); those are never resubmitted. A stopped run is simply started again.
 
-**Results are the local executor's.** After the store is filled, :func:`rurk.experiment.run_experiment`
+**Results are the local executor's.** After the store is filled, :func:`rurk.run.experiment.run_experiment`
 assembles the summary with the local code from the store alone. With the same thread count per process the
 numbers are bit-identical to a local run (tasks use ``--cpus-per-task`` torch threads, default 1; float
 reductions on CPU and cuDNN kernels on GPU may round differently with other thread counts or devices).
@@ -40,175 +40,29 @@ from __future__ import annotations
 import math
 import os
 import socket
-import tempfile
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import ConfigError
+from ..audit.metric_specs import cell_failure
+from ..config import ConfigError
+from ..data.tensordata import TensorData
+from ..pipeline import Prepared, new_model, reference_keys
+from ..store import atomic_write, cache_key, canonical_json
+from ..train import progress_enabled
+from .experiment import unlearned_key
 from .grid import REFERENCES, Cell, cell_graph, grid_status
-from .metric_specs import cell_failure
-from .data.tensordata import TensorData
-from .experiment import run_seed, unlearned_key, unlearned_model
-from .pipeline import Prepared, new_model, pretrained_model, reference_keys, reference_model, reference_models
-from .store import Store, atomic_write, cache_key, canonical_json
-from .train import progress_enabled
-from .tune import TrialFailed, _Objective
-
-RAY_MISSING = "--executor ray needs Ray: pip install 'rurk[ray]'"
-
-#: Test hook (read by the driver, sent with each task): ``"PATTERN@DIR"`` makes the first attempt of every cell
-#: whose id contains PATTERN kill its worker (``os._exit``), leaving a marker file in DIR; Ray retries it.
-FAULT_ENV = "RURK_RAY_FAULT"
-#: Test hook: stop the driver (as if by Ctrl-C) after committing this many cells.
-STOP_ENV = "RURK_RAY_STOP_AFTER"
-
-#: Counters of the last :meth:`RayExecutor.fill` (read by tests): cell ids found done, submitted, failed.
-LAST_RUN: dict = {}
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ImportError(RAY_MISSING) from None
-    return ray
-
-
-# ------------------------------------------------------------------------------------------------ worker side
-class _State:
-    """A state dict that :meth:`rurk.store.Store.save_model` can save (it only calls ``state_dict()``)."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
-
-
-def _install(store, records: list[dict], weights: dict[str, dict]) -> None:
-    for key, w in weights.items():
-        meta = {k: v for k, v in w["meta"].items() if k not in ("sha256", "format", "key")}
-        store.save_model(key, _State(w["state"]), meta)
-    for r in records:
-        store.put(r["kind"], r["key"], scenario=r["scenario"], seed=r["seed"], config=r["config"],
-                  metrics=r["metrics"], timings=r["timings"])
-
-
-def _read_checkpoint(store, key: str) -> dict | None:
-    """{"state": CPU tensors, "meta": model.json} of a complete checkpoint, else None."""
-    from safetensors.torch import load_file
-
-    meta = store.load_meta(key)
-    if meta is None:
-        return None
-    return {"state": load_file(str(store.model_dir(key) / "model.safetensors"), device="cpu"), "meta": meta}
-
-
-def _harvest(store, before: set, seeded: set, out_root: Path) -> dict:
-    records = [r for r in store.records() if (r["kind"], r["key"], r["created"]) not in before]
-    models = store.root / "models"
-    checkpoints = {}
-    for d in sorted(models.iterdir()) if models.is_dir() else []:
-        if d.name not in seeded:
-            ck = _read_checkpoint(store, d.name)
-            if ck is not None:
-                checkpoints[d.name] = ck
-    files = {str(p.relative_to(out_root)): p.read_bytes() for p in sorted(out_root.rglob("*")) if p.is_file()}
-    return {"records": records, "checkpoints": checkpoints, "files": files}
-
-
-def _fault(cell_id: str, fault: tuple[str, str] | None) -> None:
-    if not fault or fault[0] not in cell_id:
-        return
-    marker = Path(fault[1]) / (cell_id.replace(" ", "_").replace("/", "_") + ".failed-once")
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{socket.gethostname()} {os.getpid()}\n")
-        os._exit(1)  # the worker dies; Ray resubmits the task
-
-
-def _worker_setup(threads: int) -> None:
-    import torch
-
-    os.environ["RURK_PROGRESS"] = "0"
-    torch.set_num_threads(max(1, int(threads)))
-
-
-def _compute(job: dict, prepared, store, out_root: Path) -> None:
-    """Run the local code of one cell against the (scratch) store."""
-    kind, seed, scenario, opts = job["kind"], job["seed"], job["scenario"], job["opts"]
-    if kind == "pretrained":
-        pretrained_model(scenario, prepared, seed, store, device=opts.device, progress=False)
-    elif kind in ("original", "retrain"):
-        pre = (pretrained_model(scenario, prepared, seed, store, device=opts.device, progress=False)
-               if scenario.pretrain.dataset else (None, None))
-        reference_model(kind, scenario, prepared, seed, store, device=opts.device, progress=False, pretrained=pre)
-    elif kind == "unlearn":
-        refs = reference_models(scenario, prepared, seed, store, device=opts.device, progress=False)
-        unlearned_model(job["name"], scenario, prepared, refs, seed, store, log=_quiet, retry_failed=opts.retry_failed)
-    elif kind == "eval":
-        names = [] if job["name"] == REFERENCES else [job["name"]]
-        run_seed(scenario, prepared, seed, store, names, replace(opts, retry_failed=False), out_root / scenario.name,
-                 spec=job["spec"], progress=False, log=_quiet)
-    else:
-        raise ValueError(f"unknown cell kind {kind!r}")
-
-
-def _quiet(*_a, **_k) -> None:
-    pass
-
-
-def cell_task(job: dict, prepared, records: list[dict], weights: dict, fault) -> dict:
-    """The body of one Ray task (runs on a worker): compute one cell, return what it produced."""
-    import ray
-
-    t0 = time.perf_counter()
-    _fault(job["id"], fault)
-    _worker_setup(job["threads"])
-    with tempfile.TemporaryDirectory(prefix="rurk-ray-") as tmp:
-        store, out_root = Store(Path(tmp) / "store"), Path(tmp) / "out"
-        out_root.mkdir()
-        _install(store, records, {k: ray.get(ref) for k, ref in weights.items()})
-        before = {(r["kind"], r["key"], r["created"]) for r in store.records()}
-        _compute(job, prepared, store, out_root)
-        result = _harvest(store, before, set(weights), out_root)
-    result.update(wall_s=time.perf_counter() - t0, host=socket.gethostname(), pid=os.getpid())
-    return result
-
-
-_SPLITS: dict[str, tuple] = {}  # worker-side cache: token -> (scratch directory, rebuilt tuning splits)
-
-
-def trial_task(token: str, objective_parts: dict, split_parts: list[dict], params: dict) -> dict:
-    """The body of one tuning trial (runs on a worker): the local objective on the shipped tuning splits."""
-    import ray
-
-    _worker_setup(objective_parts["threads"])
-    if token not in _SPLITS:
-        import shutil
-
-        for old in _SPLITS.values():  # one study at a time per worker process
-            shutil.rmtree(old[0], ignore_errors=True)
-        _SPLITS.clear()
-        tmp = tempfile.mkdtemp(prefix="rurk-ray-tune-")
-        splits = []
-        for n, part in enumerate(split_parts):
-            store = Store(Path(tmp) / f"split-{n}")
-            _install(store, [], {k: ray.get(ref) for k, ref in part["weights"].items()})
-            prepared = ray.get(part["prepared"])
-            refs = reference_models(prepared.scenario, prepared, objective_parts["seed"], store,
-                                    device=objective_parts["device"], progress=False)
-            splits.append((prepared, refs, prepared.unlearn_data(refs.pretrained), part["ref"]))
-        _SPLITS[token] = (tmp, splits)
-    p = objective_parts
-    try:
-        value, gaps = _Objective(p["scenario"], p["method"], p["base"], p["seed"], _SPLITS[token][1])(params)
-    except Exception as e:  # reported on the driver as the same exception type and message
-        return {"error": (type(e).__name__, str(e))}
-    return {"value": value, "gaps": gaps}
+from .ray_tasks import (
+    FAULT_ENV,
+    LAST_RUN,
+    STOP_ENV,
+    _read_checkpoint,
+    cell_task,
+    import_ray,
+    trial_task,
+)
+from .study import TrialFailed
 
 
 # ------------------------------------------------------------------------------------------------ driver side
@@ -308,7 +162,7 @@ class RayExecutor:
     def objective(self, objective, store, *, device: str):
         """A callable with the local objective's contract, ``params -> (value, per-split values)``, that runs
         each call as one Ray task (concurrent calls run concurrently). ``objective`` is the local
-        :class:`rurk.tune._Objective`; its tuning splits (data and reference checkpoints from ``store``) go to
+        :class:`rurk.run.tune._Objective`; its tuning splits (data and reference checkpoints from ``store``) go to
         the object store once."""
         self.check_device(device)
         with self.session() as ray:

@@ -21,11 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RelearnConfig
-from .data.tensordata import TensorData
-from .perturb import PGD, block_generator, derive_seed
-from .torchutil import model_device
-from .train import BatchStream, OptimConfig, accuracy, cross_entropy_loss, prepare_model, run_loop
+from ..config import RelearnConfig
+from ..data.tensordata import TensorData
+from ..perturb import PGD, block_generator, derive_seed
+from ..torchutil import model_device
+from ..train import (
+    BatchStream,
+    OptimConfig,
+    accuracy,
+    cross_entropy_loss,
+    prepare_model,
+    run_loop,
+)
 
 #: The robust curve's eps grid (pixel units).
 ROBUST_EPS = (0.0, 2 / 255, 4 / 255, 8 / 255)
@@ -82,7 +89,7 @@ def relearn_curve(model: nn.Module, forget: TensorData, cfg: RelearnConfig | Non
 
     The attacker fine-tunes on a seeded ``settings.fraction`` of S_f (:func:`split_forget`); ``forget_acc[s]`` is
     the accuracy on the held-out rest after s steps, so ``forget_acc[0]`` is the model's own forget accuracy there.
-    The paper's re-learn time (:func:`rurk.metrics.relearn_time`) is one point on such a curve: the step (in epochs)
+    The paper's re-learn time (:func:`rurk.audit.metrics.relearn_time`) is one point on such a curve: the step (in epochs)
     at which the forget *loss*, fine-tuning on all of S_f, is back to 1.05 x Original's. A loss that becomes
     non-finite leaves the remaining steps None. Returns a JSON-able dict."""
     cfg = cfg or RelearnConfig()

@@ -1,7 +1,7 @@
 """The dry-run store: a read-only view of the run store that raises instead of letting the caller compute.
 
-It sits beside :mod:`rurk.store` and below both :mod:`rurk.experiment` (which assembles a Ray run's summary
-through it, so a missing cell is an executor bug and never silently recomputed) and :mod:`rurk.grid` (which
+It sits beside :mod:`rurk.store` and below both :mod:`rurk.run.experiment` (which assembles a Ray run's summary
+through it, so a missing cell is an executor bug and never silently recomputed) and :mod:`rurk.run.grid` (which
 decides which cells are done by running the ordinary code against it), so neither has to import the other.
 """
 

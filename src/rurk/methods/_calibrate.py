@@ -57,13 +57,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.tensordata import TensorData
-from .estimate import (PROXY_MAX_SIDE, PROXY_MAX_TRAIN, EstimateSpec, _fingerprint, _fingerprint_model,  # noqa: F401
-                       difficulty_shift, estimate_retrain, fit_proxy, original_counts)
-from .perturb import make_probe
-from .perturb.base import AdversarialProbe
-from .torchutil import make_generator, model_device, predict
-from .train import accuracy
+from ..audit.estimate import (
+    EstimateSpec,
+    _fingerprint,
+    _fingerprint_model,
+    estimate_retrain,
+    original_counts,
+)
+from ..data.tensordata import TensorData
+from ..perturb import make_probe
+from ..perturb.base import AdversarialProbe
+from ..torchutil import make_generator, model_device, predict
+from ..train import accuracy
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ class Calibrator:
         return float(self._correct(model, name, data).mean())
 
     def estimate_target(self, original: nn.Module) -> float:
-        """Re-train's expected accuracy on the forget set at the rule's τ: :func:`rurk.estimate.estimate_retrain`
+        """Re-train's expected accuracy on the forget set at the rule's τ: :func:`rurk.audit.estimate.estimate_retrain`
         (the one estimate the audit without Re-train uses too; its learning-curve correction and difficulty shift
         per forget class, weighted by the forget set's classes). Original's counts on the calibration copies are
         cached per process by Original's weights, the set and the settings: every calibrated method and tuning
@@ -159,7 +164,7 @@ class Calibrator:
         w = sum(p["n_calib"] for p in parts.values())
         self.estimate = {"original_calib_acc": sum(p["original_calib_acc"][0] * p["n_calib"] for p in parts.values()) / w,
                          "alpha": sp.alpha, "kappa": {str(k): p["kappa"] for k, p in parts.items()},
-                         "estimate": "rurk.estimate (acc_O(τ) − (κ − 1)·err_O(0) + proxy × shift)"}
+                         "estimate": "rurk.audit.estimate (acc_O(τ) − (κ − 1)·err_O(0) + proxy × shift)"}
         if sp.proxy > 0:
             self.estimate["proxy"] = {"slope": sp.proxy, "shift": {str(k): p["shift"] for k, p in parts.items()}}
         return float(est.acc[0])
@@ -200,7 +205,7 @@ class Calibrator:
                 "n_calib": len(self.calib), "trajectory": self.trajectory}
 
 
-#: per process: Original's counts on the calibration copies (rurk.estimate.original_counts), by (Original's weights,
+#: per process: Original's counts on the calibration copies (rurk.audit.estimate.original_counts), by (Original's weights,
 #: its device, the set, the estimate's settings) — every calibrated method and tuning trial on one Original starts
 #: from the same target
 _CALIB_COUNTS: dict[tuple, np.ndarray] = {}

@@ -9,12 +9,12 @@ Per seed the graph is::
              -> eval M        (+ eval references)  metrics, attack curves and audit of row M
 
 ``eval M`` also waits for ``eval references`` because a row is computed by the very code of `rurk run`
-(:func:`rurk.experiment.run_seed`), which visits the reference rows first; their records are then in the store
+(:func:`rurk.run.experiment.run_seed`), which visits the reference rows first; their records are then in the store
 and cost nothing.
 
 :func:`grid_status` tells which cells are finished *without computing anything*: the references by their keys
 (:func:`rurk.pipeline.reference_keys`), every other cell by running the ordinary `rurk run` code
-(:func:`~rurk.experiment.unlearned_model`, :func:`~rurk.experiment.run_seed`) against a read-only view of the
+(:func:`~rurk.run.experiment.unlearned_model`, :func:`~rurk.run.experiment.run_seed`) against a read-only view of the
 store that stops at the first record it would have to compute. So a cell counts as done exactly when the local
 executor would skip it, whatever cells that code caches now or in the future.
 """
@@ -24,9 +24,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field, replace
 
+from ..pipeline import reference_keys, reference_models
 from .dryrun import Missing, ProbeStore  # noqa: F401 (re-exported: the status below is decided against it)
 from .experiment import run_seed, unlearned_model
-from .pipeline import reference_keys, reference_models
 
 #: Cell kinds in graph order.
 KINDS = ("pretrained", "original", "retrain", "unlearn", "eval")

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .figures import _COLORS, save_png
+from ..figures import _COLORS, save_png
 
 
 def _curve_data(obj: Any) -> dict[str, np.ndarray]:
@@ -94,7 +94,7 @@ def plot_residual_curves(
     dpi: int = 120,
 ) -> Path:
     """Write :func:`residual_figure` as a PNG to ``path`` and return the path. ``curves`` maps a method name to
-    an :class:`~rurk.audit.AuditResult`, its ``to_json()`` summary or a dict
+    an :class:`~rurk.audit.result.AuditResult`, its ``to_json()`` summary or a dict
     ``{"taus", "r_paper", "r_pooled", "ci": {"r_paper": [(lo, hi), ...], "r_pooled": [...]}}``; ``reference``
     names the model at r = 1 in the legend."""
     fig = residual_figure(curves, title, reference=reference)
@@ -104,7 +104,7 @@ def plot_residual_curves(
 
 
 def calibration_figure(rows: Mapping[str, list[tuple[int, dict]]], title: str | None = None):
-    """The trajectories of calibrated stopping (rurk.calibrate): one panel per row, one colour per seed; the
+    """The trajectories of calibrated stopping (rurk.methods._calibrate): one panel per row, one colour per seed; the
     forget accuracy on perturbed copies per check (solid), the target (dashed), the retain and test accuracy on
     their traced subsets (thin, dotted / dash-dotted), and the chosen checkpoint (a ring)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -122,7 +122,7 @@ def calibration_figure(rows: Mapping[str, list[tuple[int, dict]]], title: str | 
             ax.plot(steps, [p["forget"] for p in c["trajectory"]], color=color, label=f"seed {seed}: forget")
             ax.axhline(c["target"], color=color, linestyle="--", linewidth=1, label="target" if i == 0 else None)
             for key, ls in (("retain", ":"), ("test", "-.")):
-                traced = [p for p in c["trajectory"] if key in p]  # every trace_every-th check (rurk.calibrate)
+                traced = [p for p in c["trajectory"] if key in p]  # every trace_every-th check (rurk.methods._calibrate)
                 if traced:
                     ax.plot([p["step"] for p in traced], [p[key] for p in traced], color=color, linestyle=ls,
                             linewidth=0.8, label=f"seed {seed}: {key}" if i == 0 else None)
@@ -138,7 +138,7 @@ def calibration_figure(rows: Mapping[str, list[tuple[int, dict]]], title: str | 
 
 
 def plot_free_curve(res, path, title: str | None = None, dpi: int = 120) -> Path:
-    """The audit without Re-train (:class:`rurk.audit_free.FreeResult`) as a PNG: r_free against τ with its 95%
+    """The audit without Re-train (:class:`rurk.audit.free.FreeResult`) as a PNG: r_free against τ with its 95%
     band, the ±0.05 band around 1 that "as Re-train" means, and each τ's verdict as its marker's colour."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -1,5 +1,5 @@
 """Residual knowledge without Re-train: the audited model's accuracy on perturbed forget copies against the
-estimate of Re-train's (:mod:`rurk.estimate`).
+estimate of Re-train's (:mod:`rurk.audit.estimate`).
 
 Nobody who audits an unlearned model in practice has a Re-train model — avoiding re-training is why approximate
 unlearning exists. This audit needs the model before unlearning (Original), the forget set and a calibration set
@@ -16,7 +16,7 @@ validated error or its bootstrap, the larger), and a **verdict** per τ only whe
 - *as Re-train* — the whole interval within 1 ± :data:`BAND` (the claims check's band);
 - *over-forgetting* — the whole interval below 1 − :data:`BAND`;
 - *inconclusive* otherwise, and *no verdict* (with the reason) where the estimate is not validated
-  (:meth:`rurk.estimate.RetrainEstimate.reason`).
+  (:meth:`rurk.audit.estimate.RetrainEstimate.reason`).
 
 **Circular rows.** A model unlearned with calibrated stopping stopped where its forget accuracy met the same
 estimate at the rule's τ, so there ``r_free`` ≈ 1 by construction and says nothing; such a result is marked
@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .audit import AuditSpec, check_inputs, count_correct
-from .data.tensordata import TensorData
+from ..data.tensordata import TensorData
+from ..store import atomic_output, write_json
 from .estimate import EstimateSpec, RetrainEstimate, estimate_retrain, original_counts
-from .store import atomic_output, write_json
+from .kernel import check_inputs, count_correct
+from .spec import AuditSpec
 
 #: "as Re-train" means |r − 1| ≤ BAND (the claims check's R_TOL)
 BAND = 0.05
@@ -80,7 +81,7 @@ class FreeResult:
         return next(t for t in self.per_tau if t.tau == tau)
 
     def to_dict(self) -> dict:
-        return {"kind": "residual knowledge without Re-train (rurk.audit_free)", "c": self.c,
+        return {"kind": "residual knowledge without Re-train (rurk.audit.free)", "c": self.c,
                 "per_tau": [asdict(t) for t in self.per_tau], "estimate": self.estimate.to_dict(),
                 "circular_tau": self.circular_tau, "notes": list(self.notes), "band": BAND}
 

@@ -31,12 +31,19 @@ import torch.nn.functional as F
 from sklearn.svm import SVC
 from torch import nn
 
-from .config import RelearnConfig
-from .data.tensordata import TensorData
+from ..config import RelearnConfig
+from ..data.tensordata import TensorData
+from ..torchutil import model_device, predict
+from ..train import (
+    BatchStream,
+    OptimConfig,
+    accuracy,
+    cross_entropy_loss,
+    logits_accuracy,
+    prepare_model,
+    run_loop,
+)
 from .metric_specs import GAP_KEYS
-from .torchutil import model_device, predict
-from .train import (BatchStream, OptimConfig, accuracy, cross_entropy_loss, logits_accuracy, prepare_model,
-                    run_loop)
 
 __all__ = [
     "Accuracies",

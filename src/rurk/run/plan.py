@@ -15,11 +15,11 @@ import json
 import statistics
 from pathlib import Path
 
-from .grid import REFERENCES, cell_graph, critical_path, grid_status, list_schedule
-from .attacks import RelearnCurveSettings, RobustSettings
+from ..audit.attacks import RelearnCurveSettings, RobustSettings
+from ..pipeline import prepare
+from ..store import Store
 from .experiment import audit_settings, method_config, method_names
-from .pipeline import prepare
-from .store import Store
+from .grid import REFERENCES, cell_graph, critical_path, grid_status, list_schedule
 
 #: Default seconds per "unit" (one sample through one forward pass; a training step counts 3) when nothing is
 #: measured: rough CPU figures (2-core machine) and GPU figures. Measured cells replace them.

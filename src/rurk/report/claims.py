@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .metric_specs import RETAIN, TEST
+from ..audit.metric_specs import RETAIN, TEST
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 #: The verdict of every claim of a one-seed report.

@@ -2,7 +2,7 @@
 
 **Ranking** (:func:`leak_ranking`): the forget samples at the largest tau by score = k_m - k_a, descending; ties by
 larger k_m, then by position. Its first samples with a positive score are exactly
-:meth:`rurk.audit.AuditResult.top_leaks` at that tau.
+:meth:`rurk.audit.result.AuditResult.top_leaks` at that tau.
 
 **Scores** (:func:`write_scores`): ``residual-<probe>.npz`` beside the per-sample CSV, keyed by the source index:
 ``index`` (n,), ``label`` (n,), ``taus`` (T,), ``k_m`` and ``k_a`` (T, n), ``d`` (T, n; absent when the models saw
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .figures import agg_figure, save_png
-from .perturb import Draw, Probe, block_generator, module_device
-from .store import atomic_write
+from ..figures import agg_figure, save_png
+from ..perturb import Draw, Probe, block_generator, module_device
+from ..store import atomic_write
 
 DPI = 100
 TILE_PX = (200, 150)  # width, height of one sample's tile
@@ -55,7 +55,7 @@ def leak_ranking(k_m, k_a, taus) -> tuple[np.ndarray, int]:
 
 
 def write_scores(res, path) -> Path:
-    """The per-sample ``.npz`` of an :class:`~rurk.audit.AuditResult` (keys in the module docstring)."""
+    """The per-sample ``.npz`` of an :class:`~rurk.audit.result.AuditResult` (keys in the module docstring)."""
     order, t = leak_ranking(res.k_m, res.k_a, res.taus)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
@@ -88,7 +88,7 @@ def perturbed_copies(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, rows, 
                      a: nn.Module | None = None, *, tau: float | None = None, copies: int = 1,
                      num_classes: int | None = None) -> torch.Tensor:
     """Copies 0..copies-1 of the samples at positions ``rows`` of the audited ``x``/``y`` (in the audit's order) at
-    ``tau`` (default the largest), regenerated as :func:`rurk.audit.count_correct` made them: the sample's noise
+    ``tau`` (default the largest), regenerated as :func:`rurk.audit.kernel.count_correct` made them: the sample's noise
     block (``res.block_size`` samples, ``res.c`` copies each, copy-major via ``repeat_interleave``) drawn from
     ``block_generator(res.seed, probe.name, block)`` on the models' device, then ``probe.apply``. Attacks are
     crafted on the audited model m (on a when the audit crafted on a only). Returns (len(rows), copies, ...)."""

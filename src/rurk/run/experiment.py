@@ -18,23 +18,42 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import metrics as M
-from .attacks import RelearnCurveSettings, RobustSettings, relearn_curve, robust_curves, subsample
-from .audit import AuditSpec, ReferencePredictions, audit_spec, check_audit_memory, residual_knowledge
-from .audit_free import COLLATERAL_DRAWS, COLLATERAL_MAX, class_sets, collateral, estimate_spec
-from .config import ConfigError, Scenario, from_dict, merge, to_dict
+from ..audit import metrics as M
+from ..audit.attacks import (
+    RelearnCurveSettings,
+    RobustSettings,
+    relearn_curve,
+    robust_curves,
+    subsample,
+)
+from ..audit.estimate import estimate_retrain
+from ..audit.free import (
+    COLLATERAL_DRAWS,
+    COLLATERAL_MAX,
+    class_sets,
+    collateral,
+    estimate_spec,
+)
+from ..audit.gallery import write_per_sample
+from ..audit.kernel import ReferencePredictions, residual_knowledge
+from ..audit.metric_specs import PCT_METRICS, cell_failure, failed_cell
+from ..audit.spec import AuditSpec, audit_spec, check_audit_memory
+from ..config import ConfigError, Scenario, from_dict, merge, to_dict
+from ..methods import load_all
+from ..methods.base import (
+    FinetuneConfig,
+    MethodRecord,
+    get_method,
+    parse_variant,
+    unlearn,
+)
+from ..pipeline import Prepared, References, load_run_model, prepare, reference_models
+from ..report.summary import REFERENCE_ROWS
+from ..report.write import write_report
+from ..store import Store, cache_key
+from ..torchutil import NonFiniteLogits, model_device
+from ..train import diverged
 from .dryrun import ProbeStore
-from .estimate import estimate_retrain
-from .methods import load_all
-from .methods.base import FinetuneConfig, MethodRecord, get_method, parse_variant, unlearn
-from .metric_specs import PCT_METRICS, cell_failure, failed_cell
-from .report import REFERENCE_ROWS, write_report
-from .pipeline import Prepared, References, load_run_model, prepare, reference_models
-from .gallery import write_per_sample
-from .store import Store, cache_key
-from .torchutil import NonFiniteLogits, model_device
-from .train import diverged
-
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,7 @@ class RunOptions:
     bootstrap: int | None = None
     noise_seed: int | None = None
     relearn: bool = True
-    attacks: bool = True  # the relearning-attack curve (rurk.attacks, seconds per model); --no-attacks
+    attacks: bool = True  # the relearning-attack curve (rurk.audit.attacks, seconds per model); --no-attacks
     robust: bool = False  # also the robust-accuracy curves (PGD at several eps; minutes per model on a CPU); --robust
     mia_max_per_side: int | None = None
     device: str = "auto"
@@ -186,7 +205,7 @@ class SeedResult:
     #: every cell of the seed as the store records it: {"row", "kind", "wall_s", "threads"} (kind: the store's,
     #: "model" for Original/Re-train); what report.md's "Where the time went" and summary.json's threads read
     spent: list[dict] = field(default_factory=list)
-    #: the estimate of Re-train's accuracy on the forget copies at the audit's τ (rurk.estimate, as a dict), what
+    #: the estimate of Re-train's accuracy on the forget copies at the audit's τ (rurk.audit.estimate, as a dict), what
     #: r_free divides by; None where the split has no calibration set or the scenario forgets a class
     estimate: dict | None = None
 
@@ -202,7 +221,7 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
     relearn_curves, robust, spent = {}, {}, []
     seed_dir = out_dir / f"seed-{seed}"
     shared = ReferencePredictions()  # Re-train's predictions on the audit's copies: the same for every row
-    # the estimate every row's r_free divides by, first: it belongs to the reference rows' cell (rurk.grid)
+    # the estimate every row's r_free divides by, first: it belongs to the reference rows' cell (rurk.run.grid)
     est_cells: list[dict] = []
     estimate = seed_estimate(scenario, prepared, refs, seed, store, spec, base, est_cells)
     spent += [{"row": "original", **c} for c in est_cells]
@@ -238,7 +257,7 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
 
 def seed_estimate(scenario: Scenario, prepared: Prepared, refs: References, seed: int, store: Store, spec: AuditSpec,
                   base: dict, spent: list[dict]) -> dict | None:
-    """The seed's estimate of Re-train's accuracy on the forget copies at every τ of the audit (rurk.estimate;
+    """The seed's estimate of Re-train's accuracy on the forget copies at every τ of the audit (rurk.audit.estimate;
     cached), from Original, the split's calibration set and the retain set — what every row's r_free divides by.
     None without a calibration set, for class unlearning (Re-train's accuracy on a forgotten class is 0, which
     held-out images of the class cannot estimate) and for attack probes (each model is attacked on its own)."""
@@ -297,7 +316,7 @@ def _scored(name: str, model: nn.Module, cell: dict, scenario: Scenario, prepare
 def row_collateral(model: nn.Module, cell: dict, scenario: Scenario, prepared: Prepared, seed: int, store: Store,
                    spec: AuditSpec, spent: list[dict]) -> dict | None:
     """The row's accuracy on perturbed copies of the forget classes' test and retained images at the audit's τ
-    (:func:`rurk.audit_free.collateral`; cached); None for class unlearning (the class is meant to go) and for
+    (:func:`rurk.audit.free.collateral`; cached); None for class unlearning (the class is meant to go) and for
     attack probes."""
     if prepared.class_unlearning or spec.make_probe().adversarial:
         return None
@@ -443,7 +462,7 @@ def run_experiment(scenario: Scenario, opts: RunOptions, out: str | Path, *, pro
     ``out/<scenario>/``; returns the summary.
 
     ``executor`` (None = local, in this process) is an object whose ``fill(...)`` computes the grid's missing
-    cells elsewhere and commits them to the store (:class:`rurk.ray_exec.RayExecutor`); the summary is then
+    cells elsewhere and commits them to the store (:class:`rurk.run.ray_exec.RayExecutor`); the summary is then
     assembled here by the same code as a local rerun, from the store alone."""
     out_dir = Path(out) / scenario.name
     names = method_names(scenario, opts)  # every method, variant and audit setting checked before any work

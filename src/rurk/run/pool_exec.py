@@ -4,11 +4,11 @@ Why processes: on a small CPU, K processes of one thread each finish a grid soon
 threads (torch's intra-op threads idle at every small op and sync), and seeds are independent.
 
 How, without a scheduler: every worker walks the whole grid through the ordinary local code
-(:func:`rurk.experiment.run_seed`) on the shared run store, whose per-cell claims (:meth:`rurk.store.Store.claim`)
+(:func:`rurk.run.experiment.run_seed`) on the shared run store, whose per-cell claims (:meth:`rurk.store.Store.claim`)
 make sure no cell is computed twice — a worker that meets a cell another one is computing waits for it and
 reads its result. To keep them from meeting, worker ``w`` starts at seed ``w`` (rotated seed order) and walks
 the rows forwards (even ``w``) or backwards (odd ``w``), so two workers in the same seed meet in the middle.
-When all have finished, :func:`rurk.experiment.run_experiment` assembles the summary from the store, as after
+When all have finished, :func:`rurk.run.experiment.run_experiment` assembles the summary from the store, as after
 any other executor. The numbers equal a local run's at one torch thread (``--threads 1``): each cell is computed
 by the same code at the same thread count, in whichever process.
 """
@@ -19,10 +19,10 @@ import multiprocessing
 import os
 from pathlib import Path
 
-from . import workers
+from .. import workers
+from ..pipeline import prepare, reference_model
+from ..store import Store
 from .experiment import run_seed
-from .pipeline import prepare, reference_model
-from .store import Store
 
 
 class WorkerFailed(RuntimeError):

@@ -1,7 +1,7 @@
 """Files and report sections of the attack curves and leak galleries (`rurk run` and `rurk audit`).
 
-Inputs are per-seed dicts ``[(seed, {row name: curve JSON}), ...]`` of :func:`rurk.attacks.relearn_curve` or
-:func:`rurk.attacks.robust_curves`; curves are averaged over seeds (mean ± std, ddof 0) for the plots and tables.
+Inputs are per-seed dicts ``[(seed, {row name: curve JSON}), ...]`` of :func:`rurk.audit.attacks.relearn_curve` or
+:func:`rurk.audit.attacks.robust_curves`; curves are averaged over seeds (mean ± std, ddof 0) for the plots and tables.
 
 - ``relearn_curve.csv``: ``method, seed, step, forget_acc, n_attack, n_heldout`` (accuracy on the held-out part of
   S_f after ``step`` fine-tuning steps on the attacker's part); ``relearn_curve.png``: one line per row.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import agg_figure, line_style, save_png
+from ..figures import agg_figure, line_style, save_png
 from .tables import markdown, write_csv
 
 PerSeed = list[tuple[int, dict[str, dict]]]
@@ -149,7 +149,7 @@ def gallery_markdown(out_dir, seeds: list[int], names: list[str], probe: str) ->
 
 def attack_sections(results: list, out_dir, names: list[str], probe: str, scenario_name: str = "") -> list[str]:
     """The report sections of `rurk run` (galleries, relearning attack, robust accuracy), writing the curve files;
-    ``results`` are :class:`rurk.experiment.SeedResult` (attack curves only on those that carry them)."""
+    ``results`` are :class:`rurk.run.experiment.SeedResult` (attack curves only on those that carry them)."""
     seeds = [r.seed for r in results]
     lines = gallery_markdown(out_dir, seeds, [n for n in names if n != "retrain"], probe)
     relearn = [(r.seed, r.relearn_curves) for r in results if getattr(r, "relearn_curves", None)]

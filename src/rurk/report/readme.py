@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .claims import claims_markdown
-from .report import _fmt, main_table, markdown, worst_r
+from .tables import _fmt, main_table, markdown, worst_r
 
 
 def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] | None = None,
@@ -59,14 +59,14 @@ def render(summary: dict, *, rows: list[str] | None = None, columns: list[str] |
              machine_line(run), *fingerprint_line(run), "", markdown(header, keep_rows), "",
              seeds_line(summary, header, [r[0].split(" (")[0] for r in keep_rows]), ""]
     if claims:
-        lines += ["Claims check (generated; rules in `rurk.claims`):", "", claims_markdown(summary["claims"]), ""]
+        lines += ["Claims check (generated; rules in `rurk.report.claims`):", "", claims_markdown(summary["claims"]), ""]
     return "\n".join(lines)
 
 
 def render_transfer(summary: dict, tuned: dict) -> str:
     """How well each tuned method transfers: its Avg. Gap on the tuning forget sets (the best trial of ``rurk
     tune``, from the tuned file's provenance) beside its Avg. Gap in this run (another forget set and other seeds).
-    ``tuned`` is :func:`rurk.tune.read_tuned`'s ``{method: {"values", "provenance"}}``."""
+    ``tuned`` is :func:`rurk.run.tuned.read_tuned`'s ``{method: {"values", "provenance"}}``."""
     header = ["method", "tuned on (split seeds; seed)", "Avg. Gap per tuning forget set", "Avg. Gap there (mean)",
               "Avg. Gap here", "here − there"]
     body = []
@@ -98,7 +98,7 @@ FINGERPRINT = re.compile(r"<!-- rurk:fingerprint (\w+) -->")
 
 def fingerprint_line(run: dict) -> list[str]:
     """``<!-- rurk:fingerprint DIGEST -->`` (invisible in the rendered README): the digest of the whole machine
-    fingerprint of the run's cells (:func:`rurk.report.machine_of`); none when a cell does not name its machine."""
+    fingerprint of the run's cells (:func:`rurk.report.summary.machine_of`); none when a cell does not name its machine."""
     digest = (run.get("machine") or {}).get("digest")
     return [f"<!-- rurk:fingerprint {digest} -->"] if digest else []
 
@@ -109,7 +109,7 @@ SEEDS = re.compile(r"<!-- rurk:seeds (\{.*\}) -->")
 def seed_values(entry: dict, column: str, taus: list[float]) -> list[float | None] | None:
     """The per-seed values behind one cell of the main table (None for a seed whose cell failed), or None where the
     summary keeps no per-seed values for the column (re-learn time, prevalence)."""
-    from .metric_specs import PCT_METRICS
+    from ..audit.metric_specs import PCT_METRICS
 
     spec = next((m for m in PCT_METRICS if m.label == column), None)
     if spec is not None:
