@@ -243,3 +243,36 @@ def test_the_study_name_follows_the_methods_resolved_config_code_defaults_includ
     real = MethodSpec.config  # a default changed in the code (here: calibrated stopping's difficulty shift)
     monkeypatch.setattr(MethodSpec, "config", lambda self, *a, **k: replace(real(self, *a, **k), calib_proxy=0.0))
     assert name({}) != before  # a study made under the old default is not resumed under the new one
+
+
+def test_the_profile_objective_adds_twenty_times_rs_mean_distance_from_1(monkeypatch):
+    """`rurk tune --objective profile`: Avg. Gap + 20 × mean over the profile τ of |r_pooled − 1|, r from the
+    model's and Re-train's accuracies on the same copies; a study of its own, and unknown objectives refused."""
+    import numpy as np
+
+    from rurk.config import ConfigError
+    from rurk.run import tune as T
+
+    sc = load_scenario("fmnist5")
+    assert T.study_name(sc, "rurk", {}, 1, [1, 2, 3], 0) != T.study_name(sc, "rurk", {}, 1, [1, 2, 3], 0,
+                                                                      objective="profile")
+    with pytest.raises(ConfigError, match="--objective = 'nope': expected one of gap, profile"):
+        T._Objective(sc, "rurk", {}, 1, [], "nope")
+
+    class Fake:
+        retrain = "a"
+        original = "o"
+
+    class Prepared:
+        scenario = sc
+
+    obj = T._Objective(sc, "gd", {}, 1, [(Prepared(), Fake(), None, {})], "profile")
+    monkeypatch.setattr(T, "unlearn", lambda *a, **k: ("m", type("R", (), {"diverged": False})()))
+    monkeypatch.setattr(T, "diverged", lambda rec, model: False)
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: {})
+    monkeypatch.setattr(T, "avg_gap", lambda *a: 1.5)
+    acc = {"a": np.array([0.8, 0.8, 0.5, 0.5]), "m": np.array([0.8, 0.88, 0.4, 0.5])}
+    monkeypatch.setattr(T._Objective, "_profile_accuracy", lambda self, model, p: acc[model])
+    # r = 1, 1.1, 0.8, 1: mean |r − 1| = 0.075
+    assert obj.gap({}, 0) == pytest.approx(1.5 + T.PROFILE_WEIGHT * 0.075)
+    assert T._Objective(sc, "gd", {}, 1, [(Prepared(), Fake(), None, {})]).gap({}, 0) == 1.5  # the Avg. Gap alone

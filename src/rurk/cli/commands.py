@@ -147,7 +147,7 @@ def cmd_tune(args) -> None:
     path = tune(scenario, args.methods, args.out, trials=args.trials,
                 timeout=args.timeout, jobs=jobs, seed=args.seed, split_seeds=args.split_seeds, prune=args.prune,
                 sampler_seed=args.sampler_seed, write=args.write, device=args.device, executor=executor,
-                incumbent=args.incumbent)
+                incumbent=args.incumbent, objective=args.objective)
     print(f"wrote {path}")
 
 

@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trial 0 runs the method's current settings (what `rurk run` uses: the scenario's tuned and "
                         "own values over its defaults), so the study shows whether tuning beats them (in the "
                         "provenance)")
+    c.add_argument("--objective", choices=("gap", "profile"), default="gap",
+                   help="what a trial is scored by: gap = the mean Avg. Gap to Re-train; profile = Avg. Gap + 20 x the "
+                        "mean |r_pooled - 1| at tau 0.03, 0.1, 0.2, 0.3 (residual knowledge at every tau) [default: gap]")
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     _executor_args(c)
     c.set_defaults(tuned="none")

@@ -50,6 +50,7 @@ from ._forget import (
 from .base import (
     FinetuneConfig,
     MethodRecord,
+    Param,
     UnlearnData,
     fresh_copy,
     integer,
@@ -149,8 +150,8 @@ def make_anchor(cfg: RURKConfig, seed: int, device, data: UnlearnData) -> Pertur
     presets={"paper": PAPER, "cifar10": {**PAPER, "lambda_a": 0.00045}},  # paper
     # spec baselines.md §0: every coefficient on its own, the training tau included (it need not equal the
     # audit's); ranges (decision) reach from "no change" to "collapse" on fmnist5
-    space={"lr": log_uniform(1e-3, 0.1), "epochs": integer(1, 12), "lambda_f": log_uniform(1e-3, 0.5),
-           "lambda_a": log_uniform(1e-3, 0.5), "tau": log_uniform(0.01, 0.3)},
+    space={"lr": log_uniform(1e-3, 0.1), "epochs": integer(1, 20), "lambda_f": log_uniform(1e-3, 0.5),
+           "lambda_a": log_uniform(1e-3, 0.5), "tau": log_uniform(0.01, 0.3), "lambda_c": Param("float", 0.0, 0.5)},
 )
 def unlearn(original: nn.Module, data: UnlearnData, cfg: RURKConfig, seed: int):
     model = fresh_copy(original)

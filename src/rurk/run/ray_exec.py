@@ -171,7 +171,8 @@ class RayExecutor:
                 weights = {k: ray.put(_read_checkpoint(store, k)) for k in refs.keys.values()}
                 parts.append({"prepared": ray.put(shippable(prepared)), "weights": weights, "ref": ref})
             fixed = {"scenario": objective.scenario, "method": objective.method, "base": objective.base,
-                     "seed": objective.seed, "threads": self.threads, "device": device}
+                     "seed": objective.seed, "threads": self.threads, "device": device,
+                     "objective": objective.objective}
             token, remote = uuid.uuid4().hex, ray.remote(trial_task)
 
             def call(params: dict):

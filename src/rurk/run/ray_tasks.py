@@ -166,7 +166,8 @@ def trial_task(token: str, objective_parts: dict, split_parts: list[dict], param
         _SPLITS[token] = (tmp, splits)
     p = objective_parts
     try:
-        value, gaps = _Objective(p["scenario"], p["method"], p["base"], p["seed"], _SPLITS[token][1])(params)
+        value, gaps = _Objective(p["scenario"], p["method"], p["base"], p["seed"], _SPLITS[token][1],
+                                 p.get("objective", "gap"))(params)
     except Exception as e:  # reported on the driver as the same exception type and message
         return {"error": (type(e).__name__, str(e))}
     return {"value": value, "gaps": gaps}

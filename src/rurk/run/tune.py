@@ -38,7 +38,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from .. import workers
+from ..audit import AuditSpec, check_inputs, count_correct
 from ..audit.metrics import avg_gap
 from ..config import ConfigError, Scenario, merge, to_dict
 from ..methods import load_all
@@ -62,7 +65,7 @@ from .tuned import _write, read_tuned, with_tuned
 
 
 def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_seeds, sampler_seed: int,
-               prune: bool = True, incumbent: dict | None = None) -> str:
+               prune: bool = True, incumbent: dict | None = None, objective: str = "gap") -> str:
     """The study's name: method plus a hash of everything a trial's score depends on (scenario data, model,
     recipes, the method's config — its defaults in the code included, so a changed default starts afresh too —
     and space, seeds) and of the pruning (which decides what the sampler learns from). A changed setting starts
@@ -79,6 +82,8 @@ def study_name(scenario: Scenario, method: str, base: dict, seed: int, split_see
     ident["pruner"] = _pruner_name() if prune else None
     if incumbent is not None:  # only then: studies made without it keep their names
         ident["incumbent"] = incumbent
+    if objective != "gap":  # likewise: studies scored by the Avg. Gap alone keep their names
+        ident["objective"] = objective
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{scenario.name}/{method}/{digest}"
 
@@ -96,12 +101,28 @@ def _mean_over_splits(gap, n: int, params: dict, report=None) -> tuple[float, li
     return float(sum(gaps) / len(gaps)), gaps
 
 
-class _Objective:
-    """Mean Avg. Gap of one setting over the tuning forget sets (references trained once, from the store).
-    ``splits``: (prepared, references, unlearning data, Re-train's metrics) per tuning forget set."""
+#: ``--objective``: what a trial is scored by on each tuning forget set
+OBJECTIVES = {
+    "gap": "mean Avg. Gap to Re-train over the tuning forget sets",
+    "profile": "mean over the tuning forget sets of Avg. Gap + 20 × the mean |r_pooled − 1| at τ = 0.03, 0.1, 0.2, "
+               "0.3 (r_pooled against Re-train on 16 Gaussian copies per forget image)",
+}
+#: the profile objective's τ and its weight: a profile 0.1 from Re-train on average costs 2 points of Avg. Gap
+#: (decision: the tilt of calibrated RURK — r 1.0 at τ = 0.03, 0.64 at 0.3 — then weighs as much as its gap)
+PROFILE_TAUS, PROFILE_WEIGHT, PROFILE_DRAWS = (0.03, 0.1, 0.2, 0.3), 20.0, 16
 
-    def __init__(self, scenario: Scenario, method: str, base: dict, seed: int, splits: list):
+
+class _Objective:
+    """The score of one setting on the tuning forget sets (references trained once, from the store): its Avg. Gap
+    to Re-train and, with ``objective = "profile"``, how far its r_pooled strays from 1 over the τ grid
+    (:data:`OBJECTIVES`). ``splits``: (prepared, references, unlearning data, Re-train's metrics) per forget set."""
+
+    def __init__(self, scenario: Scenario, method: str, base: dict, seed: int, splits: list, objective: str = "gap"):
         self.scenario, self.method, self.base, self.seed, self.splits = scenario, method, base, seed, splits
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"--objective = {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        self.objective = objective
+        self._retrain_acc: dict[int, object] = {}  # Re-train's accuracy on the profile's copies, per forget set
 
     def config(self, params: dict):
         """The method's config for ``params``. With calibrated stopping on, the trial records no retain/test trace
@@ -116,7 +137,22 @@ class _Objective:
         model, rec = unlearn(self.method, refs.original, udata, self.seed, cfg=self.config(params))
         if diverged(rec, model):
             raise TrialFailed(f"diverged at step {rec.diverged_step} on split seed {prepared.scenario.seeds.split}")
-        return avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref)  # Avg. Gap over the declared keys
+        gap = avg_gap(evaluate(model, prepared, self.seed, None, relearn=False), ref)  # over the declared keys
+        if self.objective == "profile":
+            if i not in self._retrain_acc:
+                self._retrain_acc[i] = self._profile_accuracy(refs.retrain, prepared)
+            # Re-train wrong on every copy (a tiny model): r is capped rather than infinite
+            r = self._profile_accuracy(model, prepared) / np.maximum(self._retrain_acc[i], 1e-3)
+            gap += PROFILE_WEIGHT * float(abs(r - 1).mean())
+        return gap
+
+    def _profile_accuracy(self, model, prepared):
+        """The model's accuracy on :data:`PROFILE_DRAWS` Gaussian copies of each forget image at every profile τ
+        (the audit's kernel and noise blocks, seeded with the tuning seed: the same copies for every model)."""
+        f = prepared.data.forget
+        spec = AuditSpec(taus=PROFILE_TAUS, draws=PROFILE_DRAWS, bootstrap=0)
+        inputs = check_inputs(model, model, f.x, f.y, index=f.index)
+        return count_correct(model, model, inputs, spec.make_probe(), spec, self.seed).k_m.mean(1) / PROFILE_DRAWS
 
     def __call__(self, params: dict, report=None) -> tuple[float, list[float]]:
         return _mean_over_splits(self.gap, len(self.splits), params, report)
@@ -151,8 +187,13 @@ def _worker_init(scenario: Scenario, split_seeds: list, seed: int, root: str, de
     _WORKER["splits"] = _load_splits(scenario, split_seeds, seed, Store(root), device, refs_metrics)
 
 
-def _worker_gap(method: str, base: dict, params: dict, i: int) -> float:
-    return _Objective(_WORKER["scenario"], method, base, _WORKER["seed"], _WORKER["splits"]).gap(params, i)
+def _worker_gap(method: str, base: dict, params: dict, i: int, objective: str = "gap") -> float:
+    key = (method, repr(base), objective)
+    if _WORKER.get("objective_key") != key:  # one objective per worker and method (Re-train's profile kept)
+        _WORKER["objective_key"] = key
+        _WORKER["objective"] = _Objective(_WORKER["scenario"], method, base, _WORKER["seed"], _WORKER["splits"],
+                                          objective)
+    return _WORKER["objective"].gap(params, i)
 
 
 class _PoolObjective:
@@ -168,7 +209,7 @@ class _PoolObjective:
 
     def gap(self, params: dict, i: int) -> float:
         o = self.objective
-        return self.pool.submit(_worker_gap, o.method, o.base, params, i).result()
+        return self.pool.submit(_worker_gap, o.method, o.base, params, i, o.objective).result()
 
     def __call__(self, params: dict, report=None) -> tuple[float, list[float]]:
         return _mean_over_splits(self.gap, len(self.objective.splits), params, report)
@@ -198,7 +239,7 @@ def _trial_pool(jobs: int, scenario: Scenario, split_seeds: list, seed: int, sto
 
 
 def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds, preset: str, wall_s: float,
-               prune: bool = False, incumbent: dict | None = None) -> dict:
+               prune: bool = False, incumbent: dict | None = None, objective: str = "gap") -> dict:
     """Everything needed to audit the choice: sampler and seed, pruner, spaces, every trial (a pruned one with its
     first forget set's gap), the best trial with its gap per tuning forget set, importances. Times: ``wall_s``
     is this invocation's, ``span_s`` the study's own, from its first trial's start to its last trial's end
@@ -227,7 +268,7 @@ def provenance(study, space: dict, *, sampler_seed: int, seed: int, split_seeds,
             "n_startup_trials": N_STARTUP_TRIALS, "study": study.study_name,
             "pruner": _pruner_name() if prune else None,
             "space": {k: p.to_json() for k, p in space.items()},
-            "objective": "mean Avg. Gap to Re-train over the tuning forget sets", "tuning_seed": seed,
+            "objective": OBJECTIVES[objective], "tuning_seed": seed,
             "split_seeds": list(split_seeds), "preset": preset, "trials": len(rows),
             "failed": sum(r["state"] == "FAIL" for r in rows), "pruned": sum(r["state"] == "PRUNED" for r in rows),
             "wall_s": round(wall_s, 1), "span_s": round(span, 1), "best": best, "importances": importances,
@@ -311,8 +352,9 @@ def _remote_objective(objective: _Objective, workers, executor, store, device: s
 def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int = 24, timeout: float | None = None,
          jobs: int | None = None, seed: int | None = None, split_seeds=DEFAULT_SPLIT_SEEDS, sampler_seed: int = 0,
          prune: bool = True, write: str | Path | None = None, device: str = "auto", log=print,
-         executor=None, incumbent: bool = False) -> Path:
+         executor=None, incumbent: bool = False, objective: str = "gap") -> Path:
     """Tune each method in ``methods`` ("all" = every method with a search space) and write the TOML.
+    ``objective``: what a trial is scored by (:data:`OBJECTIVES`; ``profile`` adds r's distance from 1 over τ).
 
     ``jobs`` trials run at once (None: the CPUs this process may use); locally each in a worker process of one
     torch thread (``jobs`` = 1: in this process). ``prune`` stops a trial whose first forget set's gap is worse
@@ -327,6 +369,8 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
 
     seed = DEFAULT_TUNING_SEED if seed is None else int(seed)
     split_seeds = [int(s) for s in split_seeds]
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective = {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if jobs is None:
         jobs = available_cpus()
     _check_tune_args(scenario, trials, jobs, timeout, seed, split_seeds)
@@ -349,17 +393,17 @@ def tune(scenario: Scenario, methods: list[str], out: str | Path, *, trials: int
                 spec = get_method(method)
                 base = scenario.methods.get(method, {})
                 start = starts[method]  # checked for every method before any work
-                name = study_name(scenario, method, base, seed, split_seeds, sampler_seed, prune, start)
+                name = study_name(scenario, method, base, seed, split_seeds, sampler_seed, prune, start, objective)
                 how = f"{jobs} job{'s' * (jobs > 1)}" + (", pruning" if prune else "")
                 log(f"{method}: study {name} ({trials} trials, {how})")
                 t0 = time.perf_counter()
-                objective = _Objective(scenario, method, base, seed, splits)
-                with _remote_objective(objective, workers, executor, store, device) as evaluate_params:
+                scorer = _Objective(scenario, method, base, seed, splits, objective)
+                with _remote_objective(scorer, workers, executor, store, device) as evaluate_params:
                     study = run_study(evaluate_params, spec.space, storage, name, trials=trials, timeout=timeout,
                                       jobs=jobs, sampler_seed=sampler_seed, prune=prune, incumbent=start, log=log)
                 prov = provenance(study, spec.space, sampler_seed=sampler_seed, seed=seed, split_seeds=split_seeds,
                                   preset=scenario.preset, wall_s=time.perf_counter() - t0, prune=prune,
-                                  incumbent=start)
+                                  incumbent=start, objective=objective)
                 if prov["best"] is None:
                     log(f"{method}: every trial failed; nothing written")
                     continue
