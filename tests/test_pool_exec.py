@@ -25,6 +25,10 @@ def test_workers_give_the_numbers_of_a_one_thread_run(tmp_path, capfd):
     assert main(["run", *RUN, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
     out = capfd.readouterr().out  # the workers write to the process's stdout
     assert "[worker 0]" in out and "[worker 1]" in out  # both workers computed cells
+    import re
+
+    rows = re.findall(r"\[worker \d\]  seed (\d+) (\w+) +retain", out)
+    assert sorted(rows) == sorted(set(rows)) and len(rows) == 3 * 5  # each row printed once, by whoever computed it
     seq, par = (json.loads((tmp_path / d / "digits5" / "summary.json").read_text()) for d in ("seq", "par"))
     assert numbers(seq) == numbers(par)
     # every per-seed file a run writes is there too

@@ -212,7 +212,10 @@ class SeedResult:
 
 def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, names: list[str],
              opts: RunOptions, out_dir: Path, *, spec: AuditSpec | None = None, progress: bool | None = None,
-             log=print) -> SeedResult:
+             log=print, log_cached: bool = True) -> SeedResult:
+    """One seed's references and rows (metrics, audit, curves), each cell read from the store or computed and
+    recorded; a line per row through ``log`` — with ``log_cached=False`` only for rows this call computed (a
+    ``--jobs`` worker meets the other worker's rows too, and printed them a second time)."""
     spec = spec or audit_settings(scenario, opts)
     refs = reference_models(scenario, prepared, seed, store, device=opts.device, progress=progress, log=log)
     base = _base_cell(prepared, refs, seed)
@@ -250,7 +253,8 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
             continue
         if opts.attacks:
             relearn_curves[name], robust[name] = curves
-        log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
+        if log_cached or any(c.get("here") for c in cells):
+            log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
     return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v}, spent,
                       estimate)
 
@@ -385,11 +389,11 @@ def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, se
                     value = compute()
                 except NonFiniteLogits as e:  # recorded like a failed method: a rerun, or another executor, reports it
                     value = failed_cell(str(e))
-                hit = {"metrics": value, "timings": {"wall_s": round(time.perf_counter() - t0, 3)}}
+                hit = {"metrics": value, "timings": {"wall_s": round(time.perf_counter() - t0, 3)}, "here": True}
                 store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value,
                           timings=hit["timings"])
     if spent is not None:
-        spent.append({"kind": kind, **(hit.get("timings") or {})})
+        spent.append({"kind": kind, **(hit.get("timings") or {}), **({"here": True} if hit.get("here") else {})})
     return hit["metrics"]
 
 def _unlearned(name, cfg, scenario, prepared, refs: References, udata, seed, store: Store, cell, log,

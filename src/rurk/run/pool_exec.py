@@ -80,7 +80,8 @@ def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads) -> No
     if not scenario.pretrain.dataset:
         train_references(scenario, prepared, seeds, store, opts.device, w, log=log)
     for seed in seeds:
-        run_seed(scenario, prepared, seed, store, names, opts, Path(out_dir), spec=spec, progress=False, log=log)
+        run_seed(scenario, prepared, seed, store, names, opts, Path(out_dir), spec=spec, progress=False, log=log,
+                 log_cached=False)
 
 
 def train_references(scenario, prepared, seeds, store, device, w: int, log=None) -> None:
