@@ -196,6 +196,7 @@ def _check_args(args) -> None:
                               "(see `rurk methods`)"),
              "taus": (_tau, "comma-separated numbers >= 0 (pixel units), e.g. 0,0.01,0.03"),
              "rows": (str, "comma-separated method names, e.g. original,retrain,rurk"),
+             "png_rows": (str, "comma-separated method names, e.g. original,retrain,rurk"),
              "columns": (str, "comma-separated column prefixes, e.g. Retain,r_pooled")}
     for name, (parse, expected) in lists.items():
         if isinstance(given(name), str):

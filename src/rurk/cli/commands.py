@@ -14,6 +14,7 @@ from ..pipeline import prepare, reference_models
 from ..report.claims import claims_lines
 from ..report.readme import compare, read_block, render, render_transfer, update
 from ..report.tables import main_table, markdown
+from ..report.write import residual_plot
 from ..run.experiment import RunOptions, method_config, run_experiment, unlearned_model
 from ..run.plan import plan, plan_lines
 from ..run.pool_exec import ProcessExecutor
@@ -216,6 +217,7 @@ def cmd_readme(args) -> None:
         raise FileNotFoundError(f"{summary_path}: no summary.json (run `rurk run` or `rurk demo` first)")
     summary = json.loads(summary_path.read_text())
     _check_selection(summary, summary_path, args.rows, args.columns)
+    _check_selection(summary, summary_path, args.png_rows, None, flag="--png-rows")
     if args.transfer:
         if args.check:
             raise _refuse("--check", "with --transfer", "a results block (the transfer table is not checked)")
@@ -233,19 +235,23 @@ def cmd_readme(args) -> None:
                              f"with `rurk readme {args.summary} --block {args.block}` if the change is intended)")
         return
     changed = update(args.readme, args.block, text)
-    if args.png:
+    if args.png and args.png_rows:
+        residual_plot(summary, Path(args.png), rows=args.png_rows,
+                      title=f"{summary.get('scenario')}: r_τ against Re-train ({summary.get('probe')} probe, ")
+    elif args.png:
         shutil.copyfile(summary_path.parent / "residual.png", args.png)
     print(f"{args.readme}: block {args.block!r} {'is up to date' if not changed else 'updated'}")
 
 
-def _check_selection(summary: dict, path: Path, rows: list[str] | None, columns: list[str] | None) -> None:
+def _check_selection(summary: dict, path: Path, rows: list[str] | None, columns: list[str] | None,
+                     flag: str = "--rows") -> None:
     """`rurk readme --rows/--columns` name rows and columns the summary's table has: an unknown row used to be
     dropped without a word, an unknown column prefix to leave a header-only table (exit 0)."""
     if rows is not None:
         known = list(summary["methods"])
         unknown = [r for r in rows if r not in known]
         if unknown:
-            raise _refuse("--rows", ",".join(rows), f"methods of {path} (unknown: {', '.join(unknown)}; known: "
+            raise _refuse(flag, ",".join(rows), f"methods of {path} (unknown: {', '.join(unknown)}; known: "
                                                      f"{', '.join(known)})")
     if columns is not None:
         header = [h for h in main_table(summary)[0][1:] if h != "wall (s)"]  # render() leaves wall times out

@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rows", default=None, help="only these methods (comma-separated)")
     c.add_argument("--columns", default=None, help="only columns whose header starts with one of these")
     c.add_argument("--png", default=None, help="also copy the run's residual.png here")
+    c.add_argument("--png-rows", default=None, metavar="LIST",
+                   help="with --png: draw r_tau of only these rows (comma-separated) instead of copying residual.png")
     c.add_argument("--no-claims", action="store_true", help="leave the claims check out of the block")
     c.add_argument("--transfer", action="store_true", help="instead of the results: each tuned method's Avg. Gap on "
                    "its tuning forget sets (the tuned file's provenance) beside its Avg. Gap in this run")

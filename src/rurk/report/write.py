@@ -90,16 +90,27 @@ def write_tables(summary: dict, out_dir: Path) -> dict[str, tuple[list[str], lis
 
 def _plot_residual(summary: dict, results: list, out_dir: Path, title: str) -> None:
     """residual.png: r_tau of every row but Re-train, with bootstrap bands (one seed) or ± std over seeds."""
-    one = len(results) == 1
+    residual_plot(summary, out_dir / "residual.png", title=title)
+
+
+def residual_plot(summary: dict, path: Path, *, title: str, rows: list[str] | None = None) -> bool:
+    """r_tau against τ of ``rows`` (default: every row but Re-train) from a summary, bands ± std over seeds (a
+    bootstrap 95% interval for one seed); False when no row has curves. ``rurk readme --png-rows`` draws the
+    README's picture with it (a few rows read better than eighteen)."""
+    one = len(summary.get("seeds", [])) == 1
     curves = {
         n: {"taus": e["residual"]["taus"], "r_paper": e["residual"]["r_paper"], "r_pooled": e["residual"]["r_pooled"],
             "ci": ({"r_pooled": e["residual"]["r_pooled_ci95_per_seed"][0]} if one else
                    {f: _band(e["residual"], f) for f in ("r_paper", "r_pooled")})}
-        for n, e in summary["methods"].items() if e.get("residual") and n != "retrain"
+        for n, e in summary["methods"].items()
+        if e.get("residual") and n != "retrain" and e["residual"].get("r_pooled_per_seed") and (rows is None or n in rows)
     }
-    if curves:
-        bands = "one seed; bands: bootstrap 95% over forget samples" if one else f"{len(results)} seeds; bands: ± std over seeds"
-        plot_residual_curves(curves, out_dir / "residual.png", title=f"{title}{bands})")
+    if not curves:
+        return False
+    n = len(summary.get("seeds", []))
+    bands = "one seed; bands: bootstrap 95% over forget samples" if one else f"{n} seeds; bands: ± std over seeds"
+    plot_residual_curves(curves, path, title=f"{title}{bands})")
+    return True
 
 
 def _head_markdown(scenario, results: list, tables: dict) -> list[str]:
