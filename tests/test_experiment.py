@@ -170,3 +170,28 @@ def test_cli_audit_writes_json_csv_png_for_a_method_and_a_checkpoint(tmp_path, c
     assert main(["audit", "digits5", "--unlearned", str(ckpt), *common]) == 0
     assert (tmp_path / "digits5" / "audits" / "seed-131" / ckpt.parent.name / "residual-gaussian.json").exists()
     assert main(["audit", "digits5", "--unlearned", str(tmp_path / "nope.safetensors"), *common]) == 2
+
+
+def test_the_library_path_honours_the_scenarios_audit_noise_seed_and_probe_params(tmp_path):
+    """``run_experiment(scenario, RunOptions())`` audits with the scenario's [audit] ``noise_seed`` and
+    ``probe_params`` exactly as ``rurk run`` does (one merge, rurk.audit.spec.audit_spec); options still win."""
+    from rurk.cli.checks import _audit_spec, _check_args
+    from rurk.cli.parser import build_parser
+
+    sets = ["train.epochs=1", "audit.probe=pgd", "audit.probe_params.steps=1", "audit.noise_seed=5",
+            "audit.taus=[0.0, 0.1]", "audit.draws=2", "audit.bootstrap=0"]
+    scenario = load_scenario("digits5", parse_overrides(sets))
+    lib = experiment.audit_settings(scenario, RunOptions())
+    assert (lib.probe, lib.probe_params, lib.noise_seed) == ("pgd", {"steps": 1}, 5)
+    args = build_parser().parse_args(["run", "digits5", *[a for s in sets for a in ("--set", s)]])
+    _check_args(args)
+    assert _audit_spec(args, scenario).key() == lib.key()  # the CLI and the library: one spec
+    # options override the table one by one; the table's parameters stay with the table's probe
+    over = experiment.audit_settings(scenario, RunOptions(noise_seed=9, probe_params={"alpha": 0.01}))
+    assert (over.noise_seed, over.probe_params) == (9, {"steps": 1, "alpha": 0.01})
+    other = experiment.audit_settings(scenario, RunOptions(probe="gaussian"))
+    assert (other.probe, other.probe_params, other.noise_seed) == ("gaussian", {}, 5)
+    summary = run_experiment(scenario, RunOptions(methods=["ga"], seeds=[131], relearn=False, attacks=False,
+                                                  device="cpu"), tmp_path, progress=False, log=lambda *a: None)
+    audit = summary["run"]["audit"]  # the spec every row of the run was audited with
+    assert (audit["probe"], audit["probe_params"], audit["noise_seed"]) == ("pgd", {"steps": 1}, 5)

@@ -141,10 +141,16 @@ def _is_int(v) -> bool:
 def audit_spec(base=None, **overrides) -> AuditSpec:
     """The :class:`AuditSpec` from a scenario's ``[audit]`` table (a :class:`rurk.config.AuditConfig`, or
     None for the defaults) with ``overrides`` (None values ignored) — the one place CLI and API settings meet
-    the scenario's."""
+    the scenario's. The table supplies every field an override leaves None, its ``noise_seed`` included; its
+    ``probe_params`` only while the probe is the table's (another probe's parameters would not fit), and
+    ``probe_params`` given as an override add to them."""
     values: dict[str, Any] = {}
     if base is not None:
         values.update(probe=base.probe, taus=tuple(base.taus), draws=base.draws, bootstrap=base.bootstrap,
-                      max_forget=base.max_forget)
+                      max_forget=base.max_forget, noise_seed=base.noise_seed)
+        # the table's probe_params are its probe's parameters: they apply while the probe is the table's, and
+        # overriding probe_params add to them (--probe-set)
+        if overrides.get("probe") in (None, base.probe):
+            values["probe_params"] = {**base.probe_params, **(overrides.pop("probe_params", None) or {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return AuditSpec(**values)

@@ -257,18 +257,14 @@ def _audit_spec(args, scenario):
 
 
 def _audit_options(args, opts, scenario):
-    """``opts`` with the command's audit flags; a flag not given keeps the scenario's [audit] value, including
-    its ``noise_seed`` and its ``probe_params`` (the latter only while the probe is the scenario's: they are
-    that probe's parameters; --probe-set adds to them)."""
-
-    table = scenario.audit
-    probe = getattr(args, "probe", None)
-    params = dict(table.probe_params) if probe in (None, table.probe) else {}
-    params.update(parse_overrides(getattr(args, "probe_set", None)))
-    noise_seed = getattr(args, "noise_seed", None)
-    return replace(opts, probe=probe, probe_params=params, taus=getattr(args, "taus", None),
-                   draws=getattr(args, "draws", None), bootstrap=getattr(args, "bootstrap", None),
-                   noise_seed=table.noise_seed if noise_seed is None else noise_seed)
+    """``opts`` with the command's audit flags (None where a flag is not given; --probe-set as ``probe_params``).
+    The scenario's [audit] table fills the rest — its ``noise_seed``, and its ``probe_params`` while the probe is
+    the table's, --probe-set adding to them — in one place, :func:`rurk.audit.spec.audit_spec`, which
+    :func:`rurk.run.experiment.audit_settings` calls for the command line and the library alike."""
+    return replace(opts, probe=getattr(args, "probe", None),
+                   probe_params=dict(parse_overrides(getattr(args, "probe_set", None))),
+                   taus=getattr(args, "taus", None), draws=getattr(args, "draws", None),
+                   bootstrap=getattr(args, "bootstrap", None), noise_seed=getattr(args, "noise_seed", None))
 
 
 def _checkpoint_name(path: str) -> str:

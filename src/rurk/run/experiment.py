@@ -177,7 +177,9 @@ def evaluate(model: nn.Module, prepared: Prepared, seed: int, original_forget_lo
 
 
 def audit_settings(scenario: Scenario, opts: RunOptions) -> AuditSpec:
-    """The run's one :class:`AuditSpec`: the scenario's [audit] table with the run's overrides (validated)."""
+    """The run's one :class:`AuditSpec`: the scenario's [audit] table with the run's overrides (validated) — its
+    ``noise_seed`` and ``probe_params`` included (:func:`rurk.audit.spec.audit_spec` merges them), so
+    ``run_experiment(scenario, RunOptions())`` audits as ``rurk run`` does."""
     try:
         return audit_spec(scenario.audit, probe=opts.probe, probe_params=opts.probe_params or None, taus=opts.taus,
                           draws=opts.draws, bootstrap=opts.bootstrap, noise_seed=opts.noise_seed)
