@@ -125,7 +125,7 @@ def test_every_registered_method_declares_a_valid_space_of_its_own_fields():
             default = getattr(spec.config_cls(), key)
             if p.kind in ("log", "float", "int"):
                 assert p.low <= default <= p.high, (name, key, default, p)
-    assert set(load_all()["rurk"].space) == {"lr", "epochs", "lambda_f", "lambda_a", "tau"}
+    assert set(load_all()["rurk"].space) == {"lr", "epochs", "lambda_f", "lambda_a", "tau", "lambda_c"}
 
 
 def test_param_rejects_bad_ranges():

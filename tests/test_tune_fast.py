@@ -187,7 +187,7 @@ def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones
     assert args.incumbent is True and build_parser().parse_args(["tune", "fmnist5", "--methods", "rurk"]).incumbent is False
     sc = load_scenario("fmnist5")
     assert incumbent_values(sc, "rurk", {}) == {"lr": 0.01, "epochs": 10, "lambda_f": 0.08, "lambda_a": 0.08,
-                                                "tau": 0.1}
+                                                "tau": 0.1, "lambda_c": 0.0}
     assert incumbent_values(sc, "rurk", {"lr": 0.05})["lr"] == 0.05  # the scenario's value over the default
     # by default what `rurk run` uses: a method's shipped tuned values (fmnist5 ships NegGrad+'s) ...
     from rurk.run.tuned import load_tuned
@@ -204,7 +204,7 @@ def test_incumbent_values_are_the_methods_current_settings_and_out_of_range_ones
 
     assert integer(1, 5).contains(5) and not integer(1, 5).contains(6) and not log_uniform(1e-3, 1.0).contains(0)
     assert Param("choice", choices=("a", "b")).contains("b") and not Param("choice", choices=("a",)).contains("b")
-    with pytest.raises(ConfigError, match=r"current epochs = 40 is outside its search space \[1, 12\]"):
+    with pytest.raises(ConfigError, match=r"current epochs = 40 is outside its search space \[1, 20\]"):
         incumbent_values(sc, "rurk", {"epochs": 40})
 
 
