@@ -101,6 +101,50 @@ def test_few_calibration_images_warn_and_widen():
     assert any("10 calibration images" in w for w in est.warnings)
 
 
+def test_fewer_than_30_calibration_images_warn_and_double_the_bootstrap_half_width(monkeypatch):
+    """The validated error set to 0, the interval is the bootstrap's: × 2 below MIN_CALIB = 30 images of a class
+    (with a warning), × 1 from 30 on."""
+    monkeypatch.setitem(E.VALIDATED, "no_retain", {0.0: 0.0, 1.0: 0.0})
+    rng = np.random.default_rng(0)
+
+    def est(n):
+        right = (rng.random(n) < 0.7).astype(int)
+        return estimate_retrain(None, labelled([0]), labelled([0] * n), EstimateSpec(taus=(0.1,), draws=1,
+                                bootstrap=300), num_classes=2, counts=np.vstack([right, right]))
+
+    few, enough = est(29), est(30)
+    assert any("29 calibration images" in w for w in few.warnings) and not enough.warnings
+    assert few.hi[0] - few.acc[0] == pytest.approx(min(1 - few.acc[0], 2 * few.boot_half[0]))
+    assert enough.hi[0] - enough.acc[0] == pytest.approx(enough.boot_half[0])
+
+
+def test_the_bootstrap_resamples_carry_the_same_corrections_as_the_estimate():
+    """Every calibration image of the class has the same counts (one of two copies right, clean and noisy), so every
+    resample is the sample itself: the bootstrap's half-width is 0 — also with κ = √2, where the learning-curve
+    correction moves the estimate from 0.5 to 0.5 − (√2 − 1)·0.5."""
+    calib, counts = labelled([0] * 40), np.ones((2, 40), dtype=int)
+    est = estimate_retrain(None, labelled([0, 0]), calib, EstimateSpec(taus=(0.1,), draws=2, proxy=0, bootstrap=200),
+                           num_classes=2, retain=labelled([0, 0, 1]), counts=counts)
+    assert est.classes[0]["kappa"] == pytest.approx(math.sqrt(2))
+    assert est.acc[0] == pytest.approx(0.5 - (math.sqrt(2) - 1) * 0.5)
+    assert est.boot_half[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_validated_grid_ends_at_its_largest_tau_and_verdicts_at_0_1():
+    """The validated half-width is the 95% normal quantile times the RMSE, at every grid τ up to the largest one
+    (0.3) included; a verdict is given up to VERDICT_MAX_TAU = 0.1 included."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.975)
+    for tau, rmse in E.VALIDATED["retain"].items():
+        assert E.validated_half("retain", tau) == pytest.approx(z * rmse / 100, rel=1e-3)
+    assert math.isnan(E.validated_half("retain", 0.31))
+    taus = [0.03, 0.1, 0.2, 0.3]
+    est = RetrainEstimate(taus, np.full(4, 0.8), np.full(4, 0.7), np.full(4, 0.9), "retain", {}, np.zeros(4),
+                          np.array([E.validated_half("retain", t) for t in taus]))
+    assert [est.reason(i) is None for i in range(4)] == [True, True, False, False]
+
+
 def test_the_estimate_round_trips_through_its_dict():
     counts = np.array([[1, 1, 0, 1], [1, 0, 0, 1]])
     est = estimate_retrain(None, labelled([0]), labelled([0] * 4), EstimateSpec(taus=(0.03,), draws=1, bootstrap=50),

@@ -231,6 +231,63 @@ def test_difficulty_shift_is_kept_in_the_store_and_read_back_by_a_later_process(
         estimate.difficulty_shift(retain, forget, calib, tmp_path)
 
 
+def test_the_difficulty_proxy_never_sees_the_forget_or_the_calibration_images(monkeypatch):
+    """Like Re-train, the proxy learns from the retain set alone. Class 0 looks "L" in the retain set; 40 class-0
+    forget images that look "R" (class 1's look) are wrong for a proxy that never saw them, so the shift is
+    0 − 1 = −1; one that had trained on them would get them right. Mirrored for the calibration images (+1)."""
+    monkeypatch.setattr(estimate, "_SHIFTS", {})
+    retain = halves([0] * 20 + [1] * 20, ["L"] * 20 + ["R"] * 20, 1)
+    easy, hard = halves([0] * 40, ["L"] * 40, 2), halves([0] * 40, ["R"] * 40, 3)
+    assert estimate.difficulty_shift(retain, hard, easy) == {0: pytest.approx(-1.0)}
+    assert estimate.difficulty_shift(retain, easy, hard) == {0: pytest.approx(1.0)}
+    seen = []
+    real = estimate.fit_proxy
+    monkeypatch.setattr(estimate, "fit_proxy", lambda train: seen.append(train) or real(train))
+    monkeypatch.setattr(estimate, "_SHIFTS", {})
+    estimate.difficulty_shift(retain, hard, easy)
+    assert len(seen) == 1 and torch.equal(seen[0].x, retain.x) and torch.equal(seen[0].y, retain.y)
+
+
+def test_the_difficulty_shift_cache_is_keyed_by_all_three_sets_labels_included(monkeypatch):
+    """A cached shift equals the one computed afresh whichever of the three sets changed — the calibration set,
+    or the retain set's labels alone (same images)."""
+    retain = halves([0] * 20 + [1] * 20, ["L"] * 20 + ["R"] * 20, 1)
+    swapped = TensorData(retain.x, 1 - retain.y, retain.index)
+    forget = halves([0, 0, 0, 0, 1], ["L", "L", "R", "R", "R"], 2)
+    calib, hard_calib = halves([0] * 6, ["L"] * 6, 3), halves([0] * 6, ["R"] * 6, 4)
+    cases = [(retain, forget, calib), (retain, forget, hard_calib), (swapped, forget, calib)]
+    fresh = []
+    for sets in cases:
+        monkeypatch.setattr(estimate, "_SHIFTS", {})
+        fresh.append(estimate.difficulty_shift(*sets))
+    assert fresh[0] != fresh[1] and fresh[0] != fresh[2]  # each change moves the shift (else this shows nothing)
+    monkeypatch.setattr(estimate, "_SHIFTS", {})
+    assert [estimate.difficulty_shift(*sets) for sets in cases] == fresh
+
+
+def test_the_calibration_count_cache_tells_models_apart_by_their_buffers_too(monkeypatch):
+    """Two Originals with the same weights but other BatchNorm statistics predict differently in eval mode: the
+    second never gets the first one's counts."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    forget = labelled([0, 0, 1], [0, 0, 1])
+    spec = CalibrationSpec(tau=0.0, draws=1, trace=0, alpha=0, proxy=0)
+
+    def target(m):
+        return Calibrator(spec, forget, CALIB, SEED, num_classes=3).estimate_target(m)
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[2].running_mean.copy_(torch.tensor([5.0, -5.0, 0.0]))
+    fresh = []
+    for m in (model, other):
+        monkeypatch.setattr(calibrate, "_CALIB_COUNTS", {})
+        fresh.append(target(m))
+    assert fresh[0] != fresh[1]
+    monkeypatch.setattr(calibrate, "_CALIB_COUNTS", {})
+    assert [target(model), target(other)] == fresh
+
+
 def test_originals_calibration_counts_are_computed_once_per_original_and_settings(monkeypatch):
     monkeypatch.setattr(calibrate, "_CALIB_COUNTS", {})
     calls = []
@@ -257,6 +314,67 @@ def test_originals_calibration_counts_are_computed_once_per_original_and_setting
     with torch.no_grad():
         model[1].bias -= 1.0
     assert target(model) == first  # the cached value is the computed one
+
+
+def test_the_calibration_count_cache_serves_each_seed_and_each_set_its_own_counts(monkeypatch):
+    """The cache is invisible: a target read from it equals the one computed afresh, for every seed (the seed
+    draws the copies' noise) and for calibration sets of the same size but other images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    forget = labelled([0, 0, 1], [0, 0, 1])
+    other = labelled([1] * 10 + [0] * 10, [0] * 8 + [2] * 2 + [1] * 9 + [0])  # CALIB's images, other labels
+
+    def target(seed, calib=CALIB):
+        spec = CalibrationSpec(tau=0.5, draws=8, trace=0, alpha=0, proxy=0)
+        return Calibrator(spec, forget, calib, seed, num_classes=3).estimate_target(model)
+
+    fresh = {}
+    for key in ((1, CALIB), (2, CALIB), (1, other)):
+        monkeypatch.setattr(calibrate, "_CALIB_COUNTS", {})
+        fresh[key[0], id(key[1])] = target(*key)
+    assert fresh[1, id(CALIB)] != fresh[2, id(CALIB)]  # the seeds draw other copies (else this shows nothing)
+    assert fresh[1, id(CALIB)] != fresh[1, id(other)]
+    monkeypatch.setattr(calibrate, "_CALIB_COUNTS", {})
+    for seed, calib in ((1, CALIB), (2, CALIB), (1, other), (1, CALIB)):
+        assert target(seed, calib) == fresh[seed, id(calib)]
+
+
+def test_adversarial_calibration_copies_are_crafted_on_the_current_model():
+    """An attack's copies depend on the model (common random starts, but the step follows its gradient): every
+    check crafts them on the model being unlearned, never serves the first model's; random copies are drawn once."""
+    torch.manual_seed(0)
+    first, second = (nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) for _ in range(2))
+    forget = labelled([0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5])
+    spec = CalibrationSpec(probe="fgsm", tau=0.3, draws=2, trace=0, alpha=0, proxy=0)
+    cal = Calibrator(spec, forget, CALIB, SEED, num_classes=3)
+    on_first = cal._copies("forget", forget, first)[0]
+    on_second = cal._copies("forget", forget, second)[0]
+    assert not torch.equal(on_first, on_second)
+    alone = Calibrator(spec, forget, CALIB, SEED, num_classes=3)
+    assert torch.equal(on_second, alone._copies("forget", forget, second)[0])
+    assert torch.equal(cal._correct(second, "forget", forget), alone._correct(second, "forget", forget))
+    noisy = Calibrator(CalibrationSpec(tau=0.3, draws=2, trace=0, alpha=0, proxy=0), forget, CALIB, SEED, num_classes=3)
+    assert noisy._copies("forget", forget, first) is noisy._copies("forget", forget, second)  # drawn once
+
+
+def test_the_check_before_training_never_counts_as_reaching_the_target():
+    """Original already at or below the target: the check before the first step is a candidate for the rewind
+    but not a stop (training has not started), so a run that never reaches the target again records none."""
+    cal = Scripted([0.5, 0.9, 0.95], 0.6)
+    assert drive(cal, 2) == (2, 0)  # never stopped; the closest check is the one before training
+    assert cal.finish(Stepper())["reached_at"] is None
+
+
+def test_a_tie_keeps_the_earlier_checkpoint():
+    """Two checks equally far from the target (0.75 and 0.25 around 0.5, exact in binary): the earlier one is kept —
+    fewer steps of unlearning for the same distance (decision)."""
+    assert drive(Scripted([1.0, 0.75, 0.25], 0.5), 2) == (2, 1)
+
+
+def test_the_recorded_calibration_accuracy_is_pooled_over_the_calibration_images():
+    """Class 0: 10 images, 8 right; class 1: 5 images, all right. Pooled 13/15, not the class mean 0.9."""
+    calib = labelled([0] * 10 + [1] * 5, [0] * 8 + [2] * 2 + [1] * 5)
+    assert target_of(0.0, calib)[1]["original_calib_acc"] == pytest.approx(13 / 15)
 
 
 # ---------------------------------------------------------------------------------------------- on a real run
