@@ -15,7 +15,8 @@ TAUS = [0.0, 0.03, 0.3]
 def row(kind="finetune", r=None, ci=None, retain=None, test=None, gaps=None, base=None):
     """One summary.json method entry: per-seed r_pooled at TAUS[1], accuracies (points) and Avg. Gaps."""
     n = len(r or retain or gaps or [0])
-    e = {"kind": kind, "n_seeds": n, "avg_gap": None if gaps is None else sum(gaps) / n,
+    done = [g for g in gaps or [] if g is not None]  # a seed whose row failed has no gap
+    e = {"kind": kind, "n_seeds": n, "avg_gap": sum(done) / len(done) if done else None,
          "avg_gap_per_seed": {"values": gaps or [None] * n},
          "retain_acc": {"per_seed": retain or [90.0] * n}, "test_acc": {"per_seed": test or [85.0] * n}}
     if base:
@@ -88,6 +89,96 @@ def test_variants_are_not_competitors_and_missing_methods_are_inconclusive():
     s = summary(original=row("reference", r=[1.2, 1.2, 1.2], gaps=[6.0] * 3))
     v = verdicts(s)
     assert v["gd_keeps_r_gt_1"] == v["rurk_r_near_1"] == v["rurk_smallest_gap"] == INCONCLUSIVE
+
+
+def test_within_and_above_on_hand_made_intervals_boundaries_included():
+    from rurk.report.claims import above, within
+
+    # |x − c| ≤ tol: both ends count as inside (0.5 and 1.5 are exact in binary)
+    assert within((1.0, 0.5, 1.5), 0.5, center=1.0) == HOLDS
+    assert within((0.0, -3.0, 3.0), 3.0) == HOLDS
+    assert within((1.0, 0.4, 1.4), 0.5, center=1.0) == INCONCLUSIVE  # straddles the lower boundary
+    assert within((0.2, 0.1, 0.3), 0.5, center=1.0) == FAILS  # entirely below: two-sided
+    assert within((1.8, 1.6, 2.0), 0.5, center=1.0) == FAILS
+    # x > t: an interval that only touches t shows nothing
+    assert above((1.1, 1.0, 1.2), 1.0) == INCONCLUSIVE and above((1.1, 1.01, 1.2), 1.0) == HOLDS
+    assert above((0.9, 0.8, 1.0), 1.0) == FAILS and above(None, 1.0) == INCONCLUSIVE
+
+
+def rurk_near_1(r, retain=None, test=None, retrain_retain=None, retrain_test=None):
+    """The verdict of claim 3 for three seeds of RURK (r at τ = 0.03, retain and test points) against Re-train."""
+    n = 3
+    s = summary(original=row("reference", r=[1.2] * n, gaps=[6.0] * n), gd=row(r=[1.2] * n, gaps=[5.0] * n),
+                rurk=row(r=r, retain=retain, test=test, gaps=[1.0] * n),
+                retrain=row("reference", retain=retrain_retain or [90.0] * n, test=retrain_test or [85.0] * n,
+                            gaps=[0.0] * n))
+    return verdicts(s)["rurk_r_near_1"]
+
+
+def test_r_near_1_is_two_sided_with_its_boundary_at_0_05():
+    """Over-forgetting marks the forget set as much as residual knowledge: r 0.9 fails like r 1.1. Three equal
+    seeds give an interval of width 0, so the boundary 0.05 is tested on either side of it."""
+    assert rurk_near_1([1.0, 1.0, 1.0]) == HOLDS
+    assert rurk_near_1([0.90, 0.90, 0.90]) == FAILS and rurk_near_1([1.10, 1.10, 1.10]) == FAILS
+    assert rurk_near_1([1.049] * 3) == HOLDS and rurk_near_1([0.951] * 3) == HOLDS
+    assert rurk_near_1([1.052] * 3) == FAILS and rurk_near_1([0.948] * 3) == FAILS
+
+
+def test_retain_and_test_within_3_points_of_retrain_paired_seed_by_seed():
+    """Re-train's retain accuracy varies from seed to seed (90, 92, 88); RURK tracks it 2.9 points below on every
+    seed: the paired differences are all −2.9 (within 3 points, an interval of width 0), while RURK's values
+    against Re-train's mean spread from −4.9 to −0.9. 3.2 points below on every seed fails; test accuracy alike."""
+    rr, rt = [90.0, 92.0, 88.0], [85.0, 87.0, 83.0]
+    r1 = [1.0] * 3
+    assert rurk_near_1(r1, retain=[v - 2.9 for v in rr], retrain_retain=rr) == HOLDS
+    assert rurk_near_1(r1, retain=[v + 2.9 for v in rr], retrain_retain=rr) == HOLDS
+    assert rurk_near_1(r1, retain=[v - 3.2 for v in rr], retrain_retain=rr) == FAILS
+    assert rurk_near_1(r1, retain=[v + 3.2 for v in rr], retrain_retain=rr) == FAILS
+    assert rurk_near_1(r1, test=[v - 2.9 for v in rt], retrain_test=rt) == HOLDS
+    assert rurk_near_1(r1, test=[v - 3.2 for v in rt], retrain_test=rt) == FAILS
+    # paired with the wrong seeds, the same numbers would straddle the boundary
+    assert rurk_near_1(r1, retain=[v - 2.9 for v in rr][::-1], retrain_retain=rr) == INCONCLUSIVE
+
+
+def gap_claim(rurk_gaps, **others):
+    n = len(rurk_gaps)
+    s = summary(original=row("reference", r=[1.2] * n, gaps=[6.0] * n), rurk=row(r=[1.0] * n, gaps=rurk_gaps),
+                **{m: row(gaps=g) for m, g in others.items()})
+    return next(c for c in check_claims(s) if c["id"] == "rurk_smallest_gap")
+
+
+def test_a_competitor_that_failed_on_every_seed_is_beaten_only_by_a_rurk_with_gaps():
+    """A method with no Avg. Gap on any seed (it failed) is no smaller gap: RURK with gaps beats it and the claim
+    rests on the other competitors; when RURK has no gap either, nothing is decided."""
+    c = gap_claim([1.0, 1.2, 0.9], gd=[5.0, 6.0, 5.5], scrub=[None] * 3)
+    assert c["verdict"] == HOLDS and "scrub failed" in c["evidence"]
+    assert gap_claim([1.0, 1.2, 0.9], scrub=[None] * 3)["verdict"] == HOLDS
+    assert gap_claim([None] * 3, scrub=[None] * 3)["verdict"] == INCONCLUSIVE
+    assert gap_claim([1.0, 1.2, 0.9], gd=[0.5, 0.6, 0.4], scrub=[None] * 3)["verdict"] == FAILS  # gd beats rurk
+    # a competitor with a gap on one seed only: one paired difference decides nothing
+    assert gap_claim([1.0, 1.2, 0.9], gd=[5.0, None, None])["verdict"] == INCONCLUSIVE
+
+
+def test_the_smallest_gap_needs_the_whole_paired_interval_on_one_side():
+    """Paired differences rurk − gd of −1, +1, −0.1 (mean −0.03): inconclusive, whatever the mean says; all
+    below 0: holds; all above: does not hold. Pairing matters: rurk's gaps track gd's seed by seed."""
+    assert gap_claim([1.0, 2.0, 1.4], gd=[2.0, 1.0, 1.5])["verdict"] == INCONCLUSIVE
+    assert gap_claim([1.0, 3.0, 1.2], gd=[2.0, 2.0, 1.5])["verdict"] == INCONCLUSIVE  # mean −0.1, +1, −0.3
+    assert gap_claim([2.0, 1.0, 1.6], gd=[1.0, 2.0, 1.5])["verdict"] == INCONCLUSIVE  # mean +0.03
+    assert gap_claim([1.0, 5.0, 9.0], gd=[1.5, 5.4, 9.6])["verdict"] == HOLDS  # −0.5, −0.4, −0.6
+    assert gap_claim([1.5, 5.4, 9.6], gd=[1.0, 5.0, 9.0])["verdict"] == FAILS
+    assert gap_claim([1.0], gd=[5.0])["verdict"] == ONE_SEED
+
+
+def test_the_claims_read_the_tau_nearest_0_03_and_a_failed_part_fails_the_claim():
+    """r at τ = 0 is 1 for every row in these summaries (row()), at 0.03 and 0.3 the seed's value: reading τ = 0
+    would make every r claim 'holds'/'does not hold' the wrong way."""
+    s = summary(original=row("reference", r=[1.2] * 3, gaps=[6.0] * 3), gd=row(r=[1.2] * 3, gaps=[5.0] * 3),
+                rurk=row(r=[1.0] * 3, retain=[80.0] * 3, gaps=[1.0] * 3))
+    v = verdicts(s)
+    assert v["original_r_gt_1"] == HOLDS and v["gd_keeps_r_gt_1"] == HOLDS
+    assert v["rurk_r_near_1"] == FAILS  # r holds, retain 10 points below Re-train fails: the claim fails
+    assert "τ = 0.030" in check_claims(s)[0]["evidence"]
 
 
 # ---------------------------------------------------------------------------------------------- variants
