@@ -339,3 +339,146 @@ def test_a_verdict_may_not_move_without_its_evidence():
     claim["evidence"] = next(x for x in committed["claims"] if x["id"] == "rurk_r_near_1")["evidence"]
     c = compare(COMMITTED, block(fresh))
     assert not c.ok and any("did not move" in p for p in c.problems), c.report()
+
+
+# ---------------------------------------------------------------------------------------------- hand-made cells
+#: the columns of the hand-made blocks below, one of each kind the check tells apart
+COLUMNS = ["Retain (%)", "Unlearn (%)", "Avg. Gap", "r_pooled τ=0.03", "r_pooled τ=0.3", "Re-learn (epochs)"]
+
+
+def hand_block(cells: dict, seeds: dict | None = None, fingerprint: str | None = "A",
+               claims: tuple[str, ...] = ()) -> str:
+    """A block as ``render`` writes it, by hand: one row per entry of ``cells`` (column -> cell text, '–' where
+    not given), optional per-seed values (column -> list) and claim lines."""
+    lines = ["Seeds 1, 2, 3 (n = 3); c = 32 perturbed copies per sample, `gaussian` probe; rurk 0.1.0.",
+             "Machine: Intel Xeon, 1 torch threads, torch 2.13.0+cpu, device cpu."]
+    if fingerprint:
+        lines.append(f"<!-- rurk:fingerprint {fingerprint} -->")
+    lines += ["", "| method | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, row in cells.items():
+        lines.append("| " + " | ".join([name, *(row.get(c, "–") for c in COLUMNS)]) + " |")
+    per_seed = {name: [(seeds or {}).get(name, {}).get(c) for c in COLUMNS] for name in cells}
+    lines += ["", f"<!-- rurk:seeds {json.dumps(per_seed, separators=(',', ':'))} -->", ""]
+    if claims:
+        lines += ["Claims check (generated; rules in `rurk.report.claims`):", "", *claims, ""]
+    return "\n".join(lines)
+
+
+def moves(column: str, before, after) -> bool:
+    """Whether one cell of ``column`` may move from ``before`` to ``after`` on another machine: each a cell's
+    text, or a list of per-seed values (the cell then shows their mean, the check compares their medians)."""
+    def side(v):
+        if isinstance(v, list):
+            return {column: f"{sum(v) / len(v):.2f} ± 0.00"}, {column: v}
+        return {column: v}, {}
+    (ca, sa), (cb, sb) = side(before), side(after)
+    c = compare(hand_block({"m": ca}, {"m": sa}), hand_block({"m": cb}, {"m": sb}, fingerprint="B"))
+    assert c.mode == "tolerant"
+    return c.ok
+
+
+def test_the_floors_of_cells_without_spread():
+    """No seed spread: the tolerance is the column's floor — 3 points of accuracy, 4.5 of Avg. Gap, r 0.04 plus
+    0.5 per unit τ (0.055 at τ = 0.03, 0.19 at τ = 0.3), 2 epochs of re-learn time."""
+    assert moves("Retain (%)", "90.00", "92.90") and not moves("Retain (%)", "90.00", "93.10")
+    assert moves("Avg. Gap", "10.00", "14.40") and not moves("Avg. Gap", "10.00", "14.60")
+    assert moves("r_pooled τ=0.03", "1.100", "1.154") and not moves("r_pooled τ=0.03", "1.100", "1.157")
+    assert moves("r_pooled τ=0.3", "0.800", "0.980") and not moves("r_pooled τ=0.3", "0.800", "1.000")
+    assert moves("Re-learn (epochs)", "10", "11.9") and not moves("Re-learn (epochs)", "10", "12.1")
+
+
+def test_z_standard_errors_of_the_committed_seeds_spread():
+    """Committed seeds 57, 60, 63: median 60, population sd √6, so the tolerance is 4 · √(2/3) · √6 = 8 points
+    exactly. The fresh run's own spread never widens it (a spread-out fresh run with median 68 still fails)."""
+    assert moves("Retain (%)", [57.0, 60.0, 63.0], [64.9, 67.9, 70.9])
+    assert not moves("Retain (%)", [57.0, 60.0, 63.0], [65.1, 68.1, 71.1])
+    assert not moves("Retain (%)", [60.0, 60.0, 60.0], [40.0, 68.0, 96.0])  # committed sd 0: the 3-point floor
+    assert tolerance("acc", 3, 5, 2.0) == pytest.approx(4 * math.sqrt(1 / 3 + 1 / 5) * 2.0)  # n₁ ≠ n₂
+
+
+def test_medians_not_means_of_the_seeds():
+    """One seed of three that drops by 30 points moves the mean by 10 and the median by nothing."""
+    assert moves("Retain (%)", [60.0, 60.0, 60.0], [60.0, 60.0, 30.0])
+    assert not moves("Retain (%)", [60.0, 60.0, 60.0], [30.0, 30.0, 60.0])
+
+
+def test_the_caps_of_noisy_rows():
+    """Seeds spread so wide that Z standard errors exceed every cap: accuracy 20 points, Unlearn 40 (bimodal
+    forget columns), Avg. Gap 25, r 0.3 plus 1.5 per unit τ (0.75 at τ = 0.3)."""
+    wide = [20.0, 60.0, 100.0]
+    assert moves("Retain (%)", wide, [39.5, 79.5, 119.5]) and not moves("Retain (%)", wide, [40.5, 80.5, 120.5])
+    assert moves("Unlearn (%)", wide, [59.0, 99.0, 139.0]) and not moves("Unlearn (%)", wide, [61.0, 101.0, 141.0])
+    gaps = [0.0, 50.0, 100.0]
+    assert moves("Avg. Gap", gaps, [24.5, 74.5, 124.5]) and not moves("Avg. Gap", gaps, [25.5, 75.5, 125.5])
+    r = [0.0, 1.0, 2.0]
+    assert moves("r_pooled τ=0.3", r, [0.74, 1.74, 2.74]) and not moves("r_pooled τ=0.3", r, [0.76, 1.76, 2.76])
+
+
+def test_avg_gap_may_not_move_by_more_than_three_times_once_it_moves_a_point():
+    assert not moves("Avg. Gap", "2.00", "6.10") and moves("Avg. Gap", "2.00", "5.90")  # within the floor, ×3.05
+    assert moves("Avg. Gap", "1.50", "4.50")  # exactly ×3
+    assert not moves("Avg. Gap", "0.50", "1.60")  # ×3.2 and 1.1 points
+    assert moves("Avg. Gap", "0.30", "1.20")  # ×4 but 0.9 points: noise on a tiny gap
+    assert not moves("Avg. Gap", "0.00", "1.50") and not moves("Avg. Gap", "1.50", "0.00")  # to or from nothing
+
+
+def test_r_at_tau_0_03_may_not_cross_1_by_more_than_0_1():
+    """Committed seeds 0.90, 1.02, 1.14 (median 1.02, tolerance 0.32): the median may move to 0.91 (crosses 1,
+    lands 0.09 beyond) but not to 0.89 (0.11 beyond), though both moves are within the tolerance; at τ = 0.3 the
+    rule does not apply."""
+    seeds = [0.90, 1.02, 1.14]
+    assert moves("r_pooled τ=0.03", seeds, [0.79, 0.91, 1.03])
+    assert not moves("r_pooled τ=0.03", seeds, [0.77, 0.89, 1.01])
+    assert moves("r_pooled τ=0.3", seeds, [0.77, 0.89, 1.01])
+
+
+def test_dash_and_censored_cells_may_not_change_kind():
+    """'–' (no value) and '>30' (re-learning never got back within 30 epochs) are states, not numbers: a cell may
+    not move into or out of them."""
+    assert moves("Avg. Gap", "–", "–") and moves("Re-learn (epochs)", ">30", ">30")
+    for before, after in (("–", "5.00"), ("5.00", "–")):
+        assert not moves("Avg. Gap", before, after)
+    for before, after in ((">30", "29"), ("29", ">30"), (">30", "12"), ("12", ">30"), ("–", ">30")):
+        assert not moves("Re-learn (epochs)", before, after), (before, after)
+
+
+def test_a_row_or_a_seed_that_starts_failing_fails_the_check():
+    ok = {"Retain (%)": "90.00"}
+    c = compare(hand_block({"m": ok}), hand_block({"m (failed on 1 of 3 seeds)": ok}, fingerprint="B"))
+    assert not c.ok and any("row marks" in p for p in c.problems), c.report()
+    c = compare(hand_block({"m (failed on 1 of 3 seeds)": ok}), hand_block({"m": ok}, fingerprint="B"))
+    assert c.ok and any("row marks" in m for m in c.moved)  # recovering is a move, not a failure
+    c = compare(hand_block({"m": ok}, {"m": {"Retain (%)": [90.0, 90.0, 90.0]}}),
+                hand_block({"m": ok}, {"m": {"Retain (%)": [90.0, None, 90.0]}}, fingerprint="B"))
+    assert not c.ok and any("a seed has no value" in p for p in c.problems), c.report()
+
+
+CLAIM = "GD keeps residual knowledge (r_pooled > 1)"
+
+
+def claim_moves(before: str, after: str) -> bool:
+    row = {"m": {"Retain (%)": "90.00"}}
+    return compare(hand_block(row, claims=(f"- **{before.split(':')[0]}** — {CLAIM}: {before.split(':', 1)[1]}",)),
+                   hand_block(row, fingerprint="B",
+                              claims=(f"- **{after.split(':')[0]}** — {CLAIM}: {after.split(':', 1)[1]}",))).ok
+
+
+def test_a_verdict_moves_one_step_with_its_evidence_and_overlapping_intervals_only():
+    assert claim_moves("holds:r 1.10 [1.02, 1.18]", "inconclusive:r 1.08 [0.99, 1.17]")
+    assert claim_moves("inconclusive:r 1.08 [0.99, 1.17]", "holds:r 1.10 [1.02, 1.18]")
+    assert not claim_moves("holds:r 1.10 [1.02, 1.18]", "does not hold:r 0.90 [0.85, 0.95]")  # two steps
+    assert not claim_moves("holds:r 1.10 [1.02, 1.18]", "does not hold:r 1.00 [0.99, 1.01]")  # two steps, overlapping
+    assert not claim_moves("holds:r 1.10 [1.02, 1.18]", "inconclusive:r 1.10 [1.02, 1.18]")  # evidence unmoved
+    assert not claim_moves("holds:r 1.30 [1.25, 1.35]", "inconclusive:r 1.08 [0.99, 1.17]")  # disjoint intervals
+
+
+def test_the_same_fingerprint_demands_the_identical_block_claims_and_seeds_included():
+    row = {"m": {"Retain (%)": "90.00"}}
+    base = hand_block(row, {"m": {"Retain (%)": [90.0, 90.0, 90.0]}}, claims=(f"- **holds** — {CLAIM}: r 1.10",))
+    for other in (hand_block(row, {"m": {"Retain (%)": [90.0, 90.0, 90.0]}}, claims=(f"- **holds** — {CLAIM}: r 1.11",)),
+                  hand_block(row, {"m": {"Retain (%)": [89.0, 90.0, 91.0]}}, claims=(f"- **holds** — {CLAIM}: r 1.10",))):
+        c = compare(base, other)
+        assert not c.ok and c.mode == "exact", c.report()
+    # without a fingerprint on either side nothing says "same machine": compared within tolerance
+    plain = hand_block(row, fingerprint=None)
+    assert compare(plain, plain).mode == "tolerant"
