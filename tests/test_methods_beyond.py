@@ -113,6 +113,24 @@ def test_rl_each_epoch_is_a_forget_pass_then_a_retain_pass():
     assert any(min(b) < 500 <= max(b) for b in seen)
 
 
+def test_rl_shuffles_the_forget_set_with_its_own_stream_not_the_retain_streams():
+    """Forget and retain sets of the same size (50 each, ids 500.. and 0..): a forget stream seeded like the retain
+    stream would visit forget row i exactly when the retain stream visits retain row i. Its own seed
+    (derive_seed(loader_seed, "forget")) gives another order, and the record names that seed."""
+    from rurk.methods._forget import forget_stream
+    from rurk.torchutil import derive_seed
+
+    d = ided_data(n_retain=50, n_forget=50)
+    model, rec = unlearn("rl", Recorder(), d, SEED, overrides={"batch_size": 50, "epochs": 1})
+    forget_order, retain_order = (ids_of(x) for x in model.seen[:2])
+    assert sorted(forget_order) == list(range(500, 550)) and sorted(retain_order) == list(range(50))
+    assert [i - 500 for i in forget_order] != retain_order
+    assert rec.extra["forget_loader_seed"] == derive_seed(d.loader_seed, "forget") != d.loader_seed
+    stream, seed = forget_stream(d.forget, 50, d.loader_seed, "cpu")
+    assert seed == rec.extra["forget_loader_seed"]
+    assert ids_of(stream.next()[0]) == forget_order  # the stream RL stepped through
+
+
 def test_rl_trains_forget_rows_towards_wrong_labels(originals, data):
     """With a one-sample retain set (one retain step per epoch) the forget passes dominate: the forget accuracy
     collapses, because every label RL trains them on is wrong."""
