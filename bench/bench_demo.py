@@ -1,6 +1,8 @@
-"""Where the demo's time goes: runs `rurk demo` from a cold cache and prints its wall time and the compute seconds
-per phase and per method, read from the run store's records (every record carries the wall time its cell took).
-Prints tables; asserts nothing.
+"""The demo's cost as a ratio that holds on any CPU, and where its time goes: runs `rurk demo` from a cold cache,
+then — on the same machine, in the same run — trains one seed's Original and Re-train at one torch thread from a
+cold cache (`rurk train fmnist5 --seed 131 --threads 1`), and prints the demo's wall time **as a multiple of that
+reference**, beside the compute seconds per phase and per method, read from the run store's records (every record
+carries the wall time its cell took). Prints tables; asserts nothing.
 
     .venv/bin/python bench/bench_demo.py                       # the demo as a user runs it (three seeds, --jobs default)
     .venv/bin/python bench/bench_demo.py --busy 1              # beside one competing busy process
@@ -27,14 +29,24 @@ from collections import defaultdict
 from pathlib import Path
 
 PHASE = {"model": "training (Original, Re-train)", "unlearned": "unlearning", "eval": "evaluation (acc, MIA, re-learn)",
-         "audit": "audit (+ per-sample files, gallery)", "relearn_curve": "curves", "robust": "curves"}
+         "audit": "audit (+ per-sample files, gallery)", "estimate": "audit (+ per-sample files, gallery)",
+         "collateral": "audit (+ per-sample files, gallery)", "relearn_curve": "curves", "robust": "curves"}
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    from rurk.machine import machine, short
+
+    return short(machine())
+
+
+def reference_seconds() -> float:
+    """Wall time of training one seed's Original and Re-train at one torch thread, from a cold cache, process
+    start included (as the demo's is)."""
+    out = Path(tempfile.mkdtemp(prefix="rurk-bench-ref-"))
+    t0 = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "rurk"), "train", "fmnist5", "--seed", "131", "--threads", "1",
+                    "--out", str(out), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
 
 
 def run_demo(extra: list[str], busy: int) -> tuple[float, Path]:
@@ -78,13 +90,16 @@ def main() -> None:
     ap.add_argument("--args", default="", help="extra arguments for `rurk demo`, e.g. \"--jobs 1\"")
     ap.add_argument("--top", type=int, default=8, help="rows to list by compute seconds [default: 8]")
     ap.add_argument("--store", default=None, help="read a finished run's store instead of running the demo")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference training (no ratio)")
     a = ap.parse_args()
     wall, out = (float("nan"), Path(a.store)) if a.store else run_demo(shlex.split(a.args), a.busy)
+    ref = float("nan") if a.store or a.no_reference else reference_seconds()
     per_phase, per_row, threads = spent(out)
     total = sum(per_phase.values())
     print(f"rurk demo {a.args}".strip() + f" on {cpu_model()}, {a.busy} competing process(es), cells at "
           f"{'/'.join(str(t) for t in sorted(x for x in threads if x is not None))} torch thread(s); run store {out}")
-    print(f"\nwall time: {wall:.0f} s; compute seconds over all processes: {total:.0f} s\n")
+    print(f"\nwall time: {wall:.0f} s; one seed's Original + Re-train at one thread: {ref:.0f} s; "
+          f"**ratio {wall / ref:.2f}**; compute seconds over all processes: {total:.0f} s\n")
     rows = [[k, f"{v:.0f}", f"{100 * v / total:.0f}%"] for k, v in sorted(per_phase.items(), key=lambda kv: -kv[1])]
     print(table(["phase", "compute s", "share"], rows + [["total", f"{total:.0f}", "100%"]]))
     heavy = sorted(per_row.items(), key=lambda kv: -sum(kv[1].values()))[: a.top]
