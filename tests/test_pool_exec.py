@@ -160,3 +160,21 @@ def test_workers_train_every_reference_first_skipping_one_being_trained(tmp_path
         train_references(scenario, prepared, [42, 131], store, "cpu", w=1)
     trained = {(s, k) for s in keys for k, key in keys[s].items() if store.load_meta(key) is not None}
     assert trained == {(42, "retrain"), (131, "original"), (131, "retrain")}  # the held one was skipped, not waited for
+
+
+def test_progress_counts_finished_rows_of_this_split_and_estimates_the_time_left(tmp_path, monkeypatch):
+    from rurk.run import pool_exec
+    from rurk.store import Store
+
+    store, lines = Store(tmp_path), []
+    put = lambda i, seed, split="s1": store.put("eval", f"k{i}", scenario="fm", seed=seed,  # noqa: E731
+                                                 config={"split": split, "row": i}, metrics={})
+    put(0, 1), put(1, 2, "other split"), put(2, 9)  # one row of this run done before it started
+    clock = iter([0.0, 60.0, 120.0])
+    monkeypatch.setattr(pool_exec.time, "monotonic", lambda: next(clock))
+    prog = pool_exec.Progress(store, "fm", "s1", [1, 2], rows_per_seed=3, log=lines.append)
+    assert prog.total == 6 and prog.start == 1
+    put(3, 1), put(4, 2)
+    prog.tick()  # 2 new rows in 60 s, 3 left: 1.5 min
+    prog.tick()  # nothing changed: no line
+    assert lines == ["progress: 3 of 6 rows finished (1 from the store), about 2 min left"]

@@ -119,6 +119,16 @@ class Store:
                 "seed INTEGER, config TEXT, metrics TEXT, timings TEXT, created REAL, PRIMARY KEY (kind, key))"
             )
 
+    def count(self, kind: str, scenario: str, seeds, split: str) -> int:
+        """How many records of ``kind`` the store holds for ``scenario``, ``seeds`` and the split with digest
+        ``split`` (one query; what a run's progress line counts)."""
+        seeds = list(seeds)
+        marks = ",".join("?" * len(seeds))
+        with self._connect() as db:
+            (n,) = db.execute(f"SELECT COUNT(*) FROM records WHERE kind = ? AND scenario = ? AND seed IN ({marks}) "
+                              "AND json_extract(config, '$.split') = ?", (kind, scenario, *seeds, split)).fetchone()
+        return int(n)
+
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.db_path, timeout=30)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 from .. import workers
@@ -51,9 +52,12 @@ class ProcessExecutor:
                                 spec, str(out_dir), self.threads)
             p.start()
             procs.append(p)
+        monitor = Progress(store, scenario.name, prepared.split.digest(), seeds, 2 + len(names), log)
         try:
-            for p in procs:
-                p.join()
+            while any(p.is_alive() for p in procs):
+                for p in procs:
+                    p.join(timeout=monitor.every)
+                monitor.tick()
         finally:
             for p in procs:  # on Ctrl-C or an error here: no orphan keeps computing
                 if p.is_alive():
@@ -63,6 +67,31 @@ class ProcessExecutor:
         if bad:
             raise WorkerFailed(f"{', '.join(bad)} failed; finished cells are kept in {store.root} — run the same "
                                "command again to continue")
+
+
+class Progress:
+    """The parent's view of a ``--jobs`` run: every :attr:`every` seconds, how many of the grid's rows are
+    finished (their evaluation is in the store: read with one query, nothing loaded), how many are left, and an
+    ETA from the rate so far — a line only when something changed."""
+
+    every = 15.0
+
+    def __init__(self, store, scenario: str, split: str, seeds: list[int], rows_per_seed: int, log):
+        self.store, self.scenario, self.split, self.seeds, self.log = store, scenario, split, list(seeds), log
+        self.total = rows_per_seed * len(self.seeds)
+        self.t0, self.start, self.last = time.monotonic(), self.done(), None
+
+    def done(self) -> int:
+        return min(self.store.count("eval", self.scenario, self.seeds, self.split), self.total)
+
+    def tick(self) -> None:
+        done = self.done()
+        if done == self.last:
+            return
+        self.last = done
+        new, elapsed = done - self.start, time.monotonic() - self.t0
+        eta = "" if new <= 0 or done >= self.total else f", about {(self.total - done) * elapsed / new / 60:.0f} min left"
+        self.log(f"progress: {done} of {self.total} rows finished ({self.start} from the store){eta}")
 
 
 def _worker(w, scenario, opts, root, seeds, names, spec, out_dir, threads) -> None:
