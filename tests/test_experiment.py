@@ -195,3 +195,15 @@ def test_the_library_path_honours_the_scenarios_audit_noise_seed_and_probe_param
                                                   device="cpu"), tmp_path, progress=False, log=lambda *a: None)
     audit = summary["run"]["audit"]  # the spec every row of the run was audited with
     assert (audit["probe"], audit["probe_params"], audit["noise_seed"]) == ("pgd", {"steps": 1}, 5)
+
+
+def test_a_fresh_run_names_its_machine(run):
+    """Every cell a run computes records this machine's digest, those it computed just now included (a freshly
+    computed audit once reported 'cells of unknown machines'): the report names this CPU and its fingerprint."""
+    from rurk import machine
+
+    _, out, summary = run
+    info = json.loads((out / "digits5" / "summary.json").read_text())["run"]
+    assert info["cpu"] == machine.short(machine.machine())
+    assert info["machine"]["digest"] is not None and info["machine"]["fingerprint"]["cpu"] == machine.cpu()
+    assert all(r["timings"]["machine"] == machine.digest(machine.machine()) for r in Store(out).records())

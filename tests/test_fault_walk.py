@@ -275,9 +275,9 @@ def test_toml_syntax_errors_name_the_file_and_the_line(tmp_path, capsys, no_trai
 def test_a_forget_file_with_calibrated_methods_is_refused_before_work(tmp_path, capsys, no_training):
     (tmp_path / "forget.json").write_text("[2, 11, 12]")
     toml = _toml(tmp_path / "s.toml", f'[forget]\nkind = "file"\nfile = "{tmp_path / "forget.json"}"\n')
-    for argv, needle in ((["run", str(toml), "--methods", "gd,rurk"], "methods.rurk.methods._calibrate = true: expected false "
+    for argv, needle in ((["run", str(toml), "--methods", "gd,rurk"], "methods.rurk.calibrate = true: expected false "
                           "with forget.kind = 'file'"),
-                         (["unlearn", str(toml), "--method", "rurk"], "methods.rurk.methods._calibrate = true"),
+                         (["unlearn", str(toml), "--method", "rurk"], "methods.rurk.calibrate = true"),
                          (["run", str(toml), "--methods", "ga", "--set", "methods.ga.calibrate=true"],
                           "methods.ga.calibrate = true")):
         refused(capsys, [*argv, "--out", str(tmp_path / "o"), *TINY], needle, "calibrate=false")

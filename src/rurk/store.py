@@ -134,8 +134,9 @@ class Store:
 
     # ------------------------------------------------------------------------------------ records
     def put(self, kind: str, key: str, *, scenario: str = "", seed: int | None = None, config: Any = None,
-            metrics: Any = None, timings: Any = None) -> None:
-        """Record a finished piece of work (replacing an older record of the same kind and key). Its timings carry
+            metrics: Any = None, timings: Any = None) -> dict:
+        """Record a finished piece of work (replacing an older record of the same kind and key); returns the timings
+        recorded. They carry
         ``threads``, torch's CPU thread count when it was computed, and ``machine``, the digest of the computing
         machine's fingerprint (:mod:`rurk.machine`; CPU results are bit-identical only on the same machine and
         count), unless the caller's timings already name them (a record copied from a worker keeps the worker's)."""
@@ -146,6 +147,7 @@ class Store:
                 (kind, key, scenario, seed, canonical_json(config), canonical_json(metrics),
                  canonical_json(timings), time.time()),
             )
+        return timings
 
     def get(self, kind: str, key: str) -> dict | None:
         with self._connect() as db:

@@ -391,9 +391,9 @@ def _cached(store: Store, kind: str, cell: dict, compute, scenario: Scenario, se
                     value = compute()
                 except NonFiniteLogits as e:  # recorded like a failed method: a rerun, or another executor, reports it
                     value = failed_cell(str(e))
-                hit = {"metrics": value, "timings": {"wall_s": round(time.perf_counter() - t0, 3)}, "here": True}
-                store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value,
-                          timings=hit["timings"])
+                timings = store.put(kind, key, scenario=scenario.name, seed=seed, config=cell, metrics=value,
+                                    timings={"wall_s": round(time.perf_counter() - t0, 3)})
+                hit = {"metrics": value, "timings": timings, "here": True}
     if spent is not None:
         spent.append({"kind": kind, **(hit.get("timings") or {}), **({"here": True} if hit.get("here") else {})})
     return hit["metrics"]
