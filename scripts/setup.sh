@@ -22,7 +22,7 @@ if ! .venv/bin/python -c "import rurk, pytest, optuna" 2>/dev/null; then
   pip install -e ".[test]"
 fi
 # Ray (`--executor ray`) is optional: installed with RURK_RAY=1, and always in CI (CI=true) so its tests run.
-if { [ "${RURK_RAY:-}" = 1 ] || [ "${CI:-}" = true ]; } && ! .venv/bin/python -c "import ray" 2>/dev/null; then
+if { [ "${RURK_RAY:-}" = 1 ] || [ "${CI:-}" = true ]; } && ! .venv/bin/python -c "from ray import init" 2>/dev/null; then
   echo "setup: installing Ray (rurk[ray])"
   pip install -e ".[test,ray]"
 fi

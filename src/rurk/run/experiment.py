@@ -217,7 +217,8 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
              log=print, log_cached: bool = True) -> SeedResult:
     """One seed's references and rows (metrics, audit, curves), each cell read from the store or computed and
     recorded; a line per row through ``log`` — with ``log_cached=False`` only for rows this call computed (a
-    ``--jobs`` worker meets the other worker's rows too, and printed them a second time)."""
+    ``--jobs`` worker meets the other worker's rows too, and printed them a second time). Such a row is printed by the
+    worker that computed its last cell: two workers may share a row's cells, but each cell's claim goes to one."""
     spec = spec or audit_settings(scenario, opts)
     refs = reference_models(scenario, prepared, seed, store, device=opts.device, progress=progress, log=log)
     base = _base_cell(prepared, refs, seed)
@@ -255,7 +256,7 @@ def run_seed(scenario: Scenario, prepared: Prepared, seed: int, store: Store, na
             continue
         if opts.attacks:
             relearn_curves[name], robust[name] = curves
-        if log_cached or any(c.get("here") for c in cells):
+        if log_cached or (cells and cells[-1].get("here")):
             log(f"  seed {seed} {name:13s} " + _line(metrics[name], residual[name]))
     return SeedResult(seed, metrics, residual, records, relearn_curves, {k: v for k, v in robust.items() if v}, spent,
                       estimate)
