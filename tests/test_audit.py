@@ -387,3 +387,63 @@ def test_shared_reference_predictions_change_no_number_and_halve_the_work(digits
     with pytest.raises(ValueError, match="ReferencePredictions"):
         residual_knowledge(other, other, digits["x"], digits["y"], TAUS, draws=20, progress=False, bootstrap=0,
                            batch_size=64, index=digits["index"], reference=shared)
+
+
+# --------------------------------------------------------------------------------------------------
+# the counting kernel's pieces
+
+
+def test_chunks_cover_the_range_in_pieces_of_at_most_size_that_differ_by_at_most_one():
+    from rurk.audit.kernel import _chunks
+
+    for n in range(1, 60):
+        for size in (1, 3, 4, 7, 64):
+            chunks = _chunks(n, size)
+            assert len(chunks) == -(-n // size)  # ceil(n / size): no more passes than needed
+            assert chunks[0][0] == 0 and chunks[-1][1] == n and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+            lengths = [e - s for s, e in chunks]
+            assert max(lengths) <= size and max(lengths) - min(lengths) <= 1
+
+
+def test_identical_images_in_different_noise_blocks_get_different_copies():
+    """Block b draws from its own generator (seed, probe, b): the same image in blocks 0 and 1 is perturbed
+    differently; in one block its copies differ too."""
+    m = InputLog(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    x = torch.full((2, 1, 2, 2), 0.5)
+    residual_knowledge(m, m, x, torch.zeros(2, dtype=torch.long), [0.1], draws=3, progress=False, bootstrap=0,
+                       block_size=1, batch_size=6)
+    copies = torch.cat(m.log)[-6:].view(2, 3, -1)  # after the class-count probes; sample-major, 3 copies each
+    assert not torch.allclose(copies[0], copies[1])
+    assert not torch.allclose(copies[0, 0], copies[0, 1])
+
+
+def test_the_clip_fraction_counts_coordinates_pushed_past_either_bound_per_copy():
+    """Gaussian copies of an all-white image leave [0, 1] wherever their noise is positive (about half of the
+    coordinates), of an all-black one wherever it is negative; mid-grey at a small τ never leaves it."""
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    y = torch.zeros(8, dtype=torch.long)
+    for value, lo, hi in ((1.0, 0.4, 0.6), (0.0, 0.4, 0.6), (0.5, 0.0, 0.0)):
+        r = residual_knowledge(m, m, torch.full((8, 1, 4, 4), value), y, [0.0, 0.05], draws=10, progress=False,
+                               bootstrap=0)
+        assert r.per_tau[0].clip_fraction == 0.0
+        assert lo <= r.per_tau[1].clip_fraction <= hi, (value, r.per_tau[1].clip_fraction)
+
+
+def test_max_forget_draws_a_subset_seeded_by_the_noise_seed():
+    from rurk.audit.kernel import check_inputs
+
+    m = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    x, y = torch.rand(50, 1, 2, 2), torch.zeros(50, dtype=torch.long)
+    picks = {s: check_inputs(m, m, x, y, max_forget=10, seed=s).index.tolist() for s in (0, 1, 2)}
+    assert picks[0] == check_inputs(m, m, x, y, max_forget=10, seed=0).index.tolist()  # seeded
+    assert len({tuple(p) for p in picks.values()}) == 3 and all(len(set(p)) == 10 for p in picks.values())
+
+
+def test_shared_reference_predictions_are_bound_to_the_noise_seed(digits):
+    from rurk.audit.kernel import ReferencePredictions
+
+    shared = ReferencePredictions()
+    kw = dict(draws=5, progress=False, bootstrap=0, index=digits["index"], batch_size=64, reference=shared)
+    residual_knowledge(digits["m"], digits["a"], digits["x"], digits["y"], TAUS, seed=1, **kw)
+    with pytest.raises(ValueError, match="ReferencePredictions"):  # other copies: never the first seed's predictions
+        residual_knowledge(digits["m"], digits["a"], digits["x"], digits["y"], TAUS, seed=2, **kw)

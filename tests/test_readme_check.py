@@ -482,3 +482,10 @@ def test_the_same_fingerprint_demands_the_identical_block_claims_and_seeds_inclu
     # without a fingerprint on either side nothing says "same machine": compared within tolerance
     plain = hand_block(row, fingerprint=None)
     assert compare(plain, plain).mode == "tolerant"
+
+
+def test_r_that_starts_exactly_at_1_has_no_side_to_cross_from():
+    """A committed median of exactly 1 (neither residual knowledge nor over-forgetting) moving to 0.88 is judged
+    like a move from 0.99 to 0.88 — by the tolerance of the row (0.32 here) — not as a crossing."""
+    for start in ([0.88, 0.99, 1.10], [0.89, 1.00, 1.11]):
+        assert moves("r_pooled τ=0.03", start, [0.77, 0.88, 0.99]), start

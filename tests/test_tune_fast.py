@@ -276,3 +276,122 @@ def test_the_profile_objective_adds_twenty_times_rs_mean_distance_from_1(monkeyp
     # r = 1, 1.1, 0.8, 1: mean |r − 1| = 0.075
     assert obj.gap({}, 0) == pytest.approx(1.5 + T.PROFILE_WEIGHT * 0.075)
     assert T._Objective(sc, "gd", {}, 1, [(Prepared(), Fake(), None, {})]).gap({}, 0) == 1.5  # the Avg. Gap alone
+
+
+def test_the_study_name_changes_with_every_setting_a_trials_score_or_the_search_depends_on():
+    """Two runs share a study (and resume each other's trials) only when their trials are scored the same way and
+    drawn by the same search: the forget sets (split seeds, and the scenario's forget settings), the tuning seed,
+    the sampler seed, the pruner, the incumbent and the objective each start a study of their own."""
+    from dataclasses import replace
+
+    from rurk.run.tune import study_name
+
+    sc = load_scenario("digits5")
+    args = dict(scenario=sc, method="gd", base={}, seed=1, split_seeds=[1, 2, 3], sampler_seed=0, prune=True,
+                incumbent=None, objective="gap")
+    name = study_name(**args)
+    assert name == study_name(**args) and name.startswith("digits5/gd/")
+    changed = {
+        "split seeds": dict(split_seeds=[1, 2, 4]),
+        "split seeds' order (the first one decides pruning)": dict(split_seeds=[2, 1, 3]),
+        "tuning seed": dict(seed=2),
+        "sampler seed": dict(sampler_seed=1),
+        "pruner": dict(prune=False),
+        "incumbent": dict(incumbent={"lr": 0.01, "epochs": 3}),
+        "objective": dict(objective="profile"),
+        "forget fraction": dict(scenario=replace(sc, forget=replace(sc.forget, fraction=0.25))),
+        "forget class": dict(scenario=replace(sc, forget=replace(sc.forget, forget_class=1))),
+        "calibration images": dict(scenario=replace(sc, forget=replace(sc.forget, calibration=30))),
+    }
+    names = {what: study_name(**{**args, **kw}) for what, kw in changed.items()}
+    for what, other in names.items():
+        assert other != name, f"the study name ignores the {what}"
+    assert len(set(names.values())) == len(names)
+    # what trials never compute stays out: the audit and the re-learn settings
+    assert study_name(**{**args, "scenario": replace(sc, audit=replace(sc.audit, draws=7))}) == name
+
+
+def test_a_trial_is_judged_for_pruning_after_its_first_forget_set_and_before_the_others():
+    """The report comes right after the first forget set's gap, so a pruned trial never computes the other two;
+    the score is the mean over all three; one forget set alone has nothing left to save and is not reported."""
+    from rurk.run.tune import _mean_over_splits
+
+    seen = []
+
+    def gap(params, i):
+        seen.append(("gap", i))
+        return [5.0, 7.0, 12.0][i]
+
+    assert _mean_over_splits(gap, 3, {}, lambda v: seen.append(("report", v))) == (8.0, [5.0, 7.0, 12.0])
+    assert seen == [("gap", 0), ("report", 5.0), ("gap", 1), ("gap", 2)]
+
+    class Pruned(Exception):
+        pass
+
+    def prune(v):
+        raise Pruned
+
+    seen.clear()
+    with pytest.raises(Pruned):
+        _mean_over_splits(gap, 3, {}, prune)
+    assert seen == [("gap", 0)]
+    seen.clear()
+    assert _mean_over_splits(gap, 1, {}, prune) == (5.0, [5.0]) and seen == [("gap", 0)]
+
+
+def test_the_profile_objective_keeps_retrains_accuracy_per_forget_set(monkeypatch):
+    """Re-train's accuracy on the profile's copies is computed once per tuning forget set and used for that set
+    only: the second forget set's r divides by its own Re-train."""
+    import numpy as np
+
+    from rurk.run import tune as T
+
+    sc = load_scenario("fmnist5")
+
+    class Refs:
+        def __init__(self, retrain):
+            self.retrain, self.original = retrain, "o"
+
+    class Prepared:
+        scenario = sc
+
+    splits = [(Prepared(), Refs("a0"), None, {}), (Prepared(), Refs("a1"), None, {})]
+    obj = T._Objective(sc, "gd", {}, 1, splits, "profile")
+    monkeypatch.setattr(T, "unlearn", lambda *a, **k: ("m", None))
+    monkeypatch.setattr(T, "diverged", lambda rec, model: False)
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: {})
+    monkeypatch.setattr(T, "avg_gap", lambda *a: 1.0)
+    acc = {"a0": np.full(4, 0.8), "a1": np.full(4, 0.4), "m": np.full(4, 0.4)}
+    calls = []
+    monkeypatch.setattr(T._Objective, "_profile_accuracy", lambda self, model, p: calls.append(model) or acc[model])
+    # forget set 0: r = 0.4 / 0.8 = 0.5, so 1 + 20 · 0.5 = 11; forget set 1: r = 1, the gap alone
+    assert obj.gap({}, 0) == pytest.approx(11.0) and obj.gap({}, 1) == pytest.approx(1.0)
+    assert obj.gap({}, 1) == pytest.approx(1.0) and calls.count("a0") == calls.count("a1") == 1
+
+
+def test_a_worker_keeps_one_objective_per_method_base_and_objective(monkeypatch):
+    from rurk.run import tune as T
+
+    made = []
+
+    class Fake:
+        def __init__(self, scenario, method, base, seed, splits, objective="gap"):
+            made.append((method, objective))
+            self.objective = objective
+
+        def gap(self, params, i):
+            return self.objective
+
+    monkeypatch.setattr(T, "_Objective", Fake)
+    monkeypatch.setattr(T, "_WORKER", {"scenario": None, "seed": 1, "splits": []})
+    assert [T._worker_gap("gd", {}, {}, 0, o) for o in ("gap", "gap", "profile", "gap")] == \
+        ["gap", "gap", "profile", "gap"]
+    assert made == [("gd", "gap"), ("gd", "profile"), ("gd", "gap")]
+
+
+def test_each_trial_draws_from_its_own_sampler_seed(tmp_path):
+    """During TPE's random start-up, trials seeded from (sampler seed, k) draw different values: a shared seed
+    would make every start-up trial the same setting."""
+    study = run_study(bowl, SPACE, storage(tmp_path), "s", trials=4, sampler_seed=0, **QUIET)
+    xs = [t.params["x"] for t in study.trials]
+    assert len(set(xs)) == 4
