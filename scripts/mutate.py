@@ -62,12 +62,14 @@ MODULES = {
     "src/rurk/report/readme.py": "report/readme.py",
     "src/rurk/run/tune.py": "run/tune.py + run/study.py",
     "src/rurk/run/study.py": "run/tune.py + run/study.py",
-    "src/rurk/audit/kernel.py": "audit/kernel.py",
+    "src/rurk/audit/kernel.py": "audit/kernel.py + audit/inputs.py",
+    "src/rurk/audit/inputs.py": "audit/kernel.py + audit/inputs.py",
 }
 
 CAL, FGT = "src/rurk/methods/_calibrate.py", "src/rurk/methods/_forget.py"
 EST, CLM, RDM = "src/rurk/audit/estimate.py", "src/rurk/report/claims.py", "src/rurk/report/readme.py"
 TUN, STU, KER = "src/rurk/run/tune.py", "src/rurk/run/study.py", "src/rurk/audit/kernel.py"
+INP = "src/rurk/audit/inputs.py"
 T_CAL = ("tests/test_calibrate.py",)
 T_EST = ("tests/test_audit_free.py", "tests/test_calibrate.py")
 T_CLM = ("tests/test_claims.py",)
@@ -342,7 +344,7 @@ MUTANTS: list[Mutant] = [
       ("tests/test_audit.py", "tests/test_reliability.py"), "non-finite logits counted as predictions"),
     M("kernel-shared-no-seed", KER, "shared.bind((id(a), seed, tuple(taus),", "shared.bind((id(a), tuple(taus),", T_KER,
       "shared reference predictions bound without the noise seed"),
-    M("kernel-max-forget-unseeded", KER, 'derive_seed(int(seed), "max_forget")', 'derive_seed(0, "max_forget")', T_KER,
+    M("kernel-max-forget-unseeded", INP, 'derive_seed(int(seed), "max_forget")', 'derive_seed(0, "max_forget")', T_KER,
       "max_forget subset the same for every seed"),
     M("kernel-both-on-m", KER, "return pr.apply(m, xs, ys, tau, dr).x, pr.apply(a, xs, ys, tau, dr).x",
       "return pr.apply(m, xs, ys, tau, dr).x, pr.apply(m, xs, ys, tau, dr).x", T_KER,
