@@ -447,3 +447,32 @@ def test_shared_reference_predictions_are_bound_to_the_noise_seed(digits):
     residual_knowledge(digits["m"], digits["a"], digits["x"], digits["y"], TAUS, seed=1, **kw)
     with pytest.raises(ValueError, match="ReferencePredictions"):  # other copies: never the first seed's predictions
         residual_knowledge(digits["m"], digits["a"], digits["x"], digits["y"], TAUS, seed=2, **kw)
+
+
+def test_craft_on_both_crafts_each_models_copies_on_that_model(digits):
+    """With craft_on='both' the reference's copies are crafted on the reference: its counts equal those of the
+    reference audited against itself with copies crafted on it (the same random starts), and the audited model's
+    those of the audited model against itself."""
+    kw = dict(probe="pgd-recall", taus=[0.1], draws=3, probe_params={"steps": 2}, seed=5, bootstrap=0)
+    both = audit(digits, **kw)
+    on_a = audit({**digits, "m": digits["a"]}, craft_on="m", **kw)
+    on_m = audit({**digits, "a": digits["m"]}, craft_on="m", **kw)
+    assert np.array_equal(both.k_a, on_a.k_m) and np.array_equal(both.k_m, on_m.k_m)
+    assert not np.array_equal(on_a.k_m, on_m.k_m)  # the two models' own copies differ: the check can fail
+
+
+def test_the_copies_held_at_once_are_bounded_by_the_batch_size(digits, monkeypatch):
+    """Blocks are grouped so that one group's copies (samples × c) fit in one batch: the audit's memory is set by
+    batch_size, not by the forget set or c (a group of a whole block per batch row would hold c times more)."""
+    from rurk.audit import kernel
+
+    sizes = []
+    real = kernel._group_draws
+
+    def spy(pr, x_rep, *a, **k):
+        sizes.append(x_rep.shape[0])
+        return real(pr, x_rep, *a, **k)
+
+    monkeypatch.setattr(kernel, "_group_draws", spy)
+    audit(digits, taus=[0.1], draws=8, batch_size=64, block_size=2, bootstrap=0)
+    assert sizes and max(sizes) <= 64 and sum(sizes) == 8 * len(digits["y"])

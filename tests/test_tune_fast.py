@@ -395,3 +395,39 @@ def test_each_trial_draws_from_its_own_sampler_seed(tmp_path):
     study = run_study(bowl, SPACE, storage(tmp_path), "s", trials=4, sampler_seed=0, **QUIET)
     xs = [t.params["x"] for t in study.trials]
     assert len(set(xs)) == 4
+
+
+def test_the_incumbent_is_enqueued_when_the_only_earlier_trial_was_discarded(tmp_path):
+    """A first run killed inside its first ask leaves a trial without values, which the next run discards: that
+    run must still start from the incumbent (trial 0 of the counted ones), not from the sampler."""
+    import optuna
+
+    start = {"x": 0.37, "k": 4}
+    optuna.create_study(study_name="d", storage=storage(tmp_path)).ask()  # killed before its values were drawn
+    study = run_study(bowl, SPACE, storage(tmp_path), "d", trials=3, sampler_seed=0, incumbent=start, **QUIET)
+    counted = [t for t in sorted(study.trials, key=lambda t: t.number) if not t.user_attrs.get("discarded")]
+    assert len(counted) == 3 and counted[0].params == start
+    assert sum(t.user_attrs.get("discarded", False) for t in study.trials) == 1
+
+
+def test_the_pruner_waits_for_the_documented_start_up_trials_before_pruning(tmp_path):
+    """docs/tuning.md promises pruning only against the median of the finished trials after N of them: however
+    bad a trial's first forget set, nothing is pruned before N trials have finished; after them a trial worse
+    than their median is."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "tuning.md").read_text()
+    n = int(re.search(r"median of the finished trials \(after (\d+)\)", doc.replace("\n", " ")).group(1))
+    calls = []
+
+    def worse_each_time(params, report):  # each trial's first forget set worse than every earlier one's
+        calls.append(params)
+        v = float(len(calls))
+        report(v)
+        return v, [v, v, v]
+
+    study = run_study(worse_each_time, SPACE, storage(tmp_path), "p", trials=n + 2, sampler_seed=0, prune=True,
+                      **QUIET)
+    states = [t.state.name for t in sorted(study.trials, key=lambda t: t.number)]
+    assert states[:n] == ["COMPLETE"] * n and states[n:] == ["PRUNED", "PRUNED"]
