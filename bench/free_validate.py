@@ -52,11 +52,12 @@ def cells_of(store: Store, scenario_name: str, splits: list[int]):
         scenario = load_scenario(scenario_name, {"seeds": {"split": split}})
         digests[prepare(scenario, store).split.digest()] = (split, scenario)
     calibrated = {}
-    for rec in store.records("unlearned"):
+    for rec in sorted(store.records("unlearned"), key=lambda r: r.get("created") or 0):
         cal = ((rec["metrics"] or {}).get("extra") or {}).get("calibration")
         calibrated[(rec["config"].get("split"), rec["seed"], rec["config"].get("method"))] = cal.get("tau") if cal else None
     out = defaultdict(dict)
-    for rec in store.records("audit"):
+    # a row audited under several configs (the store kept an earlier setting's cells): the newest record is the row
+    for rec in sorted(store.records("audit"), key=lambda r: r.get("created") or 0):
         c = rec["config"]
         if c.get("split") not in digests:
             continue
