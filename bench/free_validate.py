@@ -63,6 +63,8 @@ def cells_of(store: Store, scenario_name: str, splits: list[int]):
             continue
         split, scenario = digests[c["split"]]
         name = c.get("method") or c.get("model")
+        if ":" in name:  # a variant row (METHOD:key=value) some other run added: the validation is over the methods
+            continue
         out[(split, rec["seed"])][name] = (rec["metrics"], calibrated.get((c["split"], rec["seed"], name)), c)
     return out, {s: sc for s, sc in digests.values()}
 
