@@ -104,53 +104,68 @@ def _version() -> str:
     return f"rurk {__version__} (torch {torch}, Python {sys.version.split()[0]})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rurk",
-        description="Robust machine unlearning: train Original/Re-train, unlearn, audit residual knowledge.",
-        epilog="Add --debug anywhere to see a traceback instead of a one-line error, and --threads N to set torch's "
-               "CPU threads (default: RURK_THREADS, else the CPUs this process may use; never more than those).",
-    )
-    p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _scenario_cmd(sub, name: str, help: str, fn):
+    """A subcommand on one scenario: the scenario, seed, store, data, overrides, device and quiet flags."""
+    c = sub.add_parser(name, help=help, description=help)
+    c.add_argument("scenario", help="a shipped scenario name (see `rurk scenarios`) or a .toml path")
+    c.add_argument("--seed", type=int, default=None, help="run seed (default: the scenario's first run seed)")
+    c.add_argument("--out", default="runs", help="run directory (store) [default: runs]")
+    c.add_argument("--data-dir", default=None, help="directory holding the dataset files")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a scenario setting, e.g. --set train.epochs=5 (repeatable)")
+    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... [default: auto]")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(fn=fn)
+    return c
 
-    def scenario_cmd(name: str, help: str, fn):
-        c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("scenario", help="a shipped scenario name (see `rurk scenarios`) or a .toml path")
-        c.add_argument("--seed", type=int, default=None, help="run seed (default: the scenario's first run seed)")
-        c.add_argument("--out", default="runs", help="run directory (store) [default: runs]")
-        c.add_argument("--data-dir", default=None, help="directory holding the dataset files")
-        c.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a scenario setting, e.g. --set train.epochs=5 (repeatable)")
-        c.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... [default: auto]")
-        c.add_argument("--quiet", action="store_true", help="no progress bars")
-        c.set_defaults(fn=fn)
-        return c
 
+
+def _audit_args(c) -> None:
+    """The audit's settings, shared by `audit`, `run` and `plan`."""
+    c.add_argument("--probe", default=None,
+                   help="gaussian, uniform-linf, uniform-l2, fgsm, pgd, pgd-recall (default: the scenario's, gaussian)")
+    c.add_argument("--probe-set", action="append", metavar="KEY=VALUE",
+                   help="a probe parameter, e.g. --probe pgd --probe-set steps=20 (repeatable)")
+    c.add_argument("--taus", default=None, help="comma-separated taus in pixel units (default: the scenario's grid)")
+    c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample (default: the scenario's, 100)")
+    c.add_argument("--bootstrap", type=int, default=None,
+                   help=f"bootstrap resamples, 0 to {MAX_BOOTSTRAP} (default: the scenario's, 1000)")
+    c.add_argument("--noise-seed", type=int, default=None,
+                   help="the audit's noise seed (default: the scenario's audit.noise_seed, else the run seed)")
+
+
+
+def _run_args(c) -> None:
+    """What a `run` computes, shared by `run` and `plan`."""
+    c.add_argument("--methods", default=None,
+                   help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd, or all (default: the "
+                        "scenario's run_methods, else every method)")
+    _audit_args(c)
+    c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
+    c.add_argument("--no-attacks", action="store_true",
+                   help="skip the relearning-attack curve (relearn_curve.*); not with --robust")
+    c.add_argument("--robust", action="store_true",
+                   help="also the robust-accuracy curves under PGD (robust.*; minutes per model on a CPU)")
+    c.add_argument("--retry-failed", action="store_true",
+                   help="compute again the cells an earlier run recorded as failed or diverged")
+    c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
+
+
+
+def _add_scenario_commands(sub) -> None:
+    """`scenarios`, `train`, `methods`, `unlearn` and `audit`."""
     c = sub.add_parser("scenarios", help="list the shipped scenarios")
     c.set_defaults(fn="commands:cmd_scenarios")
-    scenario_cmd("train", "train (or reuse) Original and Re-train and print their accuracies", "commands:cmd_train")
+    _scenario_cmd(sub, "train", "train (or reuse) Original and Re-train and print their accuracies", "commands:cmd_train")
     c = sub.add_parser("methods", help="list the unlearning methods with their defaults")
     c.set_defaults(fn="commands:cmd_methods")
 
-    def audit_args(c):
-        c.add_argument("--probe", default=None,
-                       help="gaussian, uniform-linf, uniform-l2, fgsm, pgd, pgd-recall (default: the scenario's, gaussian)")
-        c.add_argument("--probe-set", action="append", metavar="KEY=VALUE",
-                       help="a probe parameter, e.g. --probe pgd --probe-set steps=20 (repeatable)")
-        c.add_argument("--taus", default=None, help="comma-separated taus in pixel units (default: the scenario's grid)")
-        c.add_argument("--draws", type=int, default=None, help="perturbed copies per sample (default: the scenario's, 100)")
-        c.add_argument("--bootstrap", type=int, default=None,
-                       help=f"bootstrap resamples, 0 to {MAX_BOOTSTRAP} (default: the scenario's, 1000)")
-        c.add_argument("--noise-seed", type=int, default=None,
-                       help="the audit's noise seed (default: the scenario's audit.noise_seed, else the run seed)")
-
-    c = scenario_cmd("unlearn", "unlearn the forget set from Original with one method; save the checkpoint and "
+    c = _scenario_cmd(sub, "unlearn", "unlearn the forget set from Original with one method; save the checkpoint and "
                                 "print accuracies", "commands:cmd_unlearn")
     c.add_argument("--method", required=True, help="a method name or variant, e.g. rurk:lambda_f=0 (see `rurk methods`)")
     c.add_argument("--tuned", default=None, help="TOML of tuned method values, or 'none'")
 
-    c = scenario_cmd("audit", "audit residual knowledge of an unlearned model against Re-train", "audit:cmd_audit")
+    c = _scenario_cmd(sub, "audit", "audit residual knowledge of an unlearned model against Re-train", "audit:cmd_audit")
     _audit_parser(c)
     c.add_argument("--method", default=None,
                    help="audit this method's cached unlearned model (run it if needed); not with --unlearned")
@@ -161,37 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .safetensors file of the reference: the scenario's architecture (default: Re-train), "
                         "or with --arch the factory's; none: audit without Re-train, against the estimate of its "
                         "accuracy (needs the calibration set: the scenario's, or --original and --calibration)")
-    audit_args(c)
+    _audit_args(c)
     c.add_argument("--tuned", default=None, help="with --method: TOML of tuned method values, or 'none'")
 
-    def run_args(c):
-        c.add_argument("--methods", default=None,
-                       help="comma-separated methods or variants, e.g. rurk,rurk:lambda_f=0,gd, or all (default: the "
-                            "scenario's run_methods, else every method)")
-        audit_args(c)
-        c.add_argument("--no-relearn", action="store_true", help="skip the re-learn-time metric")
-        c.add_argument("--no-attacks", action="store_true",
-                       help="skip the relearning-attack curve (relearn_curve.*); not with --robust")
-        c.add_argument("--robust", action="store_true",
-                       help="also the robust-accuracy curves under PGD (robust.*; minutes per model on a CPU)")
-        c.add_argument("--retry-failed", action="store_true",
-                       help="compute again the cells an earlier run recorded as failed or diverged")
-        c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
 
-    c = scenario_cmd("run", "the full experiment: every method x seed, metrics, audits, report", "commands:cmd_run")
+
+def _add_run_commands(sub) -> None:
+    """`run`, `plan` and `demo`."""
+    c = _scenario_cmd(sub, "run", "the full experiment: every method x seed, metrics, audits, report", "commands:cmd_run")
     c.add_argument("--seeds", default=None,
                    help="comma-separated run seeds (default: --seed, else the scenario's, 131,42,7); not with --seed")
-    run_args(c)
+    _run_args(c)
     _executor_args(c)
     c.add_argument("--jobs", type=int, default=1, metavar="K",
                    help="K worker processes of one torch thread each on this machine (seeds and rows side by side; "
                         "the numbers equal a --threads 1 run) [default: 1: this process]")
 
-    c = scenario_cmd("plan", "print the cell graph of a `rurk run`, the cost of each kind of cell (measured from the "
+    c = _scenario_cmd(sub, "plan", "print the cell graph of a `rurk run`, the cost of each kind of cell (measured from the "
                              "store, else estimated) and the wall time on K workers", "commands:cmd_plan")
     c.add_argument("--seeds", default=None,
                    help="comma-separated run seeds (default: --seed, else the scenario's, 131,42,7); not with --seed")
-    run_args(c)
+    _run_args(c)
     c.add_argument("--workers", default="1,2,4,8", metavar="K",
                    help="worker counts to estimate the wall time for, e.g. 8 or 1,2,4,8 [default: 1,2,4,8]")
 
@@ -209,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
     c.set_defaults(fn="commands:cmd_demo", seed=None)
 
-    c = scenario_cmd("tune", "search methods' hyperparameters (Optuna TPE) by the mean Avg. Gap over three tuning "
+
+
+def _add_tune(sub) -> None:
+    """`tune`."""
+    c = _scenario_cmd(sub, "tune", "search methods' hyperparameters (Optuna TPE) by the mean Avg. Gap over three tuning "
                              "forget sets, pruning a trial bad on the first; resumable (the study lives in "
                              "OUT/tune.db)", "commands:cmd_tune")
     c.add_argument("--methods", "--method", dest="methods", required=True,
@@ -238,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_args(c)
     c.set_defaults(tuned="none")
 
+
+
+def _add_report_commands(sub) -> None:
+    """`readme` and `iris-figure`."""
     c = sub.add_parser("readme", help="write a README results block from a run's summary.json (or --check it)")
     c.add_argument("summary", help="a summary.json, or the run directory holding it (e.g. runs/fmnist5)")
     c.add_argument("--block", required=True, help="the block's name: <!-- BEGIN rurk:NAME --> ... <!-- END rurk:NAME -->")
@@ -258,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--png", default="iris-figure.png")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(fn="commands:cmd_iris_figure")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rurk",
+        description="Robust machine unlearning: train Original/Re-train, unlearn, audit residual knowledge.",
+        epilog="Add --debug anywhere to see a traceback instead of a one-line error, and --threads N to set torch's "
+               "CPU threads (default: RURK_THREADS, else the CPUs this process may use; never more than those).",
+    )
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add in (_add_scenario_commands, _add_run_commands, _add_tune, _add_report_commands):
+        add(sub)
     return p
 
 
