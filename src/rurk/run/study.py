@@ -228,7 +228,8 @@ class _StudyRun:
             for th in threads:
                 th.start()
             for th in threads:
-                th.join()
+                while th.is_alive():  # a short wait, not join(): the kernel may hand Ctrl-C's SIGINT to a trial
+                    th.join(0.2)  # thread, and Python runs the handler only when the main thread runs again
         except BaseException:  # Ctrl-C while waiting: the other threads' trials are interrupted, not failed
             self.stop.set()
             raise
