@@ -310,3 +310,39 @@ def test_downsampling_and_global_average_pool(arch, in_shape, side):
         pre = model.body[:-2](model.norm(x))  # everything before pool + flatten
         assert pre.shape[-2:] == (side, side)
         torch.testing.assert_close(model.features(x), pre.mean((2, 3)))
+
+
+def relu_then_pool(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose body runs every ReLU that follows a max-pool before it (the textbook order)."""
+    ref = copy.deepcopy(model)
+    mods = list(ref.body._modules.items())
+    for i in range(1, len(mods)):
+        if isinstance(mods[i - 1][1], nn.MaxPool2d) and isinstance(mods[i][1], nn.ReLU):
+            mods[i - 1], mods[i] = mods[i], mods[i - 1]
+    ref.body._modules.clear()
+    ref.body._modules.update(mods)
+    return ref
+
+
+@pytest.mark.parametrize("arch", ["smallcnn", "tinycnn8", "vgg11"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_before_relu_is_the_same_function_and_gradient(arch, channels_last):
+    """Each stage pools before its ReLU (faster): logits and every parameter's gradient bit-identical to
+    ReLU-then-pool, in train and eval mode — including windows whose values are all negative."""
+    model = small(arch, mean=MEAN, std=STD)
+    ref = relu_then_pool(model)
+    kinds = [type(m) for m in model.body.children()]
+    assert any(a is nn.MaxPool2d and b is nn.ReLU for a, b in zip(kinds, kinds[1:]))  # the order is the new one
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (batch(arch, n=4) * 2 - 0.5).contiguous(memory_format=fmt)  # values outside [0, 1]: many negative windows
+    y = torch.arange(4) % C
+    for mode in (True, False):
+        grads = []
+        for m in (model, ref):
+            m.to(memory_format=fmt).train(mode).zero_grad()
+            out = m(x)
+            nn.functional.cross_entropy(out, y).backward()
+            grads.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+        assert torch.equal(grads[0][0], grads[1][0])
+        assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))

@@ -224,9 +224,9 @@ def write_gallery(res, probe: Probe, x: torch.Tensor, y: torch.Tensor, m: nn.Mod
                      color=color, ha="center", va="center")
             j += 1
         y_px += n_rows * TILE_PX[1]
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(canvas, interpolation="nearest", aspect="auto")
-    ax.set_axis_off()
+    # the canvas is the figure's size in pixels: drawn 1:1 under the texts, no resampling (an axes' imshow
+    # resampled it and cost a fifth of the gallery's time)
+    fig.figimage(canvas, 0, 0, origin="upper", zorder=0)
     save_png(fig, path, dpi=DPI)
     return Gallery(Path(path), tau, top, bottom, cols, rows, (w_px, h_px), heads)
 

@@ -11,19 +11,24 @@ from .base import register, scaled, shape_error
 
 def _conv_net(arch, in_shape, width, blocks, hidden):
     """``blocks``: per conv stage a list of output channels (3x3 convs, padding 1, each + ReLU) followed by a
-    2x2 max-pool; then flatten -> Linear ``hidden`` -> ReLU. Tail: the two Linear layers (fc1 + head)."""
+    2x2 max-pool; then flatten -> Linear ``hidden`` -> ReLU. Tail: the two Linear layers (fc1 + head).
+
+    Each stage's last ReLU runs *after* its max-pool (decision): max-pooling commutes with ReLU (both monotone),
+    so logits and gradients are bit-identical to ReLU-then-pool (tests/test_models.py), but ReLU and its backward
+    touch a quarter of the values — training steps ~25% faster, forward passes ~15% (bench/bench_train.py)."""
     c, h, w = in_shape
     if min(h, w) < 2 ** len(blocks):
         raise shape_error(arch, in_shape, f"needs H, W >= {2 ** len(blocks)}")
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     i = 0
     for j, stage in enumerate(blocks, 1):
-        for out in stage:
+        for k, out in enumerate(stage, 1):
             i += 1
             layers[f"conv{i}"] = nn.Conv2d(c, scaled(out, width), 3, padding=1)
+            if k == len(stage):
+                layers[f"pool{j}"] = nn.MaxPool2d(2)
             layers[f"relu{i}"] = nn.ReLU()
             c = layers[f"conv{i}"].out_channels
-        layers[f"pool{j}"] = nn.MaxPool2d(2)
         h, w = h // 2, w // 2
     layers["flatten"] = nn.Flatten()
     layers["fc1"] = nn.Linear(c * h * w, scaled(hidden, width))
@@ -33,7 +38,8 @@ def _conv_net(arch, in_shape, width, blocks, hidden):
 
 @register("smallcnn")
 def smallcnn(in_shape, *, width: float = 1.0):
-    """conv3x3 32 -> ReLU -> maxpool2 -> conv3x3 64 -> ReLU -> maxpool2 -> Linear 128 -> ReLU -> head
+    """conv3x3 32 -> ReLU -> maxpool2 -> conv3x3 64 -> ReLU -> maxpool2 -> Linear 128 -> ReLU -> head (each
+    stage pooled before its ReLU, the same function, :func:`_conv_net`)
     (421,642 parameters on 1x28x28 with 10 classes). Tail: body.fc1 + head."""
     return _conv_net("smallcnn", in_shape, width, [[32], [64]], 128)
 

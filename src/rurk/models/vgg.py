@@ -23,9 +23,11 @@ def vgg11(in_shape, *, width: float = 1.0):
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     i = j = 0
     for v in _CFG11:
-        if v == "M":
+        if v == "M":  # before the preceding ReLU: the same function, ReLU on a quarter of the values (cnn.py)
             j += 1
+            relu = layers.pop(f"relu{i}")
             layers[f"pool{j}"] = nn.MaxPool2d(2)
+            layers[f"relu{i}"] = relu
             continue
         i += 1
         layers[f"conv{i}"] = nn.Conv2d(c, scaled(v, width), 3, padding=1)
