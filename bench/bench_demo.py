@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sqlite3
 import subprocess
@@ -73,11 +74,32 @@ def spent(out: Path) -> tuple[dict[str, float], dict[str, dict[str, float]], set
             t = json.loads(timings or "{}")
             w = t.get("wall_s") or 0.0
             threads.add(t.get("threads"))
-            per_phase[PHASE.get(kind, kind)] += w
             cfg = json.loads(config or "{}")
+            phase = PHASE.get(kind, kind)
+            if kind == "unlearned":  # gradient steps (fixed by the tuned settings) apart from the closed forms
+                phase += " (fine-tuning methods)" if fine_tuning(cfg.get("method")) else " (closed-form methods)"
+            per_phase[phase] += w
             row = "Original/Re-train" if kind == "model" else cfg.get("method") or cfg.get("model") or kind
             per_row[str(row)][PHASE.get(kind, kind)] += w
     return per_phase, per_row, threads
+
+
+def fine_tuning(method: str | None) -> bool:
+    """Whether a row's method trains with gradient steps (its config is a FinetuneConfig; variants by base name)."""
+    from rurk.methods import REGISTRY, FinetuneConfig, load_all
+
+    load_all()
+    spec = REGISTRY.get(str(method).split(":")[0])
+    return spec is not None and issubclass(spec.config_cls, FinetuneConfig)
+
+
+def workers(extra: list[str]) -> int:
+    """The worker processes `rurk demo` starts: --jobs K, else min(3 seeds, the CPUs this process may use)."""
+    from rurk.threads import available_cpus
+
+    if "--jobs" in extra:
+        return int(extra[extra.index("--jobs") + 1])
+    return min(3, available_cpus())
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -108,6 +130,14 @@ def main() -> None:
           f"**ratio {wall / ref:.2f}**; compute seconds over all processes: {total:.0f} s\n")
     rows = [[k, f"{v:.0f}", f"{100 * v / total:.0f}%"] for k, v in sorted(per_phase.items(), key=lambda kv: -kv[1])]
     print(table(["phase", "compute s", "share"], rows + [["total", f"{total:.0f}", "100%"]]))
+    if math.isfinite(wall) and math.isfinite(ref):  # both measured: the ratio, phase by phase, as if the workers never waited
+        k = workers(shlex.split(a.args))
+        parts = [[p, f"{v / (k * ref):.2f}"] for p, v in sorted(per_phase.items(), key=lambda kv: -kv[1])]
+        idle = wall / ref - total / (k * ref)
+        print(f"\nthe ratio by phase (compute s / ({k} workers x the reference)); the rest is the wall time in no "
+              "cell on some worker (start-up, waiting, reports):\n")
+        print(table(["phase", "share of the ratio"], parts + [["not in a cell", f"{idle:.2f}"],
+                                                                ["ratio", f"{wall / ref:.2f}"]]))
     heavy = sorted(per_row.items(), key=lambda kv: -sum(kv[1].values()))[: a.top]
     phases = sorted({p for _, d in heavy for p in d})
     print()

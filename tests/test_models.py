@@ -4,7 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from rurk.models import MODELS, Classifier, Normalize, build_model, default_tail, feature_head, last_k_layers
+from rurk.models import (
+    MODELS,
+    Classifier,
+    Normalize,
+    build_model,
+    default_tail,
+    feature_head,
+    last_k_layers,
+)
+from rurk.models.cnn import textbook_order
 
 # Small but non-trivial configurations (3 channels everywhere so per-channel broadcasting is exercised).
 SMALL = {
@@ -312,17 +321,6 @@ def test_downsampling_and_global_average_pool(arch, in_shape, side):
         torch.testing.assert_close(model.features(x), pre.mean((2, 3)))
 
 
-def relu_then_pool(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose body runs every ReLU that follows a max-pool before it (the textbook order)."""
-    ref = copy.deepcopy(model)
-    mods = list(ref.body._modules.items())
-    for i in range(1, len(mods)):
-        if isinstance(mods[i - 1][1], nn.MaxPool2d) and isinstance(mods[i][1], nn.ReLU):
-            mods[i - 1], mods[i] = mods[i], mods[i - 1]
-    ref.body._modules.clear()
-    ref.body._modules.update(mods)
-    return ref
-
 
 @pytest.mark.parametrize("arch", ["smallcnn", "tinycnn8", "vgg11"])
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -330,7 +328,7 @@ def test_pool_before_relu_is_the_same_function_and_gradient(arch, channels_last)
     """Each stage pools before its ReLU (faster): logits and every parameter's gradient bit-identical to
     ReLU-then-pool, in train and eval mode — including windows whose values are all negative."""
     model = small(arch, mean=MEAN, std=STD)
-    ref = relu_then_pool(model)
+    ref = textbook_order(model)
     kinds = [type(m) for m in model.body.children()]
     assert any(a is nn.MaxPool2d and b is nn.ReLU for a, b in zip(kinds, kinds[1:]))  # the order is the new one
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in ref.named_parameters()]
