@@ -19,6 +19,7 @@ Run it on an otherwise idle machine: anything else running changes every number.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -84,6 +85,7 @@ def spent(out: Path) -> tuple[dict[str, float], dict[str, dict[str, float]], set
     return per_phase, per_row, threads
 
 
+@functools.cache
 def fine_tuning(method: str | None) -> bool:
     """Whether a row's method trains with gradient steps (its config is a FinetuneConfig; variants by base name)."""
     from rurk.methods import REGISTRY, FinetuneConfig, load_all
@@ -130,7 +132,7 @@ def main() -> None:
           f"**ratio {wall / ref:.2f}**; compute seconds over all processes: {total:.0f} s\n")
     rows = [[k, f"{v:.0f}", f"{100 * v / total:.0f}%"] for k, v in sorted(per_phase.items(), key=lambda kv: -kv[1])]
     print(table(["phase", "compute s", "share"], rows + [["total", f"{total:.0f}", "100%"]]))
-    if math.isfinite(wall) and math.isfinite(ref):  # both measured: the ratio, phase by phase, as if the workers never waited
+    if math.isfinite(wall) and math.isfinite(ref):  # the ratio phase by phase, as if the workers never waited
         k = workers(shlex.split(a.args))
         parts = [[p, f"{v / (k * ref):.2f}"] for p, v in sorted(per_phase.items(), key=lambda kv: -kv[1])]
         idle = wall / ref - total / (k * ref)

@@ -52,7 +52,7 @@ def main() -> None:
             for _ in range(max(1, 1024 // b)):
                 models[k].eval()(x[b])
 
-    cases = [("training step, batch 128", lambda k: train(k), 1280)]
+    cases = [("training step, batch 128", train, 1280)]
     cases += [(f"forward, batch {b}", lambda k, b=b: forward(k, b), max(1, 1024 // b) * b) for b in (64, 128, 512)]
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(a.rounds):

@@ -321,7 +321,6 @@ def test_downsampling_and_global_average_pool(arch, in_shape, side):
         torch.testing.assert_close(model.features(x), pre.mean((2, 3)))
 
 
-
 @pytest.mark.parametrize("arch", ["smallcnn", "tinycnn8", "vgg11"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_pool_before_relu_is_the_same_function_and_gradient(arch, channels_last):

@@ -119,7 +119,6 @@ def _scenario_cmd(sub, name: str, help: str, fn):
     return c
 
 
-
 def _audit_args(c) -> None:
     """The audit's settings, shared by `audit`, `run` and `plan`."""
     c.add_argument("--probe", default=None,
@@ -132,7 +131,6 @@ def _audit_args(c) -> None:
                    help=f"bootstrap resamples, 0 to {MAX_BOOTSTRAP} (default: the scenario's, 1000)")
     c.add_argument("--noise-seed", type=int, default=None,
                    help="the audit's noise seed (default: the scenario's audit.noise_seed, else the run seed)")
-
 
 
 def _run_args(c) -> None:
@@ -149,7 +147,6 @@ def _run_args(c) -> None:
     c.add_argument("--retry-failed", action="store_true",
                    help="compute again the cells an earlier run recorded as failed or diverged")
     c.add_argument("--tuned", default=None, help="TOML of tuned method values (default: the scenario's), or 'none'")
-
 
 
 def _add_scenario_commands(sub) -> None:
@@ -178,7 +175,6 @@ def _add_scenario_commands(sub) -> None:
                         "accuracy (needs the calibration set: the scenario's, or --original and --calibration)")
     _audit_args(c)
     c.add_argument("--tuned", default=None, help="with --method: TOML of tuned method values, or 'none'")
-
 
 
 def _add_run_commands(sub) -> None:
@@ -215,7 +211,6 @@ def _add_run_commands(sub) -> None:
     c.set_defaults(fn="commands:cmd_demo", seed=None)
 
 
-
 def _add_tune(sub) -> None:
     """`tune`."""
     c = _scenario_cmd(sub, "tune", "search methods' hyperparameters (Optuna TPE) by the mean Avg. Gap over three tuning "
@@ -246,7 +241,6 @@ def _add_tune(sub) -> None:
     c.add_argument("--write", default=None, help="TOML file to write/update (default: OUT/tuned-SCENARIO.toml)")
     _executor_args(c)
     c.set_defaults(tuned="none")
-
 
 
 def _add_report_commands(sub) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 from torch import nn
@@ -15,8 +16,8 @@ def _conv_net(arch, in_shape, width, blocks, hidden):
 
     Each stage's last ReLU runs *after* its max-pool (decision): max-pooling commutes with ReLU (both monotone),
     so logits and gradients are bit-identical to ReLU-then-pool (tests/test_models.py), but ReLU and its backward
-    touch a quarter of the values: a SmallCNN training step 12% faster, a forward pass 5% (batch 64) to 27% (batch 512)
-    (bench/bench_layer_order.py, one thread, AMD EPYC family 25 model 17)."""
+    touch a quarter of the values: a SmallCNN training step 12% faster, a forward pass 5% (batch 64) to 27%
+    (batch 512) (bench/bench_layer_order.py, one thread, AMD EPYC family 25 model 17)."""
     c, h, w = in_shape
     if min(h, w) < 2 ** len(blocks):
         raise shape_error(arch, in_shape, f"needs H, W >= {2 ** len(blocks)}")
@@ -41,8 +42,6 @@ def textbook_order(model: nn.Module) -> nn.Module:
     """A copy of a :func:`_conv_net` / VGG model whose body runs each ReLU that follows a max-pool before it (the
     usual order): the reference the pool-first order is tested and benchmarked against (tests/test_models.py,
     bench/bench_layer_order.py)."""
-    import copy
-
     ref = copy.deepcopy(model)
     mods = list(ref.body._modules.items())
     for i in range(1, len(mods)):

@@ -15,8 +15,8 @@ _CFG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 def vgg11(in_shape, *, width: float = 1.0):
     """VGG-11-BN, CIFAR variant: 8 x (conv3x3 -> BN -> ReLU) with 5 max-pools (channels x width; each pool runs before
     the ReLU it follows in the usual drawing — the same function and gradients, ReLU on a quarter of the values,
-    see :func:`rurk.models.cnn._conv_net`), adaptive average pool to 1x1 and a single Linear 512 -> C. Conv biases are kept, as in torchvision's vgg11_bn: 9,231,114
-    parameters with 10 classes. Needs H, W >= 32.
+    see :func:`rurk.models.cnn._conv_net`), adaptive average pool to 1x1 and a single Linear 512 -> C. Conv biases
+    are kept, as in torchvision's vgg11_bn: 9,231,114 parameters with 10 classes. Needs H, W >= 32.
     Tail: the last two convs with their BNs (body.conv7, body.bn7, body.conv8, body.bn8) + head."""
     c, h, w = in_shape
     if min(h, w) < 32:
